@@ -3,6 +3,19 @@
 //! and pass the verifier when called from `pdm-ebpf`.
 #![no_std]
 
+pub mod counters;
+pub mod flow;
 pub mod psn;
 pub mod time;
 pub mod wire;
+
+/// Names of the maps and programs in the eBPF object, defined once for both sides.
+pub mod names {
+    pub const FLOWS: &str = "FLOWS";
+    pub const COUNTERS: &str = "COUNTERS";
+    pub const PROG_EGRESS: &str = "pdm_egress";
+    pub const PROG_INGRESS_XDP: &str = "pdm_ingress_xdp";
+    pub const PROG_INGRESS_TC: &str = "pdm_ingress_tc";
+    /// Global: non-zero to lower the MSS of received SYN/SYN-ACKs by the PDM length.
+    pub const CLAMP_MSS: &str = "CLAMP_MSS";
+}

@@ -1,0 +1,89 @@
+//! Global per-CPU counters: every packet either gets PDM / is recorded, or is passed
+//! through for a reason that has its own counter. Both programs bump one slot of a
+//! single per-CPU array element, so the accounting costs one (inlined) lookup.
+
+macro_rules! counters {
+    ($($(#[doc = $doc:literal])* $variant:ident => $name:literal,)*) => {
+        /// Index into [`Counters`].
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Counter { $($(#[doc = $doc])* $variant,)* }
+
+        impl Counter {
+            pub const ALL: &[Counter] = &[$(Counter::$variant,)*];
+            /// Stable snake_case name, used as the JSON key.
+            pub const fn name(self) -> &'static str {
+                match self { $(Counter::$variant => $name,)* }
+            }
+        }
+    };
+}
+
+counters! {
+    /// Packets the egress program ran on.
+    EgressPackets => "egress_packets",
+    /// Packets that left with our PDM header (a GSO packet counts once).
+    EgressInserted => "egress_pdm_inserted",
+    /// Not IPv6 (IPv4, ARP, ...).
+    EgressNotIpv6 => "egress_skip_not_ipv6",
+    /// Neighbor Discovery, MLD or router renumbering.
+    EgressNdMld => "egress_skip_nd_mld",
+    /// Already carries PDM (e.g. an IPV6_DSTOPTS socket).
+    EgressAlreadyPdm => "egress_skip_already_pdm",
+    /// Carries another Destination Options header where PDM would go.
+    EgressOtherDstOpts => "egress_skip_other_dstopts",
+    /// Upper layer is not TCP, UDP, ICMPv6 or ESP/AH-protected.
+    EgressNotEligible => "egress_skip_not_eligible",
+    /// PDM would make the packet exceed the device MTU.
+    EgressTooBig => "egress_skip_too_big",
+    /// Truncated, malformed or too-long header chain.
+    EgressUnparsable => "egress_skip_unparsable",
+    /// Hop-by-Hop/Routing headers longer than the program moves.
+    EgressPrefixTooLong => "egress_skip_prefix_too_long",
+    /// Not selected by `--only`.
+    EgressFiltered => "egress_skip_filtered",
+    /// The flow map could not take a new entry.
+    EgressFlowMapFull => "egress_skip_flow_map_full",
+    /// The kernel refused to open room for the header.
+    EgressAdjustFailed => "egress_skip_adjust_failed",
+    /// Packets the ingress program ran on.
+    IngressPackets => "ingress_packets",
+    /// Packets received with a valid PDM option, recorded.
+    IngressPdm => "ingress_pdm",
+    /// Eligible packets received without PDM.
+    IngressNoPdm => "ingress_no_pdm",
+    IngressNotIpv6 => "ingress_skip_not_ipv6",
+    IngressNdMld => "ingress_skip_nd_mld",
+    IngressNotEligible => "ingress_skip_not_eligible",
+    IngressUnparsable => "ingress_skip_unparsable",
+    /// PDM option with a wrong length, or PDM twice in one header: ignored.
+    IngressBadPdm => "ingress_bad_pdm",
+    IngressFlowMapFull => "ingress_skip_flow_map_full",
+    /// SYN/SYN-ACK whose MSS was lowered to leave room for our PDM.
+    IngressMssClamped => "ingress_mss_clamped",
+}
+
+/// Number of counter slots.
+pub const COUNTER_SLOTS: usize = Counter::ALL.len();
+
+/// The per-CPU array element.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Counters(pub [u64; COUNTER_SLOTS]);
+
+impl Default for Counters {
+    fn default() -> Self {
+        Self([0; COUNTER_SLOTS])
+    }
+}
+
+impl Counters {
+    #[inline(always)]
+    pub fn get(&self, c: Counter) -> u64 {
+        self.0[c as usize]
+    }
+}
+
+#[cfg(feature = "user")]
+// SAFETY: an array of u64.
+unsafe impl aya::Pod for Counters {}

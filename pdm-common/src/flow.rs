@@ -1,0 +1,94 @@
+//! Per-flow state shared by the TC-egress injector and the ingress recorder.
+//!
+//! One map entry per conversation, keyed from this host's point of view (local, remote),
+//! so egress (local = source) and ingress (local = destination) land on the same entry
+//! without any normalisation step on the per-packet path.
+
+/// Default number of flow-map entries (`--max-flows`).
+pub const DEFAULT_MAX_FLOWS: u32 = 65_536;
+
+/// Set in [`FlowState::rx_psn`] once a PDM packet has been received on the flow:
+/// 0 is also a legal PSN, so "nothing received yet" needs its own bit.
+pub const RX_PSN_VALID: u32 = 1 << 16;
+
+/// Flow key: the 5-tuple as seen from this host. Ports in host byte order. For ICMPv6
+/// echo, `local_port` holds the echo identifier (RFC 8250 has no port rule for ICMPv6;
+/// PDMv2 does the same) and `remote_port` is 0. Fragments, ESP and other ICMPv6 messages
+/// carry no ports: both are 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+    pub local_port: u16,
+    pub remote_port: u16,
+    /// Upper-layer protocol (6, 17, 58, 50, ...).
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Per-conversation state. Written concurrently by egress (one CPU) and ingress
+/// (another): `psn_next` is only ever advanced with an atomic add, counters with atomic
+/// adds, and every other field has a single writer side.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowState {
+    /// Low 16 bits: the next PSN This Packet to send (random start per flow).
+    pub psn_next: u32,
+    /// [`RX_PSN_VALID`] | PSN This Packet of the last PDM packet received (ingress writes).
+    pub rx_psn: u32,
+    /// Monotonic ns of the last packet we sent with PDM (egress writes).
+    pub last_send_ns: u64,
+    /// Monotonic ns of the last PDM packet received (ingress writes).
+    pub last_recv_ns: u64,
+    /// At the last reception: its time minus the last send before it (DTLS to carry).
+    pub dtls_ns: u64,
+    /// Monotonic ns when the entry was created.
+    pub first_seen_ns: u64,
+    /// Wire packets sent (a GSO super-packet counts its segments).
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    /// Wire packets sent carrying our PDM.
+    pub tx_pdm: u64,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    /// Packets received carrying a valid PDM option.
+    pub rx_pdm: u64,
+}
+
+impl FlowState {
+    /// State of a new flow whose first PSN is `psn_start` (random, per RFC 8250).
+    #[inline(always)]
+    pub const fn new(psn_start: u16, now_ns: u64) -> Self {
+        Self {
+            psn_next: psn_start as u32,
+            rx_psn: 0,
+            last_send_ns: 0,
+            last_recv_ns: 0,
+            dtls_ns: 0,
+            first_seen_ns: now_ns,
+            tx_packets: 0,
+            tx_bytes: 0,
+            tx_pdm: 0,
+            rx_packets: 0,
+            rx_bytes: 0,
+            rx_pdm: 0,
+        }
+    }
+
+    /// The PSN of the last PDM packet received, if any.
+    pub const fn psn_last_received(&self) -> Option<u16> {
+        if self.rx_psn & RX_PSN_VALID != 0 {
+            Some(self.rx_psn as u16)
+        } else {
+            None
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain #[repr(C)] integers and byte arrays with explicit padding fields.
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowState {}
+}
