@@ -1,1 +1,49 @@
-fn main() {}
+//! Developer tasks for pdm: `cargo xtask setup | run | test`.
+//!
+//! Every task that needs the eBPF toolchain or the Debian test tools runs `setup` first,
+//! so a fresh machine needs nothing but `cargo xtask run` or `cargo xtask test`.
+
+mod cmd;
+mod setup;
+mod tasks;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Developer tasks for pdm")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need (idempotent; fast when all is present).
+    Setup,
+    /// Build pdm and run it. Arguments after `--` go to `pdm run`
+    /// (e.g. `cargo xtask run -- --iface eth0`).
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// The whole suite: formatting, clippy (host and eBPF), unit, kernel and end-to-end tests.
+    Test {
+        /// Extra arguments passed to `cargo test` after `--` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result: Result<()> = match cli.task {
+        Task::Setup => setup::run().map(|_| ()),
+        Task::Run { args } => tasks::run(&args),
+        Task::Test { args } => tasks::test(&args),
+    };
+    if let Err(err) = result {
+        eprintln!("xtask: error: {err:#}");
+        std::process::exit(1);
+    }
+}

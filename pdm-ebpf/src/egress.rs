@@ -1,0 +1,188 @@
+//! TC egress: insert the 16-octet PDM Destination Options header.
+
+use core::ptr::{read_volatile, write_volatile};
+
+use aya_ebpf::{
+    bindings::{BPF_F_ADJ_ROOM_FIXED_GSO, bpf_adj_room_mode::BPF_ADJ_ROOM_NET},
+    helpers::bpf_check_mtu,
+    programs::TcContext,
+};
+use pdm_common::{
+    counters::Counter,
+    flow::{FlowKey, FlowState, RX_PSN_VALID},
+    time::encode_delta_ns,
+    wire::{IPPROTO_DSTOPTS, IPPROTO_TCP, PDM_HEADER_LEN, PdmFields},
+};
+
+use crate::{
+    flow::{add, bump, counters, get_or_create, next_psn, now_ns},
+    parse::{ETH_HLEN, IPV6_HLEN, MAX_PREFIX, Skip, Source, bytes, parse},
+};
+
+const PDM_LEN: usize = PDM_HEADER_LEN;
+
+#[inline(always)]
+pub fn run(ctx: &TcContext) {
+    let c = counters();
+    bump(c, Counter::EgressPackets);
+    match try_egress(ctx) {
+        Ok(()) => bump(c, Counter::EgressInserted),
+        Err(reason) => bump(c, reason),
+    }
+}
+
+#[inline(always)]
+fn try_egress(ctx: &TcContext) -> Result<(), Counter> {
+    let p = parse(ctx.data(), ctx.data_end(), Source::Skb(ctx.skb.skb)).map_err(|s| match s {
+        Skip::NotIpv6 => Counter::EgressNotIpv6,
+        Skip::Unparsable => Counter::EgressUnparsable,
+        Skip::NdMld => Counter::EgressNdMld,
+        Skip::NotEligible => Counter::EgressNotEligible,
+    })?;
+    if p.pdm.is_some() || p.bad_pdm {
+        return Err(Counter::EgressAlreadyPdm);
+    }
+    if p.has_dstopts {
+        // A second Destination Options header at the same place would break RFC 8200
+        // order; merging into the existing one is not worth the risk.
+        return Err(Counter::EgressOtherDstOpts);
+    }
+    let prefix = p.insert_off - (ETH_HLEN + IPV6_HLEN);
+    if prefix > MAX_PREFIX {
+        return Err(Counter::EgressPrefixTooLong);
+    }
+
+    let key = FlowKey {
+        local_addr: p.src,
+        remote_addr: p.dst,
+        local_port: p.sport,
+        remote_port: p.dport,
+        proto: p.proto,
+        _pad: [0; 3],
+    };
+    let now = now_ns();
+    let state = get_or_create(&key, now).ok_or(Counter::EgressFlowMapFull)?;
+
+    let skb = ctx.skb.skb;
+    // SAFETY: the context pointer is valid for the program's run.
+    let (gso_size, gso_segs) = unsafe { ((*skb).gso_size, (*skb).gso_segs) };
+    let segs = if gso_segs == 0 { 1 } else { gso_segs as u64 };
+    // SAFETY: `state` points into a live map value.
+    unsafe {
+        add(&raw mut (*state).tx_packets, segs);
+        add(&raw mut (*state).tx_bytes, ctx.len() as u64);
+    }
+
+    let flags = adjust_flags(ctx, &p, gso_size)?;
+    ctx.adjust_room(PDM_LEN as i32, BPF_ADJ_ROOM_NET, flags)
+        .map_err(|_| Counter::EgressAdjustFailed)?;
+
+    let header = fields(state, now).encode_header(p.nh_at_insert);
+    if write_header(ctx, prefix, p.nh_field_off, p.payload_len, &header).is_none() {
+        // Cannot happen for a header chain we just read, but never leave 16 zero octets
+        // in a packet: take the room back out.
+        let _ = ctx.adjust_room(-(PDM_LEN as i32), BPF_ADJ_ROOM_NET, flags);
+        return Err(Counter::EgressAdjustFailed);
+    }
+    // SAFETY: `state` points into a live map value.
+    unsafe { add(&raw mut (*state).tx_pdm, segs) };
+    Ok(())
+}
+
+/// adjust_room flags, or the too-big verdict. A plain packet must fit the MTU with our
+/// header. A GSO packet's segments must: keep gso_size when they do (FIXED_GSO), else let
+/// the kernel shrink gso_size by 16 (TCP only; UDP GSO cannot change its segment size).
+#[inline(always)]
+fn adjust_flags(ctx: &TcContext, p: &crate::parse::Packet, gso_size: u32) -> Result<u64, Counter> {
+    let mut mtu: u32 = 0;
+    // SAFETY: valid context; ifindex 0 = the skb's device.
+    let ret = unsafe { bpf_check_mtu(ctx.skb.skb as *mut _, 0, &mut mtu, PDM_LEN as i32, 0) };
+    if gso_size == 0 {
+        return if ret == 0 {
+            Ok(0)
+        } else {
+            Err(Counter::EgressTooBig)
+        };
+    }
+    if p.l4_off != 0 {
+        let segment = p.l4_off - ETH_HLEN + p.l4_hdr_len + gso_size as usize + PDM_LEN;
+        if segment <= mtu as usize {
+            return Ok(BPF_F_ADJ_ROOM_FIXED_GSO as u64);
+        }
+    }
+    if p.proto == IPPROTO_TCP {
+        Ok(0)
+    } else {
+        Err(Counter::EgressTooBig)
+    }
+}
+
+/// PDM fields for a packet sent now, from the flow's reception state (RFC 8250 3.x).
+#[inline(always)]
+fn fields(state: *mut FlowState, now: u64) -> PdmFields {
+    let psn_this = next_psn(state);
+    // SAFETY: `state` points into a live map value; the ingress side writes these
+    // concurrently, and any torn-free value is acceptable.
+    unsafe {
+        let rx = read_volatile(&raw const (*state).rx_psn);
+        write_volatile(&raw mut (*state).last_send_ns, now);
+        if rx & RX_PSN_VALID == 0 {
+            return PdmFields {
+                psn_this,
+                ..PdmFields::default()
+            };
+        }
+        let last_recv = read_volatile(&raw const (*state).last_recv_ns);
+        let dtlr = encode_delta_ns(now.saturating_sub(last_recv));
+        let dtls = encode_delta_ns(read_volatile(&raw const (*state).dtls_ns));
+        PdmFields {
+            scale_dtlr: dtlr.scale,
+            scale_dtls: dtls.scale,
+            psn_this,
+            psn_last_recv: rx as u16,
+            dtlr: dtlr.delta,
+            dtls: dtls.delta,
+        }
+    }
+}
+
+/// After adjust_room opened 16 zero octets right behind the IPv6 header: move any
+/// Hop-by-Hop/Routing headers back in front of them, write PDM, relink Next Header and
+/// grow the payload length.
+#[inline(always)]
+fn write_header(
+    ctx: &TcContext,
+    prefix: usize,
+    nh_field_off: usize,
+    payload_len: u16,
+    header: &[u8; PDM_LEN],
+) -> Option<()> {
+    let (data, data_end) = (ctx.data(), ctx.data_end());
+    let base = ETH_HLEN + IPV6_HLEN;
+    // The IPv6 header plus the 16 new octets, at constant offsets.
+    let ip = bytes::<{ IPV6_HLEN + PDM_LEN }>(data, data_end, ETH_HLEN)?;
+    // SAFETY: bounds-checked above.
+    let ip = unsafe { &mut *ip };
+    // Zero means a jumbo/BIG TCP packet whose length lives elsewhere: leave it.
+    if payload_len != 0 {
+        ip[4..6].copy_from_slice(&payload_len.wrapping_add(PDM_LEN as u16).to_be_bytes());
+    }
+    if prefix == 0 {
+        ip[IPV6_HLEN..].copy_from_slice(header);
+        ip[6] = IPPROTO_DSTOPTS;
+        return Some(());
+    }
+    // Rare path (Hop-by-Hop/Routing present): move them through the helpers, 8 octets
+    // at a time towards lower addresses, so each chunk is read before it is overwritten.
+    let src = Source::Skb(ctx.skb.skb);
+    for i in 0..MAX_PREFIX / 8 {
+        if i * 8 >= prefix {
+            break;
+        }
+        let chunk = src.load::<8>(base + PDM_LEN + i * 8)?;
+        ctx.store(base + i * 8, &chunk, 0).ok()?;
+    }
+    ctx.store(base + prefix, header, 0).ok()?;
+    ctx.store(nh_field_off, &IPPROTO_DSTOPTS, 0).ok()?;
+    Some(())
+}

@@ -1,0 +1,194 @@
+//! Ingress recorder (XDP or TC): read PDM from received packets into the flow entry,
+//! and lower the MSS of incoming SYN/SYN-ACKs so our own full-size segments still fit
+//! the MTU once egress adds PDM. Every packet is passed on.
+
+use core::ptr::{read_volatile, write_volatile};
+
+use aya_ebpf::{
+    EbpfContext,
+    helpers::bpf_check_mtu,
+    programs::{TcContext, XdpContext},
+};
+use pdm_common::{
+    counters::Counter,
+    flow::{FlowKey, RX_PSN_VALID},
+    wire::{IPPROTO_TCP, PDM_HEADER_LEN},
+};
+
+use crate::{
+    CLAMP_MSS,
+    flow::{add, bump, counters, get_or_create, now_ns},
+    parse::{IPV6_HLEN, Packet, Skip, Source, parse},
+};
+
+pub enum Hook<'a> {
+    Xdp(&'a XdpContext),
+    Tc(&'a TcContext),
+}
+
+impl Hook<'_> {
+    #[inline(always)]
+    fn source(&self) -> Source {
+        match self {
+            Hook::Xdp(c) => Source::Xdp(c.ctx),
+            Hook::Tc(c) => Source::Skb(c.skb.skb),
+        }
+    }
+
+    #[inline(always)]
+    fn ctx_ptr(&self) -> *mut core::ffi::c_void {
+        match self {
+            Hook::Xdp(c) => c.as_ptr(),
+            Hook::Tc(c) => c.as_ptr(),
+        }
+    }
+
+    /// Wire packets and octets this run stands for (TC ingress may see GRO packets).
+    #[inline(always)]
+    fn packets_bytes(&self, data: usize, data_end: usize) -> (u64, u64) {
+        match self {
+            Hook::Xdp(_) => (1, (data_end - data) as u64),
+            Hook::Tc(c) => {
+                // SAFETY: the context pointer is valid for the program's run.
+                let segs = unsafe { (*c.skb.skb).gso_segs };
+                (if segs == 0 { 1 } else { segs as u64 }, c.len() as u64)
+            }
+        }
+    }
+}
+
+#[inline(always)]
+pub fn run(data: usize, data_end: usize, hook: Hook) {
+    let c = counters();
+    bump(c, Counter::IngressPackets);
+    let p = match parse(data, data_end, hook.source()) {
+        Ok(p) => p,
+        Err(s) => {
+            bump(
+                c,
+                match s {
+                    Skip::NotIpv6 => Counter::IngressNotIpv6,
+                    Skip::Unparsable => Counter::IngressUnparsable,
+                    Skip::NdMld => Counter::IngressNdMld,
+                    Skip::NotEligible => Counter::IngressNotEligible,
+                },
+            );
+            return;
+        }
+    };
+    if p.bad_pdm {
+        bump(c, Counter::IngressBadPdm);
+    }
+    match record(&p, data, data_end, &hook) {
+        Ok(()) if p.pdm.is_some() => bump(c, Counter::IngressPdm),
+        Ok(()) => bump(c, Counter::IngressNoPdm),
+        Err(reason) => bump(c, reason),
+    }
+    // SAFETY: a global the loader sets before load.
+    let clamp = unsafe { read_volatile(&CLAMP_MSS) } != 0;
+    if clamp && p.proto == IPPROTO_TCP && p.tcp_flags & TCP_SYN != 0 && clamp_mss(&p, &hook) {
+        bump(c, Counter::IngressMssClamped);
+    }
+}
+
+const TCP_SYN: u8 = 0x02;
+
+/// Updates the flow entry: counters always, reception state when PDM is present.
+#[inline(always)]
+fn record(p: &Packet, data: usize, data_end: usize, hook: &Hook) -> Result<(), Counter> {
+    let key = FlowKey {
+        local_addr: p.dst,
+        remote_addr: p.src,
+        local_port: p.dport,
+        remote_port: p.sport,
+        proto: p.proto,
+        _pad: [0; 3],
+    };
+    let now = now_ns();
+    let state = get_or_create(&key, now).ok_or(Counter::IngressFlowMapFull)?;
+    let (packets, octets) = hook.packets_bytes(data, data_end);
+    // SAFETY: `state` points into a live map value; egress reads these fields
+    // concurrently and tolerates either old or new values.
+    unsafe {
+        add(&raw mut (*state).rx_packets, packets);
+        add(&raw mut (*state).rx_bytes, octets);
+        if let Some(pdm) = p.pdm {
+            let last_send = read_volatile(&raw const (*state).last_send_ns);
+            let dtls = if last_send != 0 {
+                now.saturating_sub(last_send)
+            } else {
+                0
+            };
+            write_volatile(&raw mut (*state).dtls_ns, dtls);
+            write_volatile(&raw mut (*state).last_recv_ns, now);
+            write_volatile(&raw mut (*state).rx_psn, RX_PSN_VALID | pdm.psn_this as u32);
+            add(&raw mut (*state).rx_pdm, packets);
+        }
+    }
+    Ok(())
+}
+
+/// Lowers the MSS option of a received SYN/SYN-ACK to MTU − 40 − 20 − 16, so the
+/// segments our stack sends to this peer leave room for PDM. The TCP checksum is fixed
+/// incrementally, which also keeps any CHECKSUM_COMPLETE sum valid.
+#[inline(always)]
+fn clamp_mss(p: &Packet, hook: &Hook) -> bool {
+    let mut mtu: u32 = 0;
+    // SAFETY: valid context; ifindex 0 = the packet's device.
+    if unsafe { bpf_check_mtu(hook.ctx_ptr(), 0, &mut mtu, 0, 0) } != 0 || mtu < 1280 {
+        return false;
+    }
+    let limit = (mtu as usize - IPV6_HLEN - 20 - PDM_HEADER_LEN) as u16;
+    let src = hook.source();
+    let l4 = p.l4_off;
+    let end = l4 + p.l4_hdr_len;
+    let mut o = l4 + 20;
+    // Options are read through the helpers: variable offsets stay out of packet-pointer
+    // arithmetic (see parse.rs). SYNs are rare, so the cost does not matter.
+    for _ in 0..MAX_TCP_OPTIONS {
+        if o >= end {
+            return false;
+        }
+        let Some([kind, len]) = src.load::<2>(o) else {
+            return false;
+        };
+        match kind {
+            0 => return false,
+            1 => o += 1,
+            2 if len == 4 => {
+                let Some(v) = src.load::<2>(o + 2) else {
+                    return false;
+                };
+                let mss = u16::from_be_bytes(v);
+                if mss <= limit {
+                    return false;
+                }
+                let Some(c) = src.load::<2>(l4 + 16) else {
+                    return false;
+                };
+                let csum = csum_replace(u16::from_be_bytes(c), mss, limit);
+                return src.store(o + 2, &limit.to_be_bytes()).is_some()
+                    && src.store(l4 + 16, &csum.to_be_bytes()).is_some();
+            }
+            _ => {
+                if len < 2 {
+                    return false;
+                }
+                o += len as usize;
+            }
+        }
+    }
+    false
+}
+
+/// TCP options: at most 40 octets, so at most 40 single-octet options.
+const MAX_TCP_OPTIONS: usize = 40;
+
+/// RFC 1624 incremental update: HC' = ~(~HC + ~m + m').
+#[inline(always)]
+fn csum_replace(check: u16, old: u16, new: u16) -> u16 {
+    let mut sum = (!check as u32) + (!old as u32 & 0xffff) + new as u32;
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}

@@ -1,0 +1,147 @@
+//! Loading the eBPF object and attaching its programs through bpf_links, so that the
+//! kernel detaches everything when the process ends — however it ends.
+
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, links::FdLink},
+};
+use pdm_common::names;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum AttachError {
+    #[error("loading the eBPF object: {0}")]
+    Load(#[source] aya::EbpfError),
+    #[error("the eBPF object has no program `{0}`")]
+    MissingProgram(&'static str),
+    #[error("program `{name}`: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error(
+        "program `{0}` was attached without a bpf_link (legacy netlink); refusing, because it \
+         would stay attached if pdm were killed"
+    )]
+    NotALink(&'static str),
+}
+
+/// How received packets are read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Ingress {
+    /// XDP, native mode, falling back to generic (SKB) mode.
+    Xdp,
+    /// A TC ingress classifier (TCX): keeps the peer's GSO on veth.
+    Tc,
+}
+
+pub struct LoadOptions {
+    pub max_flows: u32,
+    pub clamp_mss: bool,
+}
+
+/// Loads the object and has the kernel verify every program. Attaches nothing.
+pub fn load(opts: &LoadOptions) -> Result<Ebpf, AttachError> {
+    let clamp: u8 = opts.clamp_mss.into();
+    let mut ebpf = EbpfLoader::new()
+        .map_max_entries(names::FLOWS, opts.max_flows)
+        .override_global(names::CLAMP_MSS, &clamp, true)
+        .load(crate::EBPF_OBJECT)
+        .map_err(AttachError::Load)?;
+    for name in [names::PROG_EGRESS, names::PROG_INGRESS_TC] {
+        classifier(&mut ebpf, name)?
+            .load()
+            .map_err(|source| AttachError::Program { name, source })?;
+    }
+    let name = names::PROG_INGRESS_XDP;
+    xdp(&mut ebpf)?
+        .load()
+        .map_err(|source| AttachError::Program { name, source })?;
+    Ok(ebpf)
+}
+
+pub fn classifier<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut SchedClassifier, AttachError> {
+    ebpf.program_mut(name)
+        .ok_or(AttachError::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| AttachError::Program { name, source })
+}
+
+pub fn xdp(ebpf: &mut Ebpf) -> Result<&mut Xdp, AttachError> {
+    let name = names::PROG_INGRESS_XDP;
+    ebpf.program_mut(name)
+        .ok_or(AttachError::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| AttachError::Program { name, source })
+}
+
+/// The programs attached to one interface; dropping it detaches them.
+pub struct Attached {
+    /// Human-readable description of each attachment, for the start-up message.
+    pub description: Vec<String>,
+    // Declared before nothing else that matters: dropping a link detaches its program.
+    _links: Vec<FdLink>,
+}
+
+/// Attaches egress (TC, TCX link) and ingress (XDP native → generic, or TC) to `iface`.
+pub fn attach(ebpf: &mut Ebpf, iface: &str, ingress: Ingress) -> Result<Attached, AttachError> {
+    let mut links = Vec::new();
+    let mut description = Vec::new();
+
+    let name = names::PROG_EGRESS;
+    links.push(attach_tc(ebpf, name, iface, TcAttachType::Egress)?);
+    description.push(format!("{name}: tc egress (tcx link)"));
+
+    match ingress {
+        Ingress::Tc => {
+            let name = names::PROG_INGRESS_TC;
+            links.push(attach_tc(ebpf, name, iface, TcAttachType::Ingress)?);
+            description.push(format!("{name}: tc ingress (tcx link)"));
+        }
+        Ingress::Xdp => {
+            let name = names::PROG_INGRESS_XDP;
+            let prog = xdp(ebpf)?;
+            let (id, mode) = match prog.attach(iface, XdpMode::Driver) {
+                Ok(id) => (id, "native"),
+                Err(native) => {
+                    log::warn!(
+                        "native XDP is not available on {iface} ({native}); using generic (SKB) mode"
+                    );
+                    let id = prog
+                        .attach(iface, XdpMode::Skb)
+                        .map_err(|source| AttachError::Program { name, source })?;
+                    (id, "generic")
+                }
+            };
+            let link = prog
+                .take_link(id)
+                .map_err(|source| AttachError::Program { name, source })?;
+            links.push(FdLink::try_from(link).map_err(|_| AttachError::NotALink(name))?);
+            description.push(format!("{name}: xdp {mode} (bpf_link)"));
+        }
+    }
+    Ok(Attached {
+        description,
+        _links: links,
+    })
+}
+
+fn attach_tc(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    iface: &str,
+    at: TcAttachType,
+) -> Result<FdLink, AttachError> {
+    let prog = classifier(ebpf, name)?;
+    let id = prog
+        .attach(iface, at)
+        .map_err(|source| AttachError::Program { name, source })?;
+    let link = prog
+        .take_link(id)
+        .map_err(|source| AttachError::Program { name, source })?;
+    FdLink::try_from(link).map_err(|_| AttachError::NotALink(name))
+}

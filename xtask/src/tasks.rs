@@ -1,0 +1,76 @@
+//! The tasks behind `cargo xtask run` and `cargo xtask test`.
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::Result;
+
+use crate::{cmd, setup};
+
+/// Host crates; `pdm-ebpf` only builds for the BPF target (through pdm-user's build.rs).
+const HOST_PACKAGES: &[&str] = &["pdm-common", "pdm-user", "xtask"];
+
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives inside the workspace")
+        .to_owned()
+}
+
+fn cargo(tools: &setup::Tools) -> Command {
+    let mut c = Command::new("cargo");
+    c.current_dir(workspace_root())
+        .env("PATH", tools.path_env());
+    c
+}
+
+fn packages(c: &mut Command) -> &mut Command {
+    for p in HOST_PACKAGES {
+        c.args(["-p", p]);
+    }
+    c
+}
+
+/// Builds the `pdm` binary (release) and runs it with `args`.
+pub fn run(args: &[String]) -> Result<()> {
+    let tools = setup::run()?;
+    cmd::run(cargo(&tools).args(["build", "--release", "-p", "pdm-user", "--bin", "pdm"]))?;
+    let pdm = workspace_root().join("target/release/pdm");
+    let mut c = Command::new(pdm);
+    if args.is_empty() {
+        // No interface given: load and verify the programs without attaching anything.
+        c.arg("check");
+    } else {
+        c.arg("run").args(args);
+    }
+    cmd::run(&mut c)
+}
+
+pub fn test(args: &[String]) -> Result<()> {
+    let tools = setup::run()?;
+    section("cargo fmt --check");
+    cmd::run(cargo(&tools).args(["fmt", "--all", "--", "--check"]))?;
+
+    section("clippy: host crates");
+    cmd::run(packages(cargo(&tools).arg("clippy")).args([
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+
+    section("clippy: pdm-ebpf (bpfel-unknown-none)");
+    cmd::run(
+        cargo(&tools)
+            .args(["+nightly", "clippy", "-p", "pdm-ebpf", "--release"])
+            .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+            .args(["--", "-D", "warnings"]),
+    )?;
+
+    section("tests");
+    cmd::run(packages(cargo(&tools).arg("test")).arg("--").args(args))?;
+    Ok(())
+}
+
+fn section(name: &str) {
+    eprintln!("\n== {name}");
+}
