@@ -62,8 +62,10 @@ pub fn add(field: *mut u64, v: u64) {
 /// Takes the next PSN This Packet: atomic, so no PSN is lost or repeated between CPUs.
 #[inline(always)]
 pub fn next_psn(state: *mut FlowState) -> u16 {
+    // SeqCst, not Relaxed: LLVM 22 lowers a relaxed 32-bit add whose result is used to
+    // the non-fetching BPF atomic add (the PSN then read back as the increment, 1).
     // SAFETY: points into a live map value, 4-byte aligned.
     unsafe {
-        atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(&raw mut (*state).psn_next, 1) as u16
+        atomic_xadd::<u32, u32, { AtomicOrdering::SeqCst }>(&raw mut (*state).psn_next, 1) as u16
     }
 }
