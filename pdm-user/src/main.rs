@@ -171,10 +171,11 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     check_privileges()?;
     let _lock = iface::IfaceLock::acquire(name)?;
     if let Some(o) = offload::recover(name, ifindex)? {
+        let (tso, gso) = o.tso_gso();
         log::info!(
             "restored TSO {} / GSO {} on {name}, left changed by a previous run",
-            on(o.tso),
-            on(o.gso)
+            on(tso),
+            on(gso)
         );
     }
     raise_memlock();
@@ -186,11 +187,11 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     // Offloads go off before attaching so that no GSO packet meets a per-packet run.
     let offloads = if args.per_packet {
         let guard = offload::disable(name, ifindex)?;
-        let was = guard.saved();
+        let (tso, gso) = guard.saved().tso_gso();
         log::info!(
             "per-packet PSNs: TSO and GSO off on {name} (were {} / {}; restored on exit)",
-            on(was.tso),
-            on(was.gso)
+            on(tso),
+            on(gso)
         );
         Some(guard)
     } else {
@@ -224,6 +225,10 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
             break ExitCode::SUCCESS;
         }
     };
+    // A last report, so even a run shorter than one interval says what it saw.
+    if code == ExitCode::SUCCESS {
+        report(&ebpf, name, args.json)?;
+    }
     // Detach first, then give the interface its offloads back.
     drop(attached);
     drop(offloads);

@@ -1,8 +1,21 @@
 //! TSO/GSO control for `--per-packet`: off while attached, restored on exit, and on the
 //! next start if a crash (even SIGKILL) left them off. The settings found are written to
 //! a state file before anything is changed, so the restore never guesses.
+//!
+//! Turning TSO/GSO off is not enough on its own: TCP always builds GSO packets (since
+//! Linux 4.x) and segments them in software after TC egress has run, so the egress
+//! program would still see one packet per burst. Limiting the device's gso_max_segs to
+//! 1 makes TCP hand down one segment per packet; it is saved and restored with the rest.
+//!
+//! Uses the ethtool features ioctls (ETHTOOL_GFEATURES/SFEATURES, by feature name), as
+//! `ethtool -K` does (the legacy ETHTOOL_STSO is refused by some drivers, veth among
+//! them), and rtnetlink for gso_max_segs, as `ip link set` does.
 
-use std::{fs, os::fd::AsRawFd as _, path::PathBuf};
+use std::{
+    fs,
+    os::fd::{AsRawFd as _, FromRawFd as _},
+    path::PathBuf,
+};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -10,10 +23,19 @@ use thiserror::Error;
 use crate::iface;
 
 const SIOCETHTOOL: libc::c_ulong = 0x8946;
-const ETHTOOL_GTSO: u32 = 0x1e;
-const ETHTOOL_STSO: u32 = 0x1f;
-const ETHTOOL_GGSO: u32 = 0x23;
-const ETHTOOL_SGSO: u32 = 0x24;
+const ETHTOOL_GSTRINGS: u32 = 0x1b;
+const ETHTOOL_GSSET_INFO: u32 = 0x37;
+const ETHTOOL_GFEATURES: u32 = 0x3a;
+const ETHTOOL_SFEATURES: u32 = 0x3b;
+const ETH_SS_FEATURES: u32 = 4;
+const ETH_GSTRING_LEN: usize = 32;
+
+/// Features that turn one TCP send into several wire packets: GSO and every TSO
+/// variant the kernel knows (tx-tcp-segmentation, -ecn-, -mangleid-, tcp6-, accecn-, ...).
+pub fn is_segmentation_feature(name: &str) -> bool {
+    name == "tx-generic-segmentation"
+        || (name.starts_with("tx-tcp") && name.ends_with("-segmentation"))
+}
 
 #[derive(Debug, Error)]
 pub enum OffloadError {
@@ -24,6 +46,8 @@ pub enum OffloadError {
         #[source]
         source: std::io::Error,
     },
+    #[error("`{iface}` has no feature `{feature}`")]
+    NoFeature { iface: String, feature: String },
     #[error("offload state file {path}: {source}")]
     State {
         path: String,
@@ -32,27 +56,34 @@ pub enum OffloadError {
     },
 }
 
-/// TSO and GSO as found on the interface.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Requested on/off state of each segmentation feature the device has, and its
+/// gso_max_segs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Offloads {
-    pub tso: bool,
-    pub gso: bool,
+    pub features: Vec<(String, bool)>,
+    pub gso_max_segs: u32,
 }
 
-#[repr(C)]
-struct EthtoolValue {
-    cmd: u32,
-    data: u32,
+impl Offloads {
+    /// Whether TSO (any TCP segmentation) and GSO are requested on.
+    pub fn tso_gso(&self) -> (bool, bool) {
+        let on = |f: &str| self.features.iter().any(|(n, v)| n == f && *v);
+        (
+            on("tx-tcp-segmentation") || on("tx-tcp6-segmentation"),
+            on("tx-generic-segmentation"),
+        )
+    }
 }
 
 #[repr(C)]
 struct IfReq {
     name: [u8; libc::IFNAMSIZ],
-    data: *mut EthtoolValue,
+    data: *mut u8,
     _pad: [u8; 16],
 }
 
-fn ethtool(iface: &str, op: &'static str, cmd: u32, data: u32) -> Result<u32, OffloadError> {
+/// Runs one SIOCETHTOOL on `buf` (which starts with the command word).
+fn ioctl(iface: &str, op: &'static str, buf: &mut [u8]) -> Result<(), OffloadError> {
     let err = |source| OffloadError::Ioctl {
         op,
         iface: iface.into(),
@@ -61,32 +92,216 @@ fn ethtool(iface: &str, op: &'static str, cmd: u32, data: u32) -> Result<u32, Of
     let sock = std::net::UdpSocket::bind("[::]:0")
         .or_else(|_| std::net::UdpSocket::bind("0.0.0.0:0"))
         .map_err(err)?;
-    let mut value = EthtoolValue { cmd, data };
     let mut req = IfReq {
         name: [0; libc::IFNAMSIZ],
-        data: &mut value,
+        data: buf.as_mut_ptr(),
         _pad: [0; 16],
     };
     let n = iface.len().min(libc::IFNAMSIZ - 1);
     req.name[..n].copy_from_slice(&iface.as_bytes()[..n]);
-    // SAFETY: a valid socket and an ifreq whose data points at a live ethtool_value.
-    if unsafe { libc::ioctl(sock.as_raw_fd(), SIOCETHTOOL, &mut req) } != 0 {
+    // SAFETY: a valid socket and an ifreq whose data points at a live buffer the size
+    // the command expects.
+    // SFEATURES returns a non-negative set of ETHTOOL_F_* flags on success.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), SIOCETHTOOL, &mut req) } < 0 {
         return Err(err(std::io::Error::last_os_error()));
     }
-    Ok(value.data)
+    Ok(())
 }
 
+fn u32_at(b: &[u8], off: usize) -> u32 {
+    u32::from_ne_bytes(b[off..off + 4].try_into().expect("4 octets"))
+}
+
+/// Names of the device's features, in bit order.
+fn feature_names(iface: &str) -> Result<Vec<String>, OffloadError> {
+    // struct ethtool_sset_info { cmd, reserved, u64 sset_mask, u32 data[] }
+    let mut info = [0u8; 20];
+    info[..4].copy_from_slice(&ETHTOOL_GSSET_INFO.to_ne_bytes());
+    info[8..16].copy_from_slice(&(1u64 << ETH_SS_FEATURES).to_ne_bytes());
+    ioctl(iface, "get string-set info", &mut info)?;
+    let count = u32_at(&info, 16) as usize;
+    // struct ethtool_gstrings { cmd, string_set, len, u8 data[] }
+    let mut buf = vec![0u8; 12 + count * ETH_GSTRING_LEN];
+    buf[..4].copy_from_slice(&ETHTOOL_GSTRINGS.to_ne_bytes());
+    buf[4..8].copy_from_slice(&ETH_SS_FEATURES.to_ne_bytes());
+    buf[8..12].copy_from_slice(&(count as u32).to_ne_bytes());
+    ioctl(iface, "get feature names", &mut buf)?;
+    Ok(buf[12..]
+        .chunks(ETH_GSTRING_LEN)
+        .map(|c| {
+            String::from_utf8_lossy(c.split(|&b| b == 0).next().unwrap_or_default()).into_owned()
+        })
+        .collect())
+}
+
+fn blocks(count: usize) -> usize {
+    count.div_ceil(32)
+}
+
+/// The requested state of each feature bit.
+fn requested(iface: &str, count: usize) -> Result<Vec<bool>, OffloadError> {
+    // struct ethtool_gfeatures { cmd, size, {available, requested, active, never_changed}[] }
+    let n = blocks(count);
+    let mut buf = vec![0u8; 8 + n * 16];
+    buf[..4].copy_from_slice(&ETHTOOL_GFEATURES.to_ne_bytes());
+    buf[4..8].copy_from_slice(&(n as u32).to_ne_bytes());
+    ioctl(iface, "get features", &mut buf)?;
+    Ok((0..count)
+        .map(|bit| u32_at(&buf, 8 + (bit / 32) * 16 + 4) & (1 << (bit % 32)) != 0)
+        .collect())
+}
+
+fn bit_of(names: &[String], iface: &str, feature: &str) -> Result<usize, OffloadError> {
+    names
+        .iter()
+        .position(|n| n == feature)
+        .ok_or_else(|| OffloadError::NoFeature {
+            iface: iface.into(),
+            feature: feature.into(),
+        })
+}
+
+/// The segmentation features' current (requested) state.
 pub fn get(iface: &str) -> Result<Offloads, OffloadError> {
+    let names = feature_names(iface)?;
+    let req = requested(iface, names.len())?;
     Ok(Offloads {
-        tso: ethtool(iface, "get tso", ETHTOOL_GTSO, 0)? != 0,
-        gso: ethtool(iface, "get gso", ETHTOOL_GGSO, 0)? != 0,
+        features: names
+            .iter()
+            .zip(req)
+            .filter(|(n, _)| is_segmentation_feature(n))
+            .map(|(n, on)| (n.clone(), on))
+            .collect(),
+        gso_max_segs: gso_max_segs(iface)?,
     })
 }
 
-pub fn set(iface: &str, o: Offloads) -> Result<(), OffloadError> {
-    ethtool(iface, "set tso", ETHTOOL_STSO, o.tso as u32)?;
-    ethtool(iface, "set gso", ETHTOOL_SGSO, o.gso as u32)?;
-    Ok(())
+/// Requests each listed feature on or off.
+pub fn set(iface: &str, o: &Offloads) -> Result<(), OffloadError> {
+    let names = feature_names(iface)?;
+    let n = blocks(names.len());
+    // struct ethtool_sfeatures { cmd, size, {valid, requested}[] }
+    let mut buf = vec![0u8; 8 + n * 8];
+    buf[..4].copy_from_slice(&ETHTOOL_SFEATURES.to_ne_bytes());
+    buf[4..8].copy_from_slice(&(n as u32).to_ne_bytes());
+    for (feature, on) in &o.features {
+        let bit = bit_of(&names, iface, feature)?;
+        let word = 8 + (bit / 32) * 8;
+        let valid = u32_at(&buf, word) | 1 << (bit % 32);
+        buf[word..word + 4].copy_from_slice(&valid.to_ne_bytes());
+        let mut req = u32_at(&buf, word + 4);
+        if *on {
+            req |= 1 << (bit % 32);
+        }
+        buf[word + 4..word + 8].copy_from_slice(&req.to_ne_bytes());
+    }
+    // A positive return means "some changes not applied as asked": fine for features a
+    // device cannot change (they keep their fixed value); a failure is an error.
+    ioctl(iface, "set features", &mut buf)?;
+    set_gso_max_segs(iface, o.gso_max_segs)
+}
+
+const IFLA_GSO_MAX_SEGS: u16 = 40;
+
+/// The device's gso_max_segs (not in sysfs; `ip -d link` reads it the same way).
+fn gso_max_segs(iface: &str) -> Result<u32, OffloadError> {
+    let reply = rtnl(
+        iface,
+        "get gso_max_segs",
+        libc::RTM_GETLINK,
+        libc::NLM_F_REQUEST,
+        None,
+    )?;
+    // nlmsghdr (16) + ifinfomsg (16), then rtattrs {len u16, type u16, data, pad to 4}.
+    let mut off = 32;
+    while off + 4 <= reply.len() {
+        let len = u16::from_ne_bytes([reply[off], reply[off + 1]]) as usize;
+        let ty = u16::from_ne_bytes([reply[off + 2], reply[off + 3]]);
+        if len < 4 {
+            break;
+        }
+        if ty == IFLA_GSO_MAX_SEGS && len >= 8 && off + 8 <= reply.len() {
+            return Ok(u32::from_ne_bytes(
+                reply[off + 4..off + 8].try_into().expect("4 octets"),
+            ));
+        }
+        off += len.div_ceil(4) * 4;
+    }
+    Err(OffloadError::NoFeature {
+        iface: iface.into(),
+        feature: "gso_max_segs".into(),
+    })
+}
+
+/// `ip link set dev IFACE gso_max_segs N`.
+fn set_gso_max_segs(iface: &str, segs: u32) -> Result<(), OffloadError> {
+    rtnl(
+        iface,
+        "set gso_max_segs",
+        libc::RTM_NEWLINK,
+        libc::NLM_F_REQUEST | libc::NLM_F_ACK,
+        Some((IFLA_GSO_MAX_SEGS, segs)),
+    )
+    .map(drop)
+}
+
+/// One rtnetlink request about `iface` (optionally with one u32 attribute); returns the
+/// reply, after turning an NLMSG_ERROR with a non-zero code into an error.
+fn rtnl(
+    iface: &str,
+    op: &'static str,
+    msg_type: u16,
+    flags: libc::c_int,
+    attr: Option<(u16, u32)>,
+) -> Result<Vec<u8>, OffloadError> {
+    let err = |source| OffloadError::Ioctl {
+        op,
+        iface: iface.into(),
+        source,
+    };
+    let index = iface::index(iface).map_err(|_| err(std::io::ErrorKind::NotFound.into()))?;
+    let len = if attr.is_some() { 40 } else { 32 };
+    let mut msg = [0u8; 40];
+    msg[0..4].copy_from_slice(&(len as u32).to_ne_bytes());
+    msg[4..6].copy_from_slice(&msg_type.to_ne_bytes());
+    msg[6..8].copy_from_slice(&(flags as u16).to_ne_bytes());
+    msg[8..12].copy_from_slice(&1u32.to_ne_bytes());
+    msg[16] = libc::AF_UNSPEC as u8;
+    msg[20..24].copy_from_slice(&(index as i32).to_ne_bytes());
+    if let Some((ty, v)) = attr {
+        msg[32..34].copy_from_slice(&8u16.to_ne_bytes());
+        msg[34..36].copy_from_slice(&ty.to_ne_bytes());
+        msg[36..40].copy_from_slice(&v.to_ne_bytes());
+    }
+    let mut reply = vec![0u8; 64 * 1024];
+    // SAFETY: plain socket calls on buffers we own; the fd is closed on every path.
+    let n = unsafe {
+        let fd = libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        );
+        if fd < 0 {
+            return Err(err(std::io::Error::last_os_error()));
+        }
+        let fd = std::os::fd::OwnedFd::from_raw_fd(fd);
+        if libc::send(fd.as_raw_fd(), msg.as_ptr().cast(), len, 0) < 0 {
+            return Err(err(std::io::Error::last_os_error()));
+        }
+        libc::recv(fd.as_raw_fd(), reply.as_mut_ptr().cast(), reply.len(), 0)
+    };
+    if n < 20 {
+        return Err(err(std::io::Error::last_os_error()));
+    }
+    reply.truncate(n as usize);
+    if u16::from_ne_bytes([reply[4], reply[5]]) == libc::NLMSG_ERROR as u16 {
+        // NLMSG_ERROR carries -errno (0 = success, the ACK) right after the header.
+        let code = i32::from_ne_bytes(reply[16..20].try_into().expect("4 octets"));
+        if code != 0 {
+            return Err(err(std::io::Error::from_raw_os_error(-code)));
+        }
+    }
+    Ok(reply)
 }
 
 #[derive(Serialize, Deserialize)]
@@ -99,14 +314,14 @@ fn state_file(iface_name: &str) -> PathBuf {
     iface::state_path(iface_name, "offload")
 }
 
-/// Turns TSO and GSO off, after recording how they were. Returns a guard that restores
-/// them when dropped.
+/// Turns segmentation offloads off, after recording how they were. Returns a guard that
+/// restores them when dropped.
 pub fn disable(iface_name: &str, ifindex: u32) -> Result<OffloadGuard, OffloadError> {
     let found = get(iface_name)?;
     let path = state_file(iface_name);
     let saved = serde_json::to_vec(&Saved {
         ifindex,
-        offloads: found,
+        offloads: found.clone(),
     })
     .expect("plain struct serialises");
     let state_err = |source| OffloadError::State {
@@ -115,13 +330,18 @@ pub fn disable(iface_name: &str, ifindex: u32) -> Result<OffloadGuard, OffloadEr
     };
     fs::create_dir_all(crate::RUN_DIR).map_err(state_err)?;
     fs::write(&path, saved).map_err(state_err)?;
-    set(
-        iface_name,
-        Offloads {
-            tso: false,
-            gso: false,
-        },
-    )?;
+    let off = Offloads {
+        features: found
+            .features
+            .iter()
+            .map(|(f, _)| (f.clone(), false))
+            .collect(),
+        gso_max_segs: 1,
+    };
+    if let Err(e) = set(iface_name, &off) {
+        let _ = fs::remove_file(&path);
+        return Err(e);
+    }
     Ok(OffloadGuard {
         iface: iface_name.into(),
         path,
@@ -140,7 +360,7 @@ pub fn recover(iface_name: &str, ifindex: u32) -> Result<Option<Offloads>, Offlo
     let restored = match saved {
         // Same interface (not a new one that reuses the name): put it back.
         Some(s) if s.ifindex == ifindex => {
-            set(iface_name, s.offloads)?;
+            set(iface_name, &s.offloads)?;
             Some(s.offloads)
         }
         _ => None,
@@ -156,14 +376,14 @@ pub struct OffloadGuard {
 }
 
 impl OffloadGuard {
-    pub fn saved(&self) -> Offloads {
-        self.saved
+    pub fn saved(&self) -> &Offloads {
+        &self.saved
     }
 }
 
 impl Drop for OffloadGuard {
     fn drop(&mut self) {
-        match set(&self.iface, self.saved) {
+        match set(&self.iface, &self.saved) {
             Ok(()) => {
                 let _ = fs::remove_file(&self.path);
             }

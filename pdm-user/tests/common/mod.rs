@@ -2,6 +2,8 @@
 //! (also when the test panics), and a handle on a running `pdm`.
 #![allow(dead_code)]
 
+pub mod traffic;
+
 use std::{
     fs::File,
     io::{BufRead as _, BufReader},
@@ -85,12 +87,17 @@ impl Netns {
 impl Drop for Netns {
     fn drop(&mut self) {
         // Kill anything still running in it first, so the namespace really goes.
-        let _ = Command::new("ip").args(["netns", "pids", &self.name]).output().map(|o| {
-            for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
-                let _ = Command::new("kill").args(["-9", pid]).status();
-            }
-        });
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+            .map(|o| {
+                for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                    let _ = Command::new("kill").args(["-9", pid]).status();
+                }
+            });
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
@@ -161,10 +168,18 @@ impl Pdm {
         let mut reader = BufReader::new(stderr);
         let deadline = Instant::now() + Duration::from_secs(60);
         // Egress plus ingress: two "attached" lines.
-        while lines.iter().filter(|l: &&String| l.contains("attached to")).count() < 2 {
+        while lines
+            .iter()
+            .filter(|l: &&String| l.contains("attached to"))
+            .count()
+            < 2
+        {
             let mut line = String::new();
             let n = reader.read_line(&mut line).expect("read pdm stderr");
-            assert!(n > 0 && Instant::now() < deadline, "pdm did not attach: {lines:?}");
+            assert!(
+                n > 0 && Instant::now() < deadline,
+                "pdm did not attach: {lines:?}"
+            );
             lines.push(line.trim_end().to_owned());
         }
         // Keep draining stderr so pdm never blocks on a full pipe.
@@ -181,7 +196,7 @@ impl Pdm {
 
     /// SIGTERM, wait, and return the JSON lines it printed.
     pub fn stop(mut self) -> Vec<serde_json::Value> {
-        let mut child = self.child.take().expect("running");
+        let child = self.child.take().expect("running");
         // SAFETY: signalling our own child.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         let out = child.wait_with_output().expect("wait pdm");
