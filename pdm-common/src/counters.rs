@@ -32,7 +32,10 @@ counters! {
     EgressAlreadyPdm => "egress_skip_already_pdm",
     /// Carries another Destination Options header where PDM would go.
     EgressOtherDstOpts => "egress_skip_other_dstopts",
-    /// Upper layer is not TCP, UDP, ICMPv6 or ESP/AH-protected.
+    /// An Authentication Header covers the headers PDM would go between: inserting
+    /// would make the receiver reject the packet.
+    EgressAh => "egress_skip_ah",
+    /// Upper layer is not TCP, UDP, ICMPv6 or ESP-protected.
     EgressNotEligible => "egress_skip_not_eligible",
     /// PDM would make the packet exceed the device MTU.
     EgressTooBig => "egress_skip_too_big",

@@ -12,9 +12,9 @@ pub const DEFAULT_MAX_FLOWS: u32 = 65_536;
 pub const RX_PSN_VALID: u32 = 1 << 16;
 
 /// Flow key: the 5-tuple as seen from this host. Ports in host byte order. For ICMPv6
-/// echo, `local_port` holds the echo identifier (RFC 8250 has no port rule for ICMPv6;
-/// PDMv2 does the same) and `remote_port` is 0. Fragments, ESP and other ICMPv6 messages
-/// carry no ports: both are 0.
+/// echo, both ports hold the echo identifier (RFC 8250 has no port rule for ICMPv6;
+/// PDMv2 uses the identifier too), which keeps the key the same in both directions.
+/// Fragments, ESP and other ICMPv6 messages carry no ports: both are 0.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlowKey {

@@ -1,10 +1,13 @@
 //! TC egress: insert the 16-octet PDM Destination Options header.
 
-use core::ptr::{read_volatile, write_volatile};
+use core::{
+    ffi::c_void,
+    ptr::{read_volatile, write_volatile},
+};
 
 use aya_ebpf::{
     bindings::{BPF_F_ADJ_ROOM_FIXED_GSO, bpf_adj_room_mode::BPF_ADJ_ROOM_NET},
-    helpers::bpf_check_mtu,
+    helpers::{bpf_check_mtu, bpf_loop},
     programs::TcContext,
 };
 use pdm_common::{
@@ -42,6 +45,9 @@ fn try_egress(ctx: &TcContext) -> Result<(), Counter> {
     if p.pdm.is_some() || p.bad_pdm {
         return Err(Counter::EgressAlreadyPdm);
     }
+    if p.has_ah {
+        return Err(Counter::EgressAh);
+    }
     if p.has_dstopts {
         // A second Destination Options header at the same place would break RFC 8200
         // order; merging into the existing one is not worth the risk.
@@ -73,7 +79,7 @@ fn try_egress(ctx: &TcContext) -> Result<(), Counter> {
         add(&raw mut (*state).tx_bytes, ctx.len() as u64);
     }
 
-    let flags = adjust_flags(ctx, &p, gso_size)?;
+    let flags = adjust_flags(ctx, p, gso_size)?;
     ctx.adjust_room(PDM_LEN as i32, BPF_ADJ_ROOM_NET, flags)
         .map_err(|_| Counter::EgressAdjustFailed)?;
 
@@ -163,26 +169,59 @@ fn write_header(
     let ip = bytes::<{ IPV6_HLEN + PDM_LEN }>(data, data_end, ETH_HLEN)?;
     // SAFETY: bounds-checked above.
     let ip = unsafe { &mut *ip };
-    // Zero means a jumbo/BIG TCP packet whose length lives elsewhere: leave it.
-    if payload_len != 0 {
-        ip[4..6].copy_from_slice(&payload_len.wrapping_add(PDM_LEN as u16).to_be_bytes());
-    }
     if prefix == 0 {
         ip[IPV6_HLEN..].copy_from_slice(header);
         ip[6] = IPPROTO_DSTOPTS;
-        return Some(());
-    }
-    // Rare path (Hop-by-Hop/Routing present): move them through the helpers, 8 octets
-    // at a time towards lower addresses, so each chunk is read before it is overwritten.
-    let src = Source::Skb(ctx.skb.skb);
-    for i in 0..MAX_PREFIX / 8 {
-        if i * 8 >= prefix {
-            break;
+    } else {
+        // Rare path (Hop-by-Hop/Routing present): move them through the helpers, 8
+        // octets at a time towards lower addresses, so each chunk is read before it is
+        // overwritten. The walk checked that every octet of them is in the packet.
+        let mut m = Move {
+            src: Source::Skb(ctx.skb.skb),
+            failed: false,
+        };
+        // SAFETY: the callback only touches `m`, which outlives the call.
+        unsafe {
+            bpf_loop(
+                (prefix / 8) as u32,
+                move_step as *mut c_void,
+                (&raw mut m).cast(),
+                0,
+            )
+        };
+        if m.failed {
+            return None;
         }
-        let chunk = src.load::<8>(base + PDM_LEN + i * 8)?;
-        ctx.store(base + i * 8, &chunk, 0).ok()?;
+        ctx.store(base + prefix, header, 0).ok()?;
+        ctx.store(nh_field_off, &IPPROTO_DSTOPTS, 0).ok()?;
     }
-    ctx.store(base + prefix, header, 0).ok()?;
-    ctx.store(nh_field_off, &IPPROTO_DSTOPTS, 0).ok()?;
+    // Last, once the header is in place. The helper stores above may have moved the
+    // data, so take the pointer again.
+    let plen = bytes::<2>(ctx.data(), ctx.data_end(), ETH_HLEN + 4)?;
+    // Zero means a jumbo/BIG TCP packet whose length lives elsewhere: leave it.
+    if payload_len != 0 {
+        // SAFETY: bounds-checked above.
+        unsafe { *plen = payload_len.wrapping_add(PDM_LEN as u16).to_be_bytes() };
+    }
     Some(())
+}
+
+/// The prefix move, as a bpf_loop callback (verified once, whatever the prefix length).
+#[repr(C)]
+struct Move {
+    src: Source,
+    failed: bool,
+}
+
+#[inline(never)]
+extern "C" fn move_step(i: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop hands back the pointer `write_header` gave it.
+    let m = unsafe { &mut *ctx.cast::<Move>() };
+    let base = ETH_HLEN + IPV6_HLEN + i as usize * 8;
+    let ok = match m.src.load::<8>(base + PDM_LEN) {
+        Some(chunk) => m.src.store(base, &chunk).is_some(),
+        None => false,
+    };
+    m.failed = !ok;
+    (!ok) as i64
 }

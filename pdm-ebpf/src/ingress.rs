@@ -79,14 +79,14 @@ pub fn run(data: usize, data_end: usize, hook: Hook) {
     if p.bad_pdm {
         bump(c, Counter::IngressBadPdm);
     }
-    match record(&p, data, data_end, &hook) {
+    match record(p, data, data_end, &hook) {
         Ok(()) if p.pdm.is_some() => bump(c, Counter::IngressPdm),
         Ok(()) => bump(c, Counter::IngressNoPdm),
         Err(reason) => bump(c, reason),
     }
     // SAFETY: a global the loader sets before load.
     let clamp = unsafe { read_volatile(&CLAMP_MSS) } != 0;
-    if clamp && p.proto == IPPROTO_TCP && p.tcp_flags & TCP_SYN != 0 && clamp_mss(&p, &hook) {
+    if clamp && p.proto == IPPROTO_TCP && p.tcp_flags & TCP_SYN != 0 && clamp_mss(p, &hook) {
         bump(c, Counter::IngressMssClamped);
     }
 }

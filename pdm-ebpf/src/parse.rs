@@ -9,9 +9,13 @@
 //! Only the outer chain is walked: an ICMPv6 error's quoted packet is never looked at,
 //! so a quoted PDM can never be taken as received.
 
+use core::ffi::c_void;
+
 use aya_ebpf::{
     bindings::{__sk_buff, xdp_md},
-    helpers::{bpf_skb_load_bytes, bpf_skb_store_bytes, bpf_xdp_load_bytes, bpf_xdp_store_bytes},
+    helpers::{
+        bpf_loop, bpf_skb_load_bytes, bpf_skb_store_bytes, bpf_xdp_load_bytes, bpf_xdp_store_bytes,
+    },
 };
 use pdm_common::wire::{
     IPPROTO_AH, IPPROTO_DSTOPTS, IPPROTO_ESP, IPPROTO_FRAGMENT, IPPROTO_HOPOPTS, IPPROTO_ICMPV6,
@@ -23,9 +27,9 @@ pub const IPV6_HLEN: usize = 40;
 const ETH_P_IPV6: u16 = 0x86DD;
 
 /// Extension headers walked before giving up (counted as unparsable).
-const MAX_EXT_HEADERS: usize = 6;
+const MAX_EXT_HEADERS: usize = 8;
 /// Options examined inside one Destination Options header.
-const MAX_OPTIONS: usize = 8;
+const MAX_OPTIONS: usize = 16;
 /// Hop-by-Hop + Routing octets egress will move to keep RFC 8200 order.
 pub const MAX_PREFIX: usize = 256;
 
@@ -55,6 +59,9 @@ pub struct Packet {
     pub nh_at_insert: u8,
     /// A Destination Options header is present (with or without PDM).
     pub has_dstopts: bool,
+    /// An Authentication Header protects the headers in front of it (AH's ICV covers
+    /// the payload length and every header before it): nothing may be inserted there.
+    pub has_ah: bool,
     /// PDM found in the first Destination Options header.
     pub pdm: Option<PdmFields>,
     /// PDM present but malformed (wrong length, or twice).
@@ -82,6 +89,19 @@ fn be16(b: &[u8], i: usize) -> u16 {
     u16::from_be_bytes([b[i], b[i + 1]])
 }
 
+/// The 16-octet address at `at` in the IPv6 header.
+#[inline(always)]
+fn addr(ip: &[u8; IPV6_HLEN], at: usize) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    let mut i = 0;
+    // Two u64 moves rather than a zeroed array plus a copy.
+    while i < 16 {
+        a[i..i + 8].copy_from_slice(&ip[at + i..at + i + 8]);
+        i += 8;
+    }
+    a
+}
+
 pub const fn is_nd_mld(icmp_type: u8) -> bool {
     matches!(icmp_type, 130..=138 | 143)
 }
@@ -97,7 +117,9 @@ impl Source {
     /// `N` octets at `off` through the helper (bounds-checked by the kernel).
     #[inline(always)]
     pub fn load<const N: usize>(self, off: usize) -> Option<[u8; N]> {
-        let mut buf = [0u8; N];
+        // Uninitialised: the helper fills it (or fails). Zeroing it first costs a memset
+        // loop that the verifier walks byte by byte, on every path.
+        let mut buf = core::mem::MaybeUninit::<[u8; N]>::uninit();
         let dst = buf.as_mut_ptr().cast();
         // SAFETY: `buf` holds N octets; the helpers check the packet side.
         let ret = unsafe {
@@ -106,7 +128,12 @@ impl Source {
                 Source::Xdp(xdp) => bpf_xdp_load_bytes(xdp, off as u32, dst, N as u32),
             }
         };
-        if ret == 0 { Some(buf) } else { None }
+        // SAFETY: a zero return means all N octets were written.
+        if ret == 0 {
+            Some(unsafe { buf.assume_init() })
+        } else {
+            None
+        }
     }
 
     /// Writes `N` octets at `off` through the helper.
@@ -126,7 +153,7 @@ impl Source {
 
 /// Walks Ethernet / IPv6 / extension headers / upper-layer header.
 #[inline(always)]
-pub fn parse(data: usize, data_end: usize, src: Source) -> Result<Packet, Skip> {
+pub fn parse(data: usize, data_end: usize, src: Source) -> Result<&'static mut Packet, Skip> {
     let eth = bytes::<ETH_HLEN>(data, data_end, 0).ok_or(Skip::Unparsable)?;
     // SAFETY: bounds-checked above.
     let eth = unsafe { &*eth };
@@ -139,12 +166,16 @@ pub fn parse(data: usize, data_end: usize, src: Source) -> Result<Packet, Skip> 
     if ip[0] >> 4 != 6 {
         return Err(Skip::Unparsable);
     }
-    let mut src_addr = [0u8; 16];
-    let mut dst_addr = [0u8; 16];
-    src_addr.copy_from_slice(&ip[8..24]);
-    dst_addr.copy_from_slice(&ip[24..40]);
+    let src_addr = addr(ip, 8);
+    let dst_addr = addr(ip, 24);
 
-    let mut p = Packet {
+    let scr = scratch().ok_or(Skip::Unparsable)?;
+    // SAFETY: per-CPU map memory; nothing else runs on this CPU until we return. Kept
+    // there rather than on the stack: the stack is small (512 octets with the loop
+    // callbacks), and values in map memory are not tracked by the verifier, so what
+    // follows is verified once rather than once per way through the parser.
+    let p = unsafe { &mut (*scr).pkt };
+    *p = Packet {
         src: src_addr,
         dst: dst_addr,
         sport: 0,
@@ -155,6 +186,7 @@ pub fn parse(data: usize, data_end: usize, src: Source) -> Result<Packet, Skip> 
         nh_field_off: ETH_HLEN + 6,
         nh_at_insert: ip[6],
         has_dstopts: false,
+        has_ah: false,
         pdm: None,
         bad_pdm: false,
         l4_off: 0,
@@ -179,67 +211,94 @@ pub fn parse(data: usize, data_end: usize, src: Source) -> Result<Packet, Skip> 
     walk(p, src)
 }
 
-/// The slow path: extension headers, read through the helpers.
+/// Per-CPU scratch for the slow path. Loop state lives in map memory on purpose: the
+/// verifier does not track values stored there, so the many ways through the header
+/// loop all leave it in one state instead of one state per path (which took the
+/// egress program past the verifier's million-instruction budget).
+#[repr(C)]
+pub struct Scratch {
+    pkt: Packet,
+    walk: Walk,
+    scan: Scan,
+}
+
 #[inline(always)]
-fn walk(mut p: Packet, src: Source) -> Result<Packet, Skip> {
-    let mut nh = p.proto;
-    let mut off = ETH_HLEN + IPV6_HLEN;
-    // Still in the part of the chain that must precede PDM (Hop-by-Hop, Routing).
-    let mut in_prefix = true;
-    let mut end = End::Exhausted;
-    for i in 0..MAX_EXT_HEADERS {
-        match nh {
-            IPPROTO_TCP | IPPROTO_UDP | IPPROTO_ICMPV6 => {
-                end = End::Upper;
-                break;
-            }
-            IPPROTO_ESP => {
-                // Encrypted from here on: no ports to read.
-                end = End::Opaque;
-                break;
-            }
-            IPPROTO_FRAGMENT => {
-                let h = src.load::<2>(off).ok_or(Skip::Unparsable)?;
-                // Only the first fragment has ports, so every fragment of a datagram is
-                // keyed with ports 0 and the protocol it carries.
-                nh = h[0];
-                end = End::Opaque;
-                break;
-            }
-            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH => {
-                if nh == IPPROTO_HOPOPTS && i != 0 {
-                    return Err(Skip::Unparsable);
-                }
-                let [next, hlen] = src.load::<2>(off).ok_or(Skip::Unparsable)?;
-                let len = if nh == IPPROTO_AH {
-                    (hlen as usize + 2) * 4
-                } else {
-                    (hlen as usize + 1) * 8
-                };
-                if nh == IPPROTO_DSTOPTS && !p.has_dstopts {
-                    p.has_dstopts = true;
-                    find_pdm(&mut p, src, off, len);
-                }
-                if nh == IPPROTO_DSTOPTS || nh == IPPROTO_AH {
-                    in_prefix = false;
-                }
-                if in_prefix {
-                    p.nh_field_off = off;
-                    p.nh_at_insert = next;
-                    p.insert_off = off + len;
-                }
-                nh = next;
-                off += len;
-            }
-            _ => return Err(Skip::NotEligible),
-        }
-    }
-    p.proto = nh;
-    match end {
-        End::Exhausted => Err(Skip::Unparsable),
-        End::Opaque => {
-            if matches!(
-                nh,
+fn scratch() -> Option<*mut Scratch> {
+    crate::SCRATCH.get_ptr_mut(0)
+}
+
+/// Where the extension-header walk is.
+#[repr(C)]
+struct Walk {
+    /// Offset of the header `nh` names.
+    off: usize,
+    nh: u8,
+    /// One of the `WALK_*` states.
+    state: u8,
+    /// Still in the part of the chain that must precede PDM (Hop-by-Hop, Routing).
+    in_prefix: bool,
+    has_ah: bool,
+    first: bool,
+    nh_at_insert: u8,
+    nh_field_off: usize,
+    insert_off: usize,
+    /// The first Destination Options header (offset, length), 0 if none.
+    dst_off: usize,
+    dst_len: usize,
+}
+
+const WALK_RUNNING: u8 = 0;
+/// At TCP, UDP or ICMPv6.
+const WALK_UPPER: u8 = 1;
+/// At a fragment or ESP: nothing more to read.
+const WALK_OPAQUE: u8 = 2;
+const WALK_UNPARSABLE: u8 = 3;
+const WALK_NOT_ELIGIBLE: u8 = 4;
+
+/// The slow path: extension headers, read through the helpers, one header per
+/// iteration of bpf_loop. The kernel verifies a bpf_loop callback once rather than
+/// once per iteration and path, which keeps verification small and stable.
+#[inline(always)]
+fn walk(p: &'static mut Packet, src: Source) -> Result<&'static mut Packet, Skip> {
+    let w = scratch().ok_or(Skip::Unparsable)?;
+    // SAFETY: per-CPU map memory; nothing else runs on this CPU meanwhile.
+    let w = unsafe { &mut (*w).walk };
+    *w = Walk {
+        off: ETH_HLEN + IPV6_HLEN,
+        nh: p.proto,
+        state: WALK_RUNNING,
+        in_prefix: true,
+        has_ah: false,
+        first: true,
+        nh_at_insert: p.nh_at_insert,
+        nh_field_off: p.nh_field_off,
+        insert_off: p.insert_off,
+        dst_off: 0,
+        dst_len: 0,
+    };
+    // The callback gets the packet source on the stack (a context pointer cannot be
+    // stored in a map) and finds the rest in the scratch map.
+    let mut ctx = src;
+    // SAFETY: the callback only reads `ctx`, which outlives the call.
+    unsafe {
+        bpf_loop(
+            MAX_EXT_HEADERS as u32,
+            walk_step as *mut c_void,
+            (&raw mut ctx).cast(),
+            0,
+        )
+    };
+    let off = w.off;
+    p.proto = w.nh;
+    p.has_ah = w.has_ah;
+    p.nh_at_insert = w.nh_at_insert;
+    p.nh_field_off = w.nh_field_off;
+    p.insert_off = w.insert_off;
+    match w.state {
+        WALK_UPPER => {}
+        WALK_OPAQUE => {
+            return if matches!(
+                w.nh,
                 IPPROTO_TCP
                     | IPPROTO_UDP
                     | IPPROTO_ICMPV6
@@ -247,38 +306,124 @@ fn walk(mut p: Packet, src: Source) -> Result<Packet, Skip> {
                     | IPPROTO_AH
                     | IPPROTO_DSTOPTS
             ) {
-                Ok(p)
+                scan_dstopts(p, src, w.dst_off, w.dst_len)
             } else {
                 Err(Skip::NotEligible)
-            }
-        }
-        End::Upper => {
-            let h = src.load::<8>(off).ok_or(Skip::Unparsable)?;
-            let tcp = if nh == IPPROTO_TCP {
-                src.load::<20>(off).map(|t| [t[12], t[13]])
-            } else {
-                None
             };
-            p.l4_off = off;
-            upper_layer(p, &h, tcp)
         }
+        WALK_NOT_ELIGIBLE => return Err(Skip::NotEligible),
+        // Unparsable, or still running: more headers than we walk.
+        _ => return Err(Skip::Unparsable),
     }
+    let h = src.load::<8>(off).ok_or(Skip::Unparsable)?;
+    let tcp = if w.nh == IPPROTO_TCP {
+        src.load::<20>(off).map(|t| [t[12], t[13]])
+    } else {
+        None
+    };
+    p.l4_off = off;
+    let (dst_off, dst_len) = (w.dst_off, w.dst_len);
+    let p = upper_layer(p, &h, tcp)?;
+    scan_dstopts(p, src, dst_off, dst_len)
 }
 
-/// Where the header walk stopped.
-enum End {
-    /// Ran out of iterations: too many extension headers.
-    Exhausted,
-    /// At TCP, UDP or ICMPv6.
-    Upper,
-    /// At a fragment or ESP: nothing more to read.
-    Opaque,
+#[inline(always)]
+fn scan_dstopts(
+    p: &'static mut Packet,
+    src: Source,
+    off: usize,
+    len: usize,
+) -> Result<&'static mut Packet, Skip> {
+    if off != 0 {
+        p.has_dstopts = true;
+        find_pdm(p, src, off, len);
+    }
+    Ok(p)
+}
+
+#[inline(never)]
+extern "C" fn walk_step(_i: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop hands back the pointer `walk` gave it.
+    let src = unsafe { *ctx.cast::<Source>() };
+    let Some(s) = scratch() else {
+        return 1;
+    };
+    // SAFETY: per-CPU map memory; nothing else runs on this CPU meanwhile.
+    let w = unsafe { &mut (*s).walk };
+    w.state = walk_one(w, src);
+    (w.state != WALK_RUNNING) as i64
+}
+
+/// Steps over the header `w.nh` names at `w.off`.
+#[inline(always)]
+fn walk_one(w: &mut Walk, src: Source) -> u8 {
+    let first = core::mem::replace(&mut w.first, false);
+    match w.nh {
+        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_ICMPV6 => WALK_UPPER,
+        IPPROTO_ESP => {
+            // Encrypted from here on: no ports to read. SPI and sequence must exist.
+            if src.load::<8>(w.off).is_none() {
+                return WALK_UNPARSABLE;
+            }
+            WALK_OPAQUE
+        }
+        IPPROTO_FRAGMENT => {
+            let Some(h) = src.load::<8>(w.off) else {
+                return WALK_UNPARSABLE;
+            };
+            // Only the first fragment has ports, so every fragment of a datagram is
+            // keyed with ports 0 and the protocol it carries.
+            w.nh = h[0];
+            w.has_ah |= w.nh == IPPROTO_AH;
+            WALK_OPAQUE
+        }
+        IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH => {
+            let this = w.nh;
+            if this == IPPROTO_HOPOPTS && !first {
+                return WALK_UNPARSABLE;
+            }
+            let Some([next, hlen]) = src.load::<2>(w.off) else {
+                return WALK_UNPARSABLE;
+            };
+            let len = if this == IPPROTO_AH {
+                (hlen as usize + 2) * 4
+            } else {
+                (hlen as usize + 1) * 8
+            };
+            // The whole header must be in the packet: egress moves Hop-by-Hop and
+            // Routing octets, and must never act on a length that lies.
+            if src.load::<1>(w.off + len - 1).is_none() {
+                return WALK_UNPARSABLE;
+            }
+            if this == IPPROTO_DSTOPTS && w.dst_off == 0 {
+                w.dst_off = w.off;
+                w.dst_len = len;
+            }
+            if this == IPPROTO_DSTOPTS || this == IPPROTO_AH {
+                w.in_prefix = false;
+            }
+            w.has_ah |= this == IPPROTO_AH;
+            if w.in_prefix {
+                w.nh_field_off = w.off;
+                w.nh_at_insert = next;
+                w.insert_off = w.off + len;
+            }
+            w.nh = next;
+            w.off += len;
+            WALK_RUNNING
+        }
+        _ => WALK_NOT_ELIGIBLE,
+    }
 }
 
 /// Ports (or echo identifier) from the first 8 octets of the upper-layer header;
 /// `tcp` = the data-offset and flags octets of a complete TCP header.
 #[inline(always)]
-fn upper_layer(mut p: Packet, h: &[u8; 8], tcp: Option<[u8; 2]>) -> Result<Packet, Skip> {
+fn upper_layer(
+    p: &'static mut Packet,
+    h: &[u8; 8],
+    tcp: Option<[u8; 2]>,
+) -> Result<&'static mut Packet, Skip> {
     match p.proto {
         IPPROTO_TCP => {
             let [doff, flags] = tcp.ok_or(Skip::Unparsable)?;
@@ -306,38 +451,94 @@ fn upper_layer(mut p: Packet, h: &[u8; 8], tcp: Option<[u8; 2]>) -> Result<Packe
     Ok(p)
 }
 
+/// Options scan of one Destination Options header.
+#[repr(C)]
+struct Scan {
+    o: usize,
+    end: usize,
+    found: bool,
+    bad: bool,
+    pdm: PdmFields,
+}
+
 /// Looks for PDM among the options of the Destination Options header at `off`.
 #[inline(always)]
 fn find_pdm(p: &mut Packet, src: Source, off: usize, len: usize) {
-    let end = off + len;
-    let mut o = off + 2;
-    for _ in 0..MAX_OPTIONS {
-        if o >= end {
-            return;
-        }
-        // One 2-octet read for type and length: a Pad1 in the very last octet of the
-        // packet fails it, which is fine, since no PDM can follow it.
-        let Some([ty, olen]) = src.load::<2>(o) else {
-            return;
-        };
-        if ty == 0 {
-            // Pad1 has no length octet.
-            o += 1;
-            continue;
-        }
-        let olen = olen as usize;
-        if ty == PDM_OPTION_TYPE {
-            if olen != PDM_OPTION_LEN as usize || p.pdm.is_some() || o + 2 + olen > end {
-                p.bad_pdm = true;
-                p.pdm = None;
-                return;
-            }
-            let Some(d) = src.load::<10>(o + 2) else {
-                p.bad_pdm = true;
-                return;
-            };
-            p.pdm = Some(PdmFields::from_option_data(&d));
-        }
-        o += 2 + olen;
+    let Some(scr) = scratch() else {
+        return;
+    };
+    // SAFETY: per-CPU map memory; nothing else runs on this CPU meanwhile.
+    let s = unsafe { &mut (*scr).scan };
+    *s = Scan {
+        o: off + 2,
+        end: off + len,
+        found: false,
+        bad: false,
+        pdm: PdmFields {
+            scale_dtlr: 0,
+            scale_dtls: 0,
+            psn_this: 0,
+            psn_last_recv: 0,
+            dtlr: 0,
+            dtls: 0,
+        },
+    };
+    let mut ctx = src;
+    // SAFETY: the callback only reads `ctx`, which outlives the call.
+    unsafe {
+        bpf_loop(
+            MAX_OPTIONS as u32,
+            scan_step as *mut c_void,
+            (&raw mut ctx).cast(),
+            0,
+        )
+    };
+    p.bad_pdm = s.bad;
+    if s.found && !s.bad {
+        p.pdm = Some(s.pdm);
     }
+}
+
+#[inline(never)]
+extern "C" fn scan_step(_i: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop hands back the pointer `find_pdm` gave it.
+    let src = unsafe { *ctx.cast::<Source>() };
+    let Some(scr) = scratch() else {
+        return 1;
+    };
+    // SAFETY: per-CPU map memory; nothing else runs on this CPU meanwhile.
+    scan_one(unsafe { &mut (*scr).scan }, src) as i64
+}
+
+/// Steps over one option; true when the scan is over.
+#[inline(always)]
+fn scan_one(s: &mut Scan, src: Source) -> bool {
+    if s.o >= s.end {
+        return true;
+    }
+    // One 2-octet read for type and length: a Pad1 in the very last octet of the
+    // packet fails it, which is fine, since no PDM can follow it.
+    let Some([ty, olen]) = src.load::<2>(s.o) else {
+        return true;
+    };
+    if ty == 0 {
+        // Pad1 has no length octet.
+        s.o += 1;
+        return false;
+    }
+    let olen = olen as usize;
+    if ty == PDM_OPTION_TYPE {
+        if olen != PDM_OPTION_LEN as usize || s.found || s.o + 2 + olen > s.end {
+            s.bad = true;
+            return true;
+        }
+        let Some(d) = src.load::<10>(s.o + 2) else {
+            s.bad = true;
+            return true;
+        };
+        s.pdm = PdmFields::from_option_data(&d);
+        s.found = true;
+    }
+    s.o += 2 + olen;
+    false
 }
