@@ -50,3 +50,43 @@ pub fn on_path(name: &str) -> bool {
         .chain(["/usr/sbin", "/sbin"].map(Into::into))
         .any(|dir| dir.join(name).is_file())
 }
+
+/// Runs a `cargo test` command, echoing its output, and adds up the "N passed; M
+/// failed" of every test binary. Fails if the command fails.
+pub fn run_counting_tests(cmd: &mut Command) -> Result<(u64, u64)> {
+    use std::io::{BufRead as _, BufReader};
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("could not start `{}`", display(cmd)))?;
+    let (mut passed, mut failed) = (0, 0);
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let count = |what: &str| -> u64 {
+                rest.split(';')
+                    .find_map(|part| {
+                        part.trim()
+                            .strip_suffix(what)?
+                            .trim()
+                            .rsplit(' ')
+                            .next()?
+                            .parse()
+                            .ok()
+                    })
+                    .unwrap_or(0)
+            };
+            passed += count("passed");
+            failed += count("failed");
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!(
+            "`{}` failed ({status}): {failed} test(s) failed",
+            display(cmd)
+        );
+    }
+    Ok((passed, failed))
+}

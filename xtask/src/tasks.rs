@@ -67,7 +67,15 @@ pub fn test(args: &[String]) -> Result<()> {
     )?;
 
     section("tests");
-    cmd::run(packages(cargo(&tools).arg("test")).arg("--").args(args))?;
+    // Library, binary and integration tests (no doc-tests: there are none, and an
+    // empty run would be the last thing printed).
+    let mut c = cargo(&tools);
+    packages(c.args(["test", "--lib", "--bins", "--tests"]))
+        .arg("--")
+        .args(args);
+    let (passed, failed) = cmd::run_counting_tests(&mut c)?;
+    // One closing line for the whole suite.
+    println!("\ntests: {passed} passed, {failed} failed");
     Ok(())
 }
 
