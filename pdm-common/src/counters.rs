@@ -64,6 +64,10 @@ counters! {
     IngressFlowMapFull => "ingress_skip_flow_map_full",
     /// SYN/SYN-ACK whose MSS was lowered to leave room for our PDM.
     IngressMssClamped => "ingress_mss_clamped",
+    /// RTT samples sent to userspace.
+    IngressRttSamples => "ingress_rtt_samples",
+    /// RTT samples lost because the sample ring was full (userspace too slow).
+    IngressSamplesDropped => "ingress_samples_dropped",
 }
 
 /// Number of counter slots.

@@ -11,6 +11,24 @@ pub const DEFAULT_MAX_FLOWS: u32 = 65_536;
 /// 0 is also a legal PSN, so "nothing received yet" needs its own bit.
 pub const RX_PSN_VALID: u32 = 1 << 16;
 
+/// Send times kept per flow, for an RTT per echoed PSN (a bulk sender's peer echoes
+/// PSNs older than the last one sent).
+pub const SENT_RING: usize = 8;
+/// A [`FlowState::sent`] entry: the PSN in the top 16 bits, the send time (monotonic
+/// ns, modulo 2^48, about 78 hours) below.
+pub const SENT_TIME_MASK: u64 = (1 << 48) - 1;
+
+/// [`FlowState::echo`]: set once an RTT sample was taken for the echoed PSN in the low
+/// 16 bits, and once a server-delay sample was.
+pub const ECHO_VALID: u32 = 1 << 16;
+pub const ECHO_DATA_TAKEN: u32 = 1 << 17;
+
+/// [`FlowState::flags`]: a TCP FIN or RST was seen; the flow may be expired early.
+pub const FLOW_CLOSED: u32 = 1;
+
+/// [`RttSample::server_delay_ns`] when the packet carried no data (a pure ACK).
+pub const NO_SAMPLE: u64 = u64::MAX;
+
 /// Flow key: the 5-tuple as seen from this host. Ports in host byte order. For ICMPv6
 /// echo, both ports hold the echo identifier (RFC 8250 has no port rule for ICMPv6;
 /// PDMv2 uses the identifier too), which keeps the key the same in both directions.
@@ -54,6 +72,22 @@ pub struct FlowState {
     pub rx_bytes: u64,
     /// Packets received carrying a valid PDM option.
     pub rx_pdm: u64,
+    /// See [`SENT_TIME_MASK`]; index = PSN modulo [`SENT_RING`].
+    pub sent: [u64; SENT_RING],
+    /// Bit k set: PSN (highest received − k) was received (k < 64).
+    pub rx_window: u64,
+    /// [`RX_PSN_VALID`] | the highest PSN received (serial-number order).
+    pub rx_high: u32,
+    /// PSNs skipped by the peer's sequence and not (yet) seen: lost, or still to come.
+    pub rx_lost: u32,
+    /// PSNs that arrived after a later one.
+    pub rx_reordered: u32,
+    /// PSNs received twice (GSO segments repeating one PSN do not count).
+    pub rx_duplicate: u32,
+    /// See [`ECHO_VALID`].
+    pub echo: u32,
+    /// See [`FLOW_CLOSED`].
+    pub flags: u32,
 }
 
 impl FlowState {
@@ -73,6 +107,14 @@ impl FlowState {
             rx_packets: 0,
             rx_bytes: 0,
             rx_pdm: 0,
+            sent: [0; SENT_RING],
+            rx_window: 0,
+            rx_high: 0,
+            rx_lost: 0,
+            rx_reordered: 0,
+            rx_duplicate: 0,
+            echo: 0,
+            flags: 0,
         }
     }
 
@@ -86,9 +128,29 @@ impl FlowState {
     }
 }
 
+/// One RTT measurement, sent to userspace when a received PDM echoes a PSN we sent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RttSample {
+    pub key: FlowKey,
+    /// Monotonic ns of the reception.
+    pub ts_ns: u64,
+    /// Reception − send time of the echoed PSN − the peer's DTLR.
+    pub rtt_ns: u64,
+    /// The peer's DTLR, when the packet carried data (its application's turnaround);
+    /// [`NO_SAMPLE`] for pure ACKs, whose DTLR is only the stack's.
+    pub server_delay_ns: u64,
+    pub psn: u16,
+    pub _pad: [u8; 6],
+}
+
+/// Size of the sample ring buffer (a power of two, in octets).
+pub const SAMPLES_RING_BYTES: u32 = 1 << 20;
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain #[repr(C)] integers and byte arrays with explicit padding fields.
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowState {}
+    unsafe impl aya::Pod for super::RttSample {}
 }

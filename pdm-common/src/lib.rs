@@ -13,6 +13,7 @@ pub mod wire;
 pub mod names {
     pub const FLOWS: &str = "FLOWS";
     pub const COUNTERS: &str = "COUNTERS";
+    pub const SAMPLES: &str = "SAMPLES";
     pub const PROG_EGRESS: &str = "pdm_egress";
     pub const PROG_INGRESS_XDP: &str = "pdm_ingress_xdp";
     pub const PROG_INGRESS_TC: &str = "pdm_ingress_tc";

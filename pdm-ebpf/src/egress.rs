@@ -12,14 +12,14 @@ use aya_ebpf::{
 };
 use pdm_common::{
     counters::Counter,
-    flow::{FlowKey, FlowState, RX_PSN_VALID},
+    flow::{FLOW_CLOSED, FlowKey, FlowState, RX_PSN_VALID, SENT_RING, SENT_TIME_MASK},
     time::encode_delta_ns,
     wire::{IPPROTO_DSTOPTS, IPPROTO_TCP, PDM_HEADER_LEN, PdmFields},
 };
 
 use crate::{
     flow::{add, bump, counters, get_or_create, next_psn, now_ns},
-    parse::{ETH_HLEN, IPV6_HLEN, MAX_PREFIX, Skip, Source, bytes, parse},
+    parse::{ETH_HLEN, IPV6_HLEN, MAX_PREFIX, Skip, Source, TCP_FIN, TCP_RST, bytes, parse},
 };
 
 const PDM_LEN: usize = PDM_HEADER_LEN;
@@ -83,7 +83,8 @@ fn try_egress(ctx: &TcContext) -> Result<(), Counter> {
     ctx.adjust_room(PDM_LEN as i32, BPF_ADJ_ROOM_NET, flags)
         .map_err(|_| Counter::EgressAdjustFailed)?;
 
-    let header = fields(state, now).encode_header(p.nh_at_insert);
+    let fields = fields(state, now);
+    let header = fields.encode_header(p.nh_at_insert);
     if write_header(ctx, prefix, p.nh_field_off, p.payload_len, &header).is_none() {
         // Cannot happen for a header chain we just read, but never leave 16 zero octets
         // in a packet: take the room back out.
@@ -91,7 +92,17 @@ fn try_egress(ctx: &TcContext) -> Result<(), Counter> {
         return Err(Counter::EgressAdjustFailed);
     }
     // SAFETY: `state` points into a live map value.
-    unsafe { add(&raw mut (*state).tx_pdm, segs) };
+    unsafe {
+        add(&raw mut (*state).tx_pdm, segs);
+        // When the peer echoes this PSN, the RTT is measured from now.
+        let slot = fields.psn_this as usize % SENT_RING;
+        if let Some(e) = (*state).sent.get_mut(slot) {
+            write_volatile(e, (fields.psn_this as u64) << 48 | (now & SENT_TIME_MASK));
+        }
+        if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+            write_volatile(&raw mut (*state).flags, FLOW_CLOSED);
+        }
+    }
     Ok(())
 }
 

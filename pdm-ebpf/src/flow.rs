@@ -47,8 +47,14 @@ pub fn get_or_create(key: &FlowKey, now: u64) -> Option<*mut FlowState> {
     }
     // SAFETY: helper without preconditions.
     let psn_start = unsafe { bpf_get_prandom_u32() } as u16;
-    // NOEXIST: if the other direction created it meanwhile, keep theirs.
-    let _ = FLOWS.insert(key, FlowState::new(psn_start, now), BPF_NOEXIST as u64);
+    // Built in per-CPU scratch rather than on the stack, which it would mostly fill.
+    let init = crate::NEW_FLOW.get_ptr_mut(0)?;
+    // SAFETY: per-CPU map memory; nothing else runs on this CPU meanwhile.
+    unsafe {
+        *init = FlowState::new(psn_start, now);
+        // NOEXIST: if the other direction created it meanwhile, keep theirs.
+        let _ = FLOWS.insert(key, &*init, BPF_NOEXIST as u64);
+    }
     FLOWS.get_ptr_mut(key)
 }
 

@@ -11,14 +11,18 @@ use aya_ebpf::{
 };
 use pdm_common::{
     counters::Counter,
-    flow::{FlowKey, RX_PSN_VALID},
-    wire::{IPPROTO_TCP, PDM_HEADER_LEN},
+    flow::{
+        ECHO_DATA_TAKEN, ECHO_VALID, FLOW_CLOSED, FlowKey, FlowState, NO_SAMPLE, RX_PSN_VALID,
+        RttSample, SENT_RING, SENT_TIME_MASK,
+    },
+    time::{DeltaTime, decode_delta_ns},
+    wire::{IPPROTO_TCP, PDM_HEADER_LEN, PdmFields},
 };
 
 use crate::{
-    CLAMP_MSS,
+    CLAMP_MSS, SAMPLES,
     flow::{add, bump, counters, get_or_create, now_ns},
-    parse::{IPV6_HLEN, Packet, Skip, Source, parse},
+    parse::{ETH_HLEN, IPV6_HLEN, Packet, Skip, Source, TCP_FIN, TCP_RST, TCP_SYN, parse},
 };
 
 pub enum Hook<'a> {
@@ -91,8 +95,6 @@ pub fn run(data: usize, data_end: usize, hook: Hook) {
     }
 }
 
-const TCP_SYN: u8 = 0x02;
-
 /// Updates the flow entry: counters always, reception state when PDM is present.
 #[inline(always)]
 fn record(p: &Packet, data: usize, data_end: usize, hook: &Hook) -> Result<(), Counter> {
@@ -112,6 +114,9 @@ fn record(p: &Packet, data: usize, data_end: usize, hook: &Hook) -> Result<(), C
     unsafe {
         add(&raw mut (*state).rx_packets, packets);
         add(&raw mut (*state).rx_bytes, octets);
+        if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+            write_volatile(&raw mut (*state).flags, FLOW_CLOSED);
+        }
         if let Some(pdm) = p.pdm {
             let last_send = read_volatile(&raw const (*state).last_send_ns);
             let dtls = if last_send != 0 {
@@ -123,9 +128,103 @@ fn record(p: &Packet, data: usize, data_end: usize, hook: &Hook) -> Result<(), C
             write_volatile(&raw mut (*state).last_recv_ns, now);
             write_volatile(&raw mut (*state).rx_psn, RX_PSN_VALID | pdm.psn_this as u32);
             add(&raw mut (*state).rx_pdm, packets);
+            sequence(&mut *state, pdm.psn_this);
+            rtt(&key, &mut *state, &pdm, now, carries_data(p));
         }
     }
     Ok(())
+}
+
+/// Whether the packet carries upper-layer data: a TCP segment with payload, or any
+/// UDP/ICMPv6/other packet. Only those make a server-delay sample.
+#[inline(always)]
+fn carries_data(p: &Packet) -> bool {
+    if p.proto != IPPROTO_TCP || p.l4_off == 0 {
+        return true;
+    }
+    let headers = p.l4_off - (ETH_HLEN + IPV6_HLEN) + p.l4_hdr_len;
+    p.payload_len as usize > headers
+}
+
+/// Loss, reordering and duplicates from the peer's PSN sequence: a 64-PSN window below
+/// the highest PSN seen, as IPsec's replay window does. A PSN equal to the highest is a
+/// GSO segment repeating its burst's PSN (PDMv2): neither loss nor duplicate.
+#[inline(always)]
+fn sequence(s: &mut FlowState, psn: u16) {
+    if s.rx_high & RX_PSN_VALID == 0 {
+        s.rx_high = RX_PSN_VALID | psn as u32;
+        s.rx_window = 1;
+        return;
+    }
+    let high = s.rx_high as u16;
+    let ahead = psn.wrapping_sub(high) as i16;
+    if ahead == 0 {
+        return;
+    }
+    if ahead > 0 {
+        let ahead = ahead as u32;
+        s.rx_lost = s.rx_lost.wrapping_add(ahead - 1);
+        s.rx_window = if ahead >= 64 {
+            1
+        } else {
+            (s.rx_window << ahead) | 1
+        };
+        s.rx_high = RX_PSN_VALID | psn as u32;
+        return;
+    }
+    let back = (-(ahead as i32)) as u32;
+    if back < 64 && s.rx_window & (1 << back) != 0 {
+        s.rx_duplicate = s.rx_duplicate.wrapping_add(1);
+        return;
+    }
+    if back < 64 {
+        s.rx_window |= 1 << back;
+    }
+    // It was counted lost when the sequence skipped it.
+    s.rx_reordered = s.rx_reordered.wrapping_add(1);
+    s.rx_lost = s.rx_lost.saturating_sub(1);
+}
+
+/// An RTT sample when the peer echoes a PSN whose send time we still hold: reception −
+/// send − the peer's DTLR. At most two per echoed PSN: the first packet echoing it, and
+/// the first data-carrying one (whose DTLR is the peer application's turnaround: the
+/// server delay; a pure ACK's DTLR is only its stack's).
+#[inline(always)]
+fn rtt(key: &FlowKey, s: &mut FlowState, pdm: &PdmFields, now: u64, data: bool) {
+    let echoed = pdm.psn_last_recv;
+    if echoed == 0 && pdm.dtlr == 0 && pdm.scale_dtlr == 0 {
+        return; // the peer has not received anything from us yet
+    }
+    let Some(&sent) = s.sent.get(echoed as usize % SENT_RING) else {
+        return;
+    };
+    if sent == 0 || (sent >> 48) as u16 != echoed {
+        return; // not ours, or overwritten by newer PSNs
+    }
+    let seen = s.echo & ECHO_VALID != 0 && s.echo as u16 == echoed;
+    let data_sample = data && !(seen && s.echo & ECHO_DATA_TAKEN != 0);
+    if seen && !data_sample {
+        return;
+    }
+    s.echo = ECHO_VALID | echoed as u32 | if data_sample { ECHO_DATA_TAKEN } else { 0 };
+    let dtlr = decode_delta_ns(DeltaTime {
+        delta: pdm.dtlr,
+        scale: pdm.scale_dtlr,
+    });
+    let elapsed = now.wrapping_sub(sent) & SENT_TIME_MASK;
+    let sample = RttSample {
+        key: *key,
+        ts_ns: now,
+        rtt_ns: elapsed.saturating_sub(dtlr),
+        server_delay_ns: if data_sample { dtlr } else { NO_SAMPLE },
+        psn: echoed,
+        _pad: [0; 6],
+    };
+    let c = counters();
+    match SAMPLES.output::<RttSample>(&sample, 0) {
+        Ok(()) => bump(c, Counter::IngressRttSamples),
+        Err(_) => bump(c, Counter::IngressSamplesDropped),
+    }
 }
 
 /// Lowers the MSS option of a received SYN/SYN-ACK to MTU − 40 − 20 − 16, so the

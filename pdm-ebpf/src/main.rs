@@ -15,12 +15,12 @@ mod parse;
 use aya_ebpf::{
     bindings::{TC_ACT_UNSPEC, xdp_action},
     macros::{classifier, map, xdp},
-    maps::{LruHashMap, PerCpuArray},
+    maps::{LruHashMap, PerCpuArray, RingBuf},
     programs::{TcContext, XdpContext},
 };
 use pdm_common::{
     counters::Counters,
-    flow::{DEFAULT_MAX_FLOWS, FlowKey, FlowState},
+    flow::{DEFAULT_MAX_FLOWS, FlowKey, FlowState, SAMPLES_RING_BYTES},
 };
 
 /// One entry per conversation; the loader resizes it to `--max-flows`. LRU, so a flood
@@ -31,6 +31,14 @@ static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(DEFA
 /// Per-CPU scratch for the extension-header walk (see parse.rs).
 #[map(name = "SCRATCH")]
 static SCRATCH: PerCpuArray<parse::Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU scratch for a new flow entry (see flow.rs).
+#[map(name = "NEW_FLOW")]
+static NEW_FLOW: PerCpuArray<FlowState> = PerCpuArray::with_max_entries(1, 0);
+
+/// RTT samples for userspace.
+#[map(name = "SAMPLES")]
+static SAMPLES: RingBuf = RingBuf::with_byte_size(SAMPLES_RING_BYTES, 0);
 
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(1, 0);

@@ -23,6 +23,9 @@ use pdm_common::wire::{
 };
 
 pub const ETH_HLEN: usize = 14;
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
 pub const IPV6_HLEN: usize = 40;
 const ETH_P_IPV6: u16 = 0x86DD;
 
