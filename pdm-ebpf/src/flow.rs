@@ -53,6 +53,10 @@ pub fn get_or_create(key: &FlowKey, now: u64) -> Option<*mut FlowState> {
     unsafe {
         *init = FlowState::new(psn_start, now);
         // NOEXIST: if the other direction created it meanwhile, keep theirs.
+        #[expect(
+            clippy::needless_borrows_for_generic_args,
+            reason = "by reference, the helper reads the scratch map; by value, a stack copy"
+        )]
         let _ = FLOWS.insert(key, &*init, BPF_NOEXIST as u64);
     }
     FLOWS.get_ptr_mut(key)

@@ -61,14 +61,32 @@ pub fn check_ipv6(name: &str) -> Result<(), IfaceError> {
     }
 }
 
-/// The device MTU.
+/// The device MTU (SIOCGIFMTU: answers for the caller's network namespace, which
+/// /sys/class/net does not when the thread has moved namespaces).
 pub fn mtu(name: &str) -> Result<u32, IfaceError> {
-    let path = format!("/sys/class/net/{name}/mtu");
-    let s = fs::read_to_string(&path).map_err(io(format!("reading {path}")))?;
-    s.trim().parse().map_err(|_| IfaceError::Io {
-        what: format!("parsing {path}"),
-        source: std::io::ErrorKind::InvalidData.into(),
-    })
+    #[repr(C)]
+    struct IfReqMtu {
+        name: [u8; libc::IFNAMSIZ],
+        mtu: libc::c_int,
+        _pad: [u8; 20],
+    }
+    let mut req = IfReqMtu {
+        name: [0; libc::IFNAMSIZ],
+        mtu: 0,
+        _pad: [0; 20],
+    };
+    let n = name.len().min(libc::IFNAMSIZ - 1);
+    req.name[..n].copy_from_slice(&name.as_bytes()[..n]);
+    let sock =
+        std::net::UdpSocket::bind("[::]:0").map_err(io("opening a socket for SIOCGIFMTU"))?;
+    // SAFETY: a valid socket and an ifreq-sized buffer.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFMTU, &mut req) } != 0 {
+        return Err(IfaceError::Io {
+            what: format!("reading the MTU of {name}"),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(req.mtu as u32)
 }
 
 /// Identifies this network namespace, so that state files of equally named interfaces

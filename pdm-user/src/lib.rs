@@ -2,9 +2,16 @@
 //! maps, and restoring the interface to how it was found.
 
 pub mod attach;
+pub mod filter;
 pub mod iface;
+pub mod live;
+pub mod metrics;
+pub mod names;
 pub mod offload;
+pub mod output;
 pub mod stats;
+pub mod testbed;
+pub mod ui;
 
 /// The eBPF object built from `pdm-ebpf` by build.rs.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pdm"));

@@ -1,15 +1,17 @@
 //! `pdm`: RFC 8250 IPv6 Performance and Diagnostic Metrics, in the kernel, live.
 
-use std::{io::Write as _, process::ExitCode, time::Duration};
+use std::{io::IsTerminal as _, process::ExitCode, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
-use pdm_common::{counters::Counter, flow::DEFAULT_MAX_FLOWS};
+use pdm_common::flow::DEFAULT_MAX_FLOWS;
 use pdm_user::{
     attach::{self, Ingress, LoadOptions},
-    iface, offload, stats,
+    filter::Filter,
+    iface, live,
+    metrics::TableConfig,
+    offload, testbed,
 };
-use tokio::signal::unix::{SignalKind, signal};
 
 #[derive(Parser)]
 #[command(
@@ -25,6 +27,9 @@ struct Cli {
 enum Cmd {
     /// Attach to an interface: add PDM to outgoing IPv6 packets and record incoming PDM.
     Run(RunArgs),
+    /// Create two test hosts with a server, a client and traffic between them, and run
+    /// pdm on the client host (what `cargo xtask run` does). Removed again on exit.
+    Demo(DemoArgs),
     /// Load the eBPF programs and have the kernel verify them; attach nothing.
     Check {
         #[arg(long, default_value_t = DEFAULT_MAX_FLOWS)]
@@ -51,15 +56,51 @@ struct RunArgs {
     /// Size of the flow table (LRU: least recently used flows are evicted).
     #[arg(long, default_value_t = DEFAULT_MAX_FLOWS, value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
     max_flows: u32,
-    /// One JSON object per interval on stdout instead of text.
+    /// NDJSON on stdout (one object per flow per interval) instead of the live view;
+    /// the default when stdout is not a terminal.
     #[arg(long)]
     json: bool,
+    /// Show only matching flows, e.g. "host example.org and port 443", "udp".
+    #[arg(long, value_parser = parse_filter)]
+    filter: Option<Filter>,
+    /// Show reverse DNS names of remote addresses.
+    #[arg(long)]
+    resolve: bool,
+    /// Also append the NDJSON lines to FILE (e.g. while watching the live view).
+    #[arg(long, value_name = "FILE")]
+    log: Option<std::path::PathBuf>,
+    /// Span of the sliding window for RTT and server-delay distributions.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    window: Duration,
+    /// Forget flows without a packet for this long (TCP FIN/RST end them sooner).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    idle_timeout: Duration,
     /// Reporting interval (e.g. 1s, 500ms).
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     interval: Duration,
     /// Detach and exit after this long (e.g. 30s, 5m); default: until Ctrl-C / SIGTERM.
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
+}
+
+#[derive(clap::Args)]
+struct DemoArgs {
+    /// The demo server's processing time per request (what server delay should show).
+    #[arg(long, default_value = "5ms", value_parser = parse_duration)]
+    processing_time: Duration,
+    /// NDJSON instead of the live view.
+    #[arg(long)]
+    json: bool,
+    /// Stop after this long.
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Also append the NDJSON lines to FILE.
+    #[arg(long, value_name = "FILE")]
+    log: Option<std::path::PathBuf>,
+}
+
+fn parse_filter(s: &str) -> Result<Filter, String> {
+    Filter::parse(s).map_err(|e| e.to_string())
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -91,11 +132,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Check { max_flows } => check(max_flows),
-        Cmd::Run(args) => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("starting the runtime")
-            .and_then(|rt| rt.block_on(run(args))),
+        Cmd::Run(args) => block_on(run(args)),
+        Cmd::Demo(args) => demo(args),
     };
     match result {
         Ok(code) => code,
@@ -104,6 +142,45 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn block_on(f: impl Future<Output = Result<ExitCode>>) -> Result<ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?
+        .block_on(f)
+}
+
+/// The embedded demo: test hosts, traffic, and `pdm run` on the client host.
+fn demo(a: DemoArgs) -> Result<ExitCode> {
+    check_privileges()?;
+    let testbed = testbed::Testbed::create().context("creating the demo hosts")?;
+    let server_pdm = testbed::ServerPdm::attach().context("attaching pdm on the demo server")?;
+    let traffic = testbed::start_traffic(a.processing_time).context("starting the demo traffic")?;
+    // This thread (which runs pdm) joins the client host; the traffic threads are
+    // already in theirs.
+    testbed::enter(testbed::CLIENT_NS)?;
+    let result = block_on(run(RunArgs {
+        iface: testbed::IFACE.into(),
+        // veth: TC ingress keeps the peer's GSO (see README).
+        ingress: Ingress::Tc,
+        per_packet: false,
+        no_clamp_mss: false,
+        max_flows: DEFAULT_MAX_FLOWS,
+        json: a.json,
+        filter: None,
+        resolve: false,
+        log: a.log,
+        window: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(60),
+        interval: Duration::from_secs(1),
+        duration: a.duration,
+    }));
+    drop(traffic);
+    drop(server_pdm);
+    drop(testbed);
+    result
 }
 
 /// Fails early, with what to do, when the process cannot load BPF programs.
@@ -205,74 +282,41 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
         );
     }
 
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut tick = tokio::time::interval(args.interval);
-    tick.tick().await;
-    let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
-    let code = loop {
-        tokio::select! {
-            _ = sigint.recv() => break ExitCode::SUCCESS,
-            _ = sigterm.recv() => break ExitCode::SUCCESS,
-            _ = tick.tick() => {}
-        }
-        if iface::index(name).ok() != Some(ifindex) {
-            eprintln!("pdm: interface {name} disappeared; detached and exiting");
-            break ExitCode::from(3);
-        }
-        report(&ebpf, name, args.json)?;
-        if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
-            break ExitCode::SUCCESS;
-        }
-    };
-    // A last report, so even a run shorter than one interval says what it saw.
-    if code == ExitCode::SUCCESS {
-        report(&ebpf, name, args.json)?;
-    }
-    // Detach first, then give the interface its offloads back.
+    let end = live::run(
+        &mut ebpf,
+        live::Options {
+            iface: name.to_owned(),
+            ifindex,
+            attach: attached.description.clone(),
+            interval: args.interval,
+            duration: args.duration,
+            table: TableConfig {
+                window: args.window,
+                idle_timeout: args.idle_timeout,
+                ..TableConfig::default()
+            },
+            filter: args.filter.unwrap_or_default(),
+            json: args.json || !std::io::stdout().is_terminal(),
+            resolve: args.resolve,
+            log: args.log,
+        },
+    )
+    .await;
+    // Detach first, then give the interface its offloads back, whatever happened.
     drop(attached);
     drop(offloads);
-    log::info!("detached from {name}");
-    Ok(code)
+    match end? {
+        live::End::Stopped => {
+            log::info!("detached from {name}");
+            Ok(ExitCode::SUCCESS)
+        }
+        live::End::InterfaceGone => {
+            eprintln!("pdm: interface {name} disappeared; detached and exiting");
+            Ok(ExitCode::from(3))
+        }
+    }
 }
 
 fn on(b: bool) -> &'static str {
     if b { "on" } else { "off" }
-}
-
-fn report(ebpf: &aya::Ebpf, iface: &str, json: bool) -> Result<()> {
-    let t = stats::totals(ebpf).context("reading counters")?;
-    let flows = stats::flows(ebpf).context("reading the flow table")?.len();
-    let mut out = std::io::stdout().lock();
-    if json {
-        let ts = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs_f64();
-        let line = serde_json::json!({
-            "ts": ts,
-            "iface": iface,
-            "flows": flows,
-            "counters": t.to_json(),
-        });
-        writeln!(out, "{line}")?;
-    } else {
-        let skipped: Vec<String> = Counter::ALL
-            .iter()
-            .filter(|c| c.name().contains("_skip_") && t.get(**c) > 0)
-            .map(|c| format!("{}={}", c.name(), t.get(*c)))
-            .collect();
-        writeln!(
-            out,
-            "egress {} pkts, {} with PDM | ingress {} pkts, {} with PDM | {flows} flows{}{}",
-            t.get(Counter::EgressPackets),
-            t.get(Counter::EgressInserted),
-            t.get(Counter::IngressPackets),
-            t.get(Counter::IngressPdm),
-            if skipped.is_empty() { "" } else { " | " },
-            skipped.join(" ")
-        )?;
-    }
-    out.flush()?;
-    Ok(())
 }

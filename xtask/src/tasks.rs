@@ -30,15 +30,16 @@ fn packages(c: &mut Command) -> &mut Command {
     c
 }
 
-/// Builds the `pdm` binary (release) and runs it with `args`.
+/// Builds the `pdm` binary (release) and runs `pdm run ARGS`, or with no arguments the
+/// embedded demo.
 pub fn run(args: &[String]) -> Result<()> {
     let tools = setup::run()?;
     cmd::run(cargo(&tools).args(["build", "--release", "-p", "pdm-user", "--bin", "pdm"]))?;
     let pdm = workspace_root().join("target/release/pdm");
     let mut c = Command::new(pdm);
     if args.is_empty() {
-        // No interface given: load and verify the programs without attaching anything.
-        c.arg("check");
+        // No interface given: the embedded demo on test hosts it creates.
+        c.arg("demo");
     } else {
         c.arg("run").args(args);
     }

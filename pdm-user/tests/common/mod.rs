@@ -2,6 +2,7 @@
 //! (also when the test panics), and a handle on a running `pdm`.
 #![allow(dead_code)]
 
+pub mod router;
 pub mod traffic;
 
 use std::{
@@ -29,6 +30,14 @@ impl Netns {
         );
         run_ok(Command::new("ip").args(["netns", "add", &name]));
         let ns = Self { name };
+        // No Duplicate Address Detection: a tentative link-local address cannot answer
+        // Neighbor Discovery, which delays or loses the first packets of a test by ~1 s.
+        for key in ["default", "all"] {
+            ns.run(
+                "sysctl",
+                &["-qw", &format!("net.ipv6.conf.{key}.accept_dad=0")],
+            );
+        }
         ns.ip(&["link", "set", "lo", "up"]);
         ns
     }
@@ -101,6 +110,18 @@ impl Drop for Netns {
     }
 }
 
+/// Resolves the neighbours on the path before a test measures anything: the very first
+/// packet to a new neighbour can be lost while Neighbor Discovery runs (seen here
+/// without pdm too).
+pub fn warm_up(from: &Netns, to: &str) {
+    let _ = from
+        .cmd("ping")
+        .args(["-6", "-c", "2", "-i", "0.2", "-W", "1", to])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
 pub fn run_ok(cmd: &mut Command) -> Output {
     let out = cmd.stdin(Stdio::null()).output().expect("spawn");
     assert!(
@@ -137,6 +158,7 @@ impl TwoHosts {
             ns.ip(&["addr", "add", &format!("{addr}/64"), "dev", IFACE, "nodad"]);
             ns.ip(&["link", "set", IFACE, "up"]);
         }
+        warm_up(&a, ADDR_B);
         Self { a, b }
     }
 }

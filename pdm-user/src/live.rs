@@ -1,0 +1,249 @@
+//! The measuring loop of `pdm run`: RTT samples from the kernel's ring buffer, a flow
+//! table snapshot every interval, flow expiry, and the output (NDJSON or a sink the
+//! caller provides, such as the terminal view).
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use aya::{
+    Ebpf,
+    maps::{HashMap, MapData, RingBuf},
+};
+use pdm_common::{
+    flow::{FlowKey, FlowState, RttSample},
+    names,
+};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+};
+
+use crate::{
+    filter::Filter,
+    iface,
+    metrics::{self, FlowRow, Table, TableConfig},
+    names::Names,
+    output,
+    stats::{self, Totals},
+    ui::{self, RowLabels},
+};
+
+/// Why the loop ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum End {
+    /// Ctrl-C, SIGTERM, `q` in the view, or `--duration` elapsed.
+    Stopped,
+    /// The interface went away.
+    InterfaceGone,
+}
+
+pub struct Options {
+    pub iface: String,
+    pub ifindex: u32,
+    pub attach: Vec<String>,
+    pub interval: Duration,
+    pub duration: Option<Duration>,
+    pub table: TableConfig,
+    pub filter: Filter,
+    pub json: bool,
+    pub resolve: bool,
+    /// Also append the NDJSON lines to this file (with the live view, a record of it).
+    pub log: Option<std::path::PathBuf>,
+}
+
+/// Where each interval's results go.
+enum Sink {
+    Json,
+    Tui(ui::Ui),
+}
+
+pub async fn run(ebpf: &mut Ebpf, opts: Options) -> Result<End> {
+    let ring = RingBuf::try_from(ebpf.take_map(names::SAMPLES).context("no SAMPLES map")?)
+        .context("opening the sample ring")?;
+    // SAFETY: the ring's fd stays open and the same while the AsyncFd owns the ring.
+    let mut ring =
+        unsafe { AsyncFd::register_with_interest(RingFd(ring), tokio::io::Interest::READABLE) }
+            .map_err(|e| anyhow::anyhow!("polling the sample ring: {e}"))?;
+    let mut sink = if opts.json {
+        Sink::Json
+    } else {
+        Sink::Tui(ui::Ui::start().context("starting the terminal view (use --json for a log)")?)
+    };
+    let mut log = match &opts.log {
+        Some(path) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("opening the log file {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let names = Names::new(opts.resolve);
+    let mut table = Table::new(opts.table);
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut tick = tokio::time::interval(opts.interval);
+    let mut keys = tokio::time::interval(Duration::from_millis(50));
+    let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
+    tick.tick().await;
+
+    let end = loop {
+        tokio::select! {
+            _ = sigint.recv() => break End::Stopped,
+            _ = sigterm.recv() => break End::Stopped,
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                drain(guard.get_inner_mut(), &mut table);
+                guard.clear_ready();
+            }
+            _ = keys.tick(), if matches!(sink, Sink::Tui(_)) => {
+                if let Sink::Tui(ui) = &mut sink
+                    && ui.poll_quit(Duration::ZERO)?
+                {
+                    break End::Stopped;
+                }
+            }
+            _ = tick.tick() => {
+                if iface::index(&opts.iface).ok() != Some(opts.ifindex) {
+                    break End::InterfaceGone;
+                }
+                report(ebpf, &opts, &mut table, &names, &mut sink, log.as_mut())?;
+                if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                    break End::Stopped;
+                }
+            }
+        }
+    };
+    drain(ring.get_mut(), &mut table);
+    drop(sink);
+    if end == End::Stopped && opts.json {
+        // A last report, so even a run shorter than one interval says what it saw.
+        report(
+            ebpf,
+            &opts,
+            &mut table,
+            &names,
+            &mut Sink::Json,
+            log.as_mut(),
+        )?;
+    }
+    Ok(end)
+}
+
+/// The ring buffer, pollable by tokio.
+struct RingFd(RingBuf<MapData>);
+
+impl std::os::fd::AsRawFd for RingFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+fn drain(ring: &mut RingFd, table: &mut Table) {
+    while let Some(item) = ring.0.next() {
+        if item.len() >= size_of::<RttSample>() {
+            // SAFETY: the kernel wrote an RttSample (plain data) here; read unaligned.
+            let s = unsafe { item.as_ptr().cast::<RttSample>().read_unaligned() };
+            table.add_sample(&s);
+        }
+    }
+}
+
+fn report(
+    ebpf: &mut Ebpf,
+    opts: &Options,
+    table: &mut Table,
+    names: &Names,
+    sink: &mut Sink,
+    log: Option<&mut std::fs::File>,
+) -> Result<()> {
+    let totals = stats::totals(ebpf).context("reading counters")?;
+    let now = metrics::monotonic_ns();
+    let snapshot = stats::flows(ebpf).context("reading the flow table")?;
+    let expired = table.refresh(&snapshot, now);
+    if !expired.is_empty() {
+        let mut flows: HashMap<_, FlowKey, FlowState> =
+            HashMap::try_from(ebpf.map_mut(names::FLOWS).context("no FLOWS map")?)?;
+        for key in &expired {
+            // Gone already (LRU) is fine.
+            let _ = flows.remove(key);
+        }
+    }
+    let rows: Vec<FlowRow> = table
+        .rows(now)
+        .into_iter()
+        .filter(|r| opts.filter.matches(r))
+        .collect();
+    let labels: Vec<RowLabels> = rows
+        .iter()
+        .map(|r| RowLabels {
+            remote_name: names.remote_name(r.remote_addr),
+            process: names.process(r),
+        })
+        .collect();
+    if let Some(log) = log {
+        json(
+            &mut std::io::BufWriter::new(log),
+            opts,
+            &totals,
+            table,
+            &rows,
+            &labels,
+        )?;
+    }
+    match sink {
+        Sink::Json => json(
+            &mut std::io::stdout().lock(),
+            opts,
+            &totals,
+            table,
+            &rows,
+            &labels,
+        ),
+        Sink::Tui(ui) => ui
+            .draw(ui::Frame {
+                iface: opts.iface.clone(),
+                attach: opts.attach.clone(),
+                totals,
+                rows,
+                labels,
+                flows_evicted: table.evicted,
+                flows_expired: table.expired,
+                interval: opts.interval,
+            })
+            .context("drawing the view"),
+    }
+}
+
+fn json(
+    out: &mut impl std::io::Write,
+    opts: &Options,
+    totals: &Totals,
+    table: &Table,
+    rows: &[FlowRow],
+    labels: &[RowLabels],
+) -> Result<()> {
+    let ts = output::unix_now();
+    for (r, l) in rows.iter().zip(labels) {
+        let line = output::flow_json(
+            ts,
+            &opts.iface,
+            r,
+            l.remote_name.as_deref(),
+            l.process.as_deref(),
+        );
+        writeln!(out, "{line}")?;
+    }
+    let line = output::counters_json(
+        ts,
+        &opts.iface,
+        totals,
+        table.len(),
+        table.evicted,
+        table.expired,
+    );
+    writeln!(out, "{line}")?;
+    out.flush()?;
+    Ok(())
+}

@@ -1,0 +1,451 @@
+//! Per-flow measurements: RTT and server-delay distributions from the kernel's samples,
+//! counters and rates from its flow table, and flow expiry.
+//!
+//! Distributions are kept twice: the samples of a sliding window (default 10 s, exact
+//! percentiles) and a log-bucketed histogram since the flow started (bounded memory,
+//! percentiles within 1/64 relative).
+
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    net::Ipv6Addr,
+    time::Duration,
+};
+
+use pdm_common::flow::{FLOW_CLOSED, FlowKey, FlowState, NO_SAMPLE, RttSample};
+
+/// A distribution's summary, in nanoseconds; `None` fields when there is no sample.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Summary {
+    pub samples: u64,
+    pub min: Option<u64>,
+    pub mean: Option<u64>,
+    pub p50: Option<u64>,
+    pub p90: Option<u64>,
+    pub p99: Option<u64>,
+    pub max: Option<u64>,
+}
+
+/// One flow as shown: the TUI and the JSON output both read this.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FlowRow {
+    pub proto: u8,
+    pub local_addr: Ipv6Addr,
+    pub local_port: u16,
+    pub remote_addr: Ipv6Addr,
+    pub remote_port: u16,
+    pub tx_packets: u64,
+    pub rx_packets: u64,
+    pub tx_bytes: u64,
+    pub rx_bytes: u64,
+    /// Packets sent / received that carried PDM.
+    pub tx_pdm: u64,
+    pub rx_pdm: u64,
+    /// Packets per second each way over the last interval.
+    pub tx_pps: f64,
+    pub rx_pps: f64,
+    /// RTT and server delay over the sliding window, and since the flow started.
+    pub rtt: Summary,
+    pub rtt_all: Summary,
+    pub server_delay: Summary,
+    pub server_delay_all: Summary,
+    pub rx_lost: u64,
+    pub rx_reordered: u64,
+    pub rx_duplicate: u64,
+    /// Since the flow was first seen, and since its last packet.
+    pub age: Duration,
+    pub idle: Duration,
+    pub closed: bool,
+}
+
+impl FlowRow {
+    /// Lost share of the PSNs the peer sent us, in percent (None before any PDM).
+    pub fn loss_percent(&self) -> Option<f64> {
+        let expected = self.rx_pdm + self.rx_lost;
+        (expected > 0).then(|| 100.0 * self.rx_lost as f64 / expected as f64)
+    }
+
+    /// Share of the packets each way that carried PDM, in percent.
+    pub fn pdm_coverage(&self) -> (Option<f64>, Option<f64>) {
+        let share = |pdm: u64, all: u64| (all > 0).then(|| 100.0 * pdm as f64 / all as f64);
+        (
+            share(self.tx_pdm, self.tx_packets),
+            share(self.rx_pdm, self.rx_packets),
+        )
+    }
+
+    pub fn proto_name(&self) -> &'static str {
+        proto_name(self.proto)
+    }
+}
+
+pub fn proto_name(proto: u8) -> &'static str {
+    match proto {
+        6 => "tcp",
+        17 => "udp",
+        58 => "icmpv6",
+        50 => "esp",
+        51 => "ah",
+        _ => "other",
+    }
+}
+
+/// Exact samples of the last `span`.
+#[derive(Debug, Default)]
+struct Window {
+    samples: VecDeque<(u64, u64)>,
+}
+
+/// At most this many samples per window: a bulk flow can echo tens of thousands of
+/// PSNs per second; beyond this the window keeps the most recent.
+const WINDOW_CAP: usize = 50_000;
+
+impl Window {
+    fn push(&mut self, ts: u64, v: u64) {
+        if self.samples.len() == WINDOW_CAP {
+            self.samples.pop_front();
+        }
+        self.samples.push_back((ts, v));
+    }
+
+    fn prune(&mut self, now: u64, span: u64) {
+        while self
+            .samples
+            .front()
+            .is_some_and(|&(ts, _)| now.saturating_sub(ts) > span)
+        {
+            self.samples.pop_front();
+        }
+    }
+
+    fn summary(&self) -> Summary {
+        let mut v: Vec<u64> = self.samples.iter().map(|&(_, v)| v).collect();
+        if v.is_empty() {
+            return Summary::default();
+        }
+        v.sort_unstable();
+        let pct = |p: f64| v[((p * (v.len() - 1) as f64).round() as usize).min(v.len() - 1)];
+        let sum: u128 = v.iter().map(|&x| x as u128).sum();
+        Summary {
+            samples: v.len() as u64,
+            min: Some(v[0]),
+            mean: Some((sum / v.len() as u128) as u64),
+            p50: Some(pct(0.50)),
+            p90: Some(pct(0.90)),
+            p99: Some(pct(0.99)),
+            max: Some(v[v.len() - 1]),
+        }
+    }
+}
+
+/// Log-bucketed histogram: 64 sub-buckets per power of two.
+#[derive(Debug)]
+struct Histogram {
+    buckets: Vec<u64>,
+    count: u64,
+    sum: u128,
+    min: u64,
+    max: u64,
+}
+
+/// Values below 64 get a bucket each; above, each power of two is split in 32.
+const SUB_BITS: u32 = 6;
+const SUB: usize = 1 << SUB_BITS;
+const HALF: usize = SUB / 2;
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Self {
+            buckets: vec![0; SUB + 64 * HALF],
+            count: 0,
+            sum: 0,
+            min: u64::MAX,
+            max: 0,
+        }
+    }
+}
+
+impl Histogram {
+    fn index(v: u64) -> usize {
+        if v < SUB as u64 {
+            return v as usize;
+        }
+        let shift = 64 - v.leading_zeros() - SUB_BITS;
+        // The top SUB_BITS bits: in [HALF, SUB).
+        let mant = (v >> shift) as usize;
+        SUB + (shift as usize - 1) * HALF + (mant - HALF)
+    }
+
+    /// The middle of bucket `i`'s value range (relative error at most 1/64).
+    fn value(i: usize) -> u64 {
+        if i < SUB {
+            return i as u64;
+        }
+        let j = i - SUB;
+        let shift = (j / HALF) as u32 + 1;
+        let low = ((j % HALF + HALF) as u64) << shift;
+        low.saturating_add((1u64 << shift) / 2)
+    }
+
+    fn push(&mut self, v: u64) {
+        self.buckets[Self::index(v)] += 1;
+        self.count += 1;
+        self.sum += v as u128;
+        self.min = self.min.min(v);
+        self.max = self.max.max(v);
+    }
+
+    fn summary(&self) -> Summary {
+        if self.count == 0 {
+            return Summary::default();
+        }
+        let pct = |p: f64| {
+            let rank = ((p * self.count as f64).ceil() as u64).max(1);
+            let mut seen = 0;
+            for (i, n) in self.buckets.iter().enumerate() {
+                seen += n;
+                if seen >= rank {
+                    return Self::value(i).clamp(self.min, self.max);
+                }
+            }
+            self.max
+        };
+        Summary {
+            samples: self.count,
+            min: Some(self.min),
+            mean: Some((self.sum / self.count as u128) as u64),
+            p50: Some(pct(0.50)),
+            p90: Some(pct(0.90)),
+            p99: Some(pct(0.99)),
+            max: Some(self.max),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Flow {
+    rtt: Window,
+    server_delay: Window,
+    rtt_all: Histogram,
+    server_delay_all: Histogram,
+    state: FlowState,
+    /// Counters and time at the previous refresh, for rates.
+    prev: Option<(u64, u64, u64)>,
+    rate: (f64, f64),
+    first_seen_ns: u64,
+    last_active_ns: u64,
+}
+
+/// Settings of the flow table.
+#[derive(Clone, Copy, Debug)]
+pub struct TableConfig {
+    /// Span of the sliding window.
+    pub window: Duration,
+    /// Flows without a packet for this long are removed (kernel entry included).
+    pub idle_timeout: Duration,
+    /// A closed TCP flow (FIN/RST seen) is removed after this long without packets.
+    pub closed_linger: Duration,
+}
+
+impl Default for TableConfig {
+    fn default() -> Self {
+        Self {
+            window: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            closed_linger: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Every flow pdm knows about, fed by samples and kernel snapshots.
+#[derive(Debug, Default)]
+pub struct Table {
+    config: TableConfig,
+    flows: HashMap<FlowKey, Flow>,
+    /// Flows the kernel's LRU dropped before we expired them.
+    pub evicted: u64,
+    /// Flows expired (idle or closed) by us.
+    pub expired: u64,
+}
+
+impl Table {
+    pub fn new(config: TableConfig) -> Self {
+        Self {
+            config,
+            ..Self::default()
+        }
+    }
+
+    /// Adds one RTT sample from the kernel.
+    pub fn add_sample(&mut self, s: &RttSample) {
+        let f = self.flows.entry(s.key).or_default();
+        f.rtt.push(s.ts_ns, s.rtt_ns);
+        f.rtt_all.push(s.rtt_ns);
+        if s.server_delay_ns != NO_SAMPLE {
+            f.server_delay.push(s.ts_ns, s.server_delay_ns);
+            f.server_delay_all.push(s.server_delay_ns);
+        }
+    }
+
+    /// Takes a snapshot of the kernel's flow table at monotonic time `now_ns`. Returns
+    /// the keys to delete from the kernel map (idle or closed flows).
+    pub fn refresh(&mut self, kernel: &[(FlowKey, FlowState)], now_ns: u64) -> Vec<FlowKey> {
+        let span = self.config.window.as_nanos() as u64;
+        let mut present = HashSet::with_capacity(kernel.len());
+        let mut remove = Vec::new();
+        for (key, state) in kernel {
+            present.insert(*key);
+            let f = self.flows.entry(*key).or_default();
+            if f.first_seen_ns == 0 {
+                f.first_seen_ns = state.first_seen_ns;
+                f.last_active_ns = state
+                    .first_seen_ns
+                    .max(state.last_send_ns)
+                    .max(state.last_recv_ns);
+            }
+            let packets = (state.tx_packets, state.rx_packets);
+            match f.prev {
+                Some((t, tx, rx)) if now_ns > t => {
+                    let secs = (now_ns - t) as f64 / 1e9;
+                    f.rate = (
+                        packets.0.saturating_sub(tx) as f64 / secs,
+                        packets.1.saturating_sub(rx) as f64 / secs,
+                    );
+                    if packets != (tx, rx) {
+                        f.last_active_ns = now_ns;
+                    }
+                }
+                _ => {}
+            }
+            f.prev = Some((now_ns, packets.0, packets.1));
+            f.state = *state;
+            f.rtt.prune(now_ns, span);
+            f.server_delay.prune(now_ns, span);
+
+            let idle = now_ns.saturating_sub(f.last_active_ns);
+            let closed = state.flags & FLOW_CLOSED != 0;
+            if idle > self.config.idle_timeout.as_nanos() as u64
+                || (closed && idle > self.config.closed_linger.as_nanos() as u64)
+            {
+                remove.push(*key);
+            }
+        }
+        // Known flows the kernel no longer has, and that we did not remove: the LRU
+        // evicted them to make room.
+        let before = self.flows.len();
+        self.flows
+            .retain(|k, f| present.contains(k) || f.prev.is_none());
+        self.evicted += (before - self.flows.len()) as u64;
+        for key in &remove {
+            self.flows.remove(key);
+        }
+        self.expired += remove.len() as u64;
+        remove
+    }
+
+    pub fn len(&self) -> usize {
+        self.flows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.flows.is_empty()
+    }
+
+    /// Every flow seen in a kernel snapshot, as rows.
+    pub fn rows(&self, now_ns: u64) -> Vec<FlowRow> {
+        self.flows
+            .iter()
+            .filter(|(_, f)| f.prev.is_some())
+            .map(|(k, f)| {
+                let s = &f.state;
+                FlowRow {
+                    proto: k.proto,
+                    local_addr: Ipv6Addr::from(k.local_addr),
+                    local_port: k.local_port,
+                    remote_addr: Ipv6Addr::from(k.remote_addr),
+                    remote_port: k.remote_port,
+                    tx_packets: s.tx_packets,
+                    rx_packets: s.rx_packets,
+                    tx_bytes: s.tx_bytes,
+                    rx_bytes: s.rx_bytes,
+                    tx_pdm: s.tx_pdm,
+                    rx_pdm: s.rx_pdm,
+                    tx_pps: f.rate.0,
+                    rx_pps: f.rate.1,
+                    rtt: f.rtt.summary(),
+                    rtt_all: f.rtt_all.summary(),
+                    server_delay: f.server_delay.summary(),
+                    server_delay_all: f.server_delay_all.summary(),
+                    rx_lost: s.rx_lost as u64,
+                    rx_reordered: s.rx_reordered as u64,
+                    rx_duplicate: s.rx_duplicate as u64,
+                    age: Duration::from_nanos(now_ns.saturating_sub(f.first_seen_ns)),
+                    idle: Duration::from_nanos(now_ns.saturating_sub(f.last_active_ns)),
+                    closed: s.flags & FLOW_CLOSED != 0,
+                }
+            })
+            .collect()
+    }
+}
+
+/// CLOCK_MONOTONIC in ns: the clock bpf_ktime_get_ns reads.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_percentiles_are_within_one_sixty_fourth() {
+        let mut h = Histogram::default();
+        for v in 1..=100_000u64 {
+            h.push(v * 1000);
+        }
+        let s = h.summary();
+        for (got, want) in [
+            (s.p50, 50_000_000.0),
+            (s.p90, 90_000_000.0),
+            (s.p99, 99_000_000.0),
+        ] {
+            let got = got.expect("sample") as f64;
+            assert!((got - want).abs() / want < 1.0 / 64.0, "{got} vs {want}");
+        }
+        assert_eq!((s.min, s.max), (Some(1000), Some(100_000_000)));
+    }
+
+    #[test]
+    fn histogram_small_values_are_exact() {
+        for v in 0..64u64 {
+            assert_eq!(Histogram::value(Histogram::index(v)), v);
+        }
+        for v in [64u64, 65, 127, 128, 1 << 20, u64::MAX / 2, u64::MAX] {
+            let got = Histogram::value(Histogram::index(v));
+            assert!(
+                (got as f64 - v as f64).abs() <= v as f64 / 64.0,
+                "{v}: {got}"
+            );
+        }
+    }
+
+    #[test]
+    fn window_percentiles_are_exact_and_age_out() {
+        let mut w = Window::default();
+        for i in 0..100u64 {
+            w.push(i * 1_000_000_000, i);
+        }
+        let s = w.summary();
+        assert_eq!(
+            (s.min, s.p50, s.max, s.samples),
+            (Some(0), Some(50), Some(99), 100)
+        );
+        w.prune(99_000_000_000, 10_000_000_000);
+        assert_eq!(w.summary().min, Some(89));
+    }
+}

@@ -1,0 +1,136 @@
+//! The live view, driven in tmux as a person would: it shows the same figures as the
+//! NDJSON log of the same run, quits on `q`, and gives the terminal back.
+
+mod common;
+
+use std::{
+    net::UdpSocket,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use common::{ADDR_A, ADDR_B, IFACE, Pdm, TwoHosts, pdm_bin};
+
+fn tmux(args: &[&str]) -> String {
+    let out = common::run_ok(Command::new("tmux").args(args));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+struct Session(String);
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["kill-session", "-t", &self.0])
+            .status();
+    }
+}
+
+#[test]
+fn the_view_shows_what_the_log_records_and_quits_on_q() {
+    let h = TwoHosts::new("tui");
+    let _server_pdm = Pdm::start(&h.b, &["--ingress", "tc"]);
+    let log = std::env::temp_dir().join(format!("{}.ndjson", h.a.name));
+    let done = std::env::temp_dir().join(format!("{}.exit", h.a.name));
+    let _ = std::fs::remove_file(&log);
+    let _ = std::fs::remove_file(&done);
+    let session = Session(h.a.name.clone());
+    let cmd = format!(
+        "ip netns exec {} {} run --iface {IFACE} --ingress tc --interval 500ms --log {}; echo $? > {}; sleep 30",
+        h.a.name,
+        pdm_bin(),
+        log.display(),
+        done.display()
+    );
+    tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        &session.0,
+        "-x",
+        "200",
+        "-y",
+        "40",
+        &cmd,
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !tmux(&["capture-pane", "-p", "-t", &session.0]).contains("RTT p50") {
+        assert!(Instant::now() < deadline, "the view did not come up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // A UDP flow with a 3 ms server, then quiet, so the figures stand still.
+    let port = 7500;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            h.b.in_ns(|| {
+                let u = UdpSocket::bind(format!("[{ADDR_B}]:{port}")).expect("bind");
+                u.set_read_timeout(Some(Duration::from_secs(3)))
+                    .expect("timeout");
+                let mut buf = [0u8; 1500];
+                while let Ok((n, from)) = u.recv_from(&mut buf) {
+                    std::thread::sleep(Duration::from_millis(3));
+                    u.send_to(&buf[..n], from).expect("answer");
+                }
+            })
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        h.a.in_ns(|| {
+            let u = UdpSocket::bind(format!("[{ADDR_A}]:0")).expect("bind");
+            u.set_read_timeout(Some(Duration::from_secs(1)))
+                .expect("timeout");
+            let mut buf = [0u8; 1500];
+            for _ in 0..20 {
+                u.send_to(b"hello", format!("[{ADDR_B}]:{port}"))
+                    .expect("send");
+                u.recv_from(&mut buf).expect("answer");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+
+    let screen = tmux(&["capture-pane", "-p", "-t", &session.0]);
+    let row = screen
+        .lines()
+        .find(|l| l.contains(&format!(":{port}")) && l.contains("udp"))
+        .unwrap_or_else(|| panic!("no row for the UDP flow:\n{screen}"));
+    let logged = std::fs::read_to_string(&log).expect("log");
+    let last: serde_json::Value = logged
+        .lines()
+        .rev()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json"))
+        .find(|v| v["type"] == "flow" && v["remote_port"] == port)
+        .expect("the flow in the log");
+    for key in ["rtt_us_p50", "rtt_us_p99", "server_delay_us_p50"] {
+        let ns = (last[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{key}: {last}"))
+            * 1000.0)
+            .round() as u64;
+        let shown = pdm_user::ui::format_ns(ns);
+        assert!(
+            row.contains(&shown),
+            "{key}: log says {shown}, the view shows:\n{row}"
+        );
+    }
+
+    tmux(&["send-keys", "-t", &session.0, "q"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done.exists() {
+        assert!(Instant::now() < deadline, "q did not quit");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        std::fs::read_to_string(&done).expect("exit code").trim(),
+        "0"
+    );
+    // Back on the normal screen: the table is gone.
+    let after = tmux(&["capture-pane", "-p", "-t", &session.0]);
+    assert!(
+        !after.contains("RTT p50"),
+        "the view is still on screen after quitting:\n{after}"
+    );
+    let _ = std::fs::remove_file(&log);
+    let _ = std::fs::remove_file(&done);
+}
