@@ -6,10 +6,37 @@
 //! percentiles within 1/64 relative).
 
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::{HashMap, VecDeque},
+    hash::{BuildHasherDefault, Hasher},
     net::Ipv6Addr,
     time::Duration,
 };
+
+/// FxHash-style hasher: the flow keys come from our own kernel table, not from an
+/// adversary who could pick collisions, and SipHash was the largest userspace cost at
+/// 10 000 flows.
+#[derive(Default)]
+pub struct FlowHasher(u64);
+
+/// A HashMap with [`FlowHasher`].
+pub type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FlowHasher>>;
+
+impl Hasher for FlowHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut w = [0u8; 8];
+            w[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(w))
+                .wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type FlowMap<V> = FastMap<FlowKey, V>;
 
 use pdm_common::flow::{FLOW_CLOSED, FlowKey, FlowState, NO_SAMPLE, RttSample};
 
@@ -155,7 +182,9 @@ const HALF: usize = SUB / 2;
 impl Default for Histogram {
     fn default() -> Self {
         Self {
-            buckets: vec![0; SUB + 64 * HALF],
+            // Allocated on the first sample: most flows of a flood never get one, and
+            // 17 KB each adds up at 10 000 flows.
+            buckets: Vec::new(),
             count: 0,
             sum: 0,
             min: u64::MAX,
@@ -187,6 +216,9 @@ impl Histogram {
     }
 
     fn push(&mut self, v: u64) {
+        if self.buckets.is_empty() {
+            self.buckets = vec![0; SUB + 64 * HALF];
+        }
         self.buckets[Self::index(v)] += 1;
         self.count += 1;
         self.sum += v as u128;
@@ -228,6 +260,8 @@ struct Flow {
     rtt_all: Histogram,
     server_delay_all: Histogram,
     state: FlowState,
+    /// The refresh that last saw this flow in the kernel's table.
+    seen: u64,
     /// Counters and time at the previous refresh, for rates.
     prev: Option<(u64, u64, u64)>,
     rate: (f64, f64),
@@ -260,7 +294,9 @@ impl Default for TableConfig {
 #[derive(Debug, Default)]
 pub struct Table {
     config: TableConfig,
-    flows: HashMap<FlowKey, Flow>,
+    flows: FlowMap<Flow>,
+    /// Number of refreshes so far.
+    generation: u64,
     /// Flows the kernel's LRU dropped before we expired them.
     pub evicted: u64,
     /// Flows expired (idle or closed) by us.
@@ -277,7 +313,11 @@ impl Table {
 
     /// Adds one RTT sample from the kernel.
     pub fn add_sample(&mut self, s: &RttSample) {
+        let generation = self.generation;
         let f = self.flows.entry(s.key).or_default();
+        if f.prev.is_none() {
+            f.seen = generation;
+        }
         f.rtt.push(s.ts_ns, s.rtt_ns);
         f.rtt_all.push(s.rtt_ns);
         if s.server_delay_ns != NO_SAMPLE {
@@ -290,11 +330,12 @@ impl Table {
     /// the keys to delete from the kernel map (idle or closed flows).
     pub fn refresh(&mut self, kernel: &[(FlowKey, FlowState)], now_ns: u64) -> Vec<FlowKey> {
         let span = self.config.window.as_nanos() as u64;
-        let mut present = HashSet::with_capacity(kernel.len());
+        self.generation += 1;
+        let generation = self.generation;
         let mut remove = Vec::new();
         for (key, state) in kernel {
-            present.insert(*key);
             let f = self.flows.entry(*key).or_default();
+            f.seen = generation;
             if f.first_seen_ns == 0 {
                 f.first_seen_ns = state.first_seen_ns;
                 f.last_active_ns = state
@@ -330,11 +371,17 @@ impl Table {
             }
         }
         // Known flows the kernel no longer has, and that we did not remove: the LRU
-        // evicted them to make room.
-        let before = self.flows.len();
-        self.flows
-            .retain(|k, f| present.contains(k) || f.prev.is_none());
-        self.evicted += (before - self.flows.len()) as u64;
+        // evicted them to make room. Flows known only from a sample get one refresh to
+        // show up in the table.
+        let mut evicted = 0;
+        self.flows.retain(|_, f| {
+            let keep = f.seen == generation || (f.prev.is_none() && generation - f.seen <= 1);
+            if !keep && f.prev.is_some() {
+                evicted += 1;
+            }
+            keep
+        });
+        self.evicted += evicted;
         for key in &remove {
             self.flows.remove(key);
         }

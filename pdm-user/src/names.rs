@@ -17,7 +17,7 @@ use std::{
 use crate::metrics::FlowRow;
 
 /// How stale the /proc snapshot may get: a process owning a new flow shows up within it.
-const PROC_RESCAN: Duration = Duration::from_secs(1);
+const PROC_RESCAN: Duration = Duration::from_secs(5);
 
 /// Threads doing reverse lookups: one slow (timing-out) name must not hold up the rest.
 const DNS_WORKERS: usize = 4;
@@ -219,7 +219,7 @@ type Ends = (SocketAddrV6, SocketAddrV6);
 /// The /proc snapshot: socket inodes by their ends, and owners by inode.
 #[derive(Default)]
 struct Procs {
-    sockets: HashMap<SocketTable, HashMap<Ends, u64>>,
+    sockets: HashMap<SocketTable, crate::metrics::FastMap<Ends, u64>>,
     sockets_read: Option<Instant>,
     owners: HashMap<u64, String>,
     owners_read: Option<Instant>,
