@@ -6,6 +6,7 @@ use core::ptr::{read_volatile, write_volatile};
 
 use aya_ebpf::{
     EbpfContext,
+    bindings::BPF_RB_NO_WAKEUP,
     helpers::bpf_check_mtu,
     programs::{TcContext, XdpContext},
 };
@@ -221,7 +222,8 @@ fn rtt(key: &FlowKey, s: &mut FlowState, pdm: &PdmFields, now: u64, data: bool) 
         _pad: [0; 6],
     };
     let c = counters();
-    match SAMPLES.output::<RttSample>(&sample, 0) {
+    // No wakeup: userspace reads the ring on a timer, not on readiness.
+    match SAMPLES.output::<RttSample>(&sample, BPF_RB_NO_WAKEUP as u64) {
         Ok(()) => bump(c, Counter::IngressRttSamples),
         Err(_) => bump(c, Counter::IngressSamplesDropped),
     }

@@ -13,10 +13,7 @@ use pdm_common::{
     flow::{FlowKey, FlowState, RttSample},
     names,
 };
-use tokio::{
-    io::unix::AsyncFd,
-    signal::unix::{SignalKind, signal},
-};
+use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     filter::Filter,
@@ -60,10 +57,11 @@ enum Sink {
 pub async fn run(ebpf: &mut Ebpf, opts: Options) -> Result<End> {
     let ring = RingBuf::try_from(ebpf.take_map(names::SAMPLES).context("no SAMPLES map")?)
         .context("opening the sample ring")?;
-    // SAFETY: the ring's fd stays open and the same while the AsyncFd owns the ring.
-    let mut ring =
-        unsafe { AsyncFd::register_with_interest(RingFd(ring), tokio::io::Interest::READABLE) }
-            .map_err(|e| anyhow::anyhow!("polling the sample ring: {e}"))?;
+    // Drained on a short timer rather than on readiness: at 10 000 samples a second,
+    // waking for each one was a quarter of pdm's CPU time. Samples carry their kernel
+    // timestamps, so reading them a little later changes nothing.
+    let mut ring = RingFd(ring);
+    let mut drain_tick = tokio::time::interval(DRAIN_EVERY);
     let mut sink = if opts.json {
         Sink::Json
     } else {
@@ -80,6 +78,7 @@ pub async fn run(ebpf: &mut Ebpf, opts: Options) -> Result<End> {
         None => None,
     };
     let names = Names::new(opts.resolve);
+    let mut labels = Labels::default();
     let mut table = Table::new(opts.table);
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -92,11 +91,7 @@ pub async fn run(ebpf: &mut Ebpf, opts: Options) -> Result<End> {
         tokio::select! {
             _ = sigint.recv() => break End::Stopped,
             _ = sigterm.recv() => break End::Stopped,
-            guard = ring.readable_mut() => {
-                let mut guard = guard?;
-                drain(guard.get_inner_mut(), &mut table);
-                guard.clear_ready();
-            }
+            _ = drain_tick.tick() => drain(&mut ring, &mut table),
             _ = keys.tick(), if matches!(sink, Sink::Tui(_)) => {
                 if let Sink::Tui(ui) = &mut sink
                     && ui.poll_quit(Duration::ZERO)?
@@ -105,17 +100,18 @@ pub async fn run(ebpf: &mut Ebpf, opts: Options) -> Result<End> {
                 }
             }
             _ = tick.tick() => {
+                drain(&mut ring, &mut table);
                 if iface::index(&opts.iface).ok() != Some(opts.ifindex) {
                     break End::InterfaceGone;
                 }
-                report(ebpf, &opts, &mut table, &names, &mut sink, log.as_mut())?;
+                report(ebpf, &opts, &mut table, &names, &mut labels, &mut sink, log.as_mut())?;
                 if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
                     break End::Stopped;
                 }
             }
         }
     };
-    drain(ring.get_mut(), &mut table);
+    drain(&mut ring, &mut table);
     drop(sink);
     if end == End::Stopped && opts.json {
         // A last report, so even a run shorter than one interval says what it saw.
@@ -124,6 +120,7 @@ pub async fn run(ebpf: &mut Ebpf, opts: Options) -> Result<End> {
             &opts,
             &mut table,
             &names,
+            &mut labels,
             &mut Sink::Json,
             log.as_mut(),
         )?;
@@ -131,14 +128,11 @@ pub async fn run(ebpf: &mut Ebpf, opts: Options) -> Result<End> {
     Ok(end)
 }
 
-/// The ring buffer, pollable by tokio.
-struct RingFd(RingBuf<MapData>);
+/// How often the sample ring is read (it holds about 13 000 samples).
+const DRAIN_EVERY: Duration = Duration::from_millis(25);
 
-impl std::os::fd::AsRawFd for RingFd {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        self.0.as_raw_fd()
-    }
-}
+/// The sample ring buffer.
+struct RingFd(RingBuf<MapData>);
 
 fn drain(ring: &mut RingFd, table: &mut Table) {
     while let Some(item) = ring.0.next() {
@@ -155,6 +149,7 @@ fn report(
     opts: &Options,
     table: &mut Table,
     names: &Names,
+    labels: &mut Labels,
     sink: &mut Sink,
     log: Option<&mut std::fs::File>,
 ) -> Result<()> {
@@ -170,18 +165,14 @@ fn report(
             let _ = flows.remove(key);
         }
     }
+    // The since-start summaries go to NDJSON only (the view does not show them).
+    let since_start = log.is_some() || matches!(sink, Sink::Json);
     let rows: Vec<FlowRow> = table
-        .rows(now)
+        .rows(now, since_start)
         .into_iter()
         .filter(|r| opts.filter.matches(r))
         .collect();
-    let labels: Vec<RowLabels> = rows
-        .iter()
-        .map(|r| RowLabels {
-            remote_name: names.remote_name(r.remote_addr),
-            process: names.process(r),
-        })
-        .collect();
+    let labels = labels.for_rows(&rows, names);
     if let Some(log) = log {
         json(
             &mut std::io::BufWriter::new(log),
@@ -246,4 +237,55 @@ fn json(
     writeln!(out, "{line}")?;
     out.flush()?;
     Ok(())
+}
+
+/// Names and owning processes per flow, asked of [`Names`] again only every
+/// [`LABEL_REFRESH`] reports: they rarely change, and asking for 10 000 flows every
+/// second was a large part of a refresh.
+#[derive(Default)]
+struct Labels {
+    cache: metrics::FastMap<LabelKey, (RowLabels, u64)>,
+    report: u64,
+}
+
+const LABEL_REFRESH: u64 = 5;
+
+/// (protocol, local address, local port, remote address, remote port).
+type LabelKey = (u8, [u8; 16], u16, [u8; 16], u16);
+
+impl Labels {
+    fn for_rows(&mut self, rows: &[FlowRow], names: &Names) -> Vec<RowLabels> {
+        self.report += 1;
+        let now = self.report;
+        let out = rows
+            .iter()
+            .map(|r| {
+                let key = (
+                    r.proto,
+                    r.local_addr.octets(),
+                    r.local_port,
+                    r.remote_addr.octets(),
+                    r.remote_port,
+                );
+                let entry = self
+                    .cache
+                    .entry(key)
+                    .or_insert_with(|| (RowLabels::default(), 0));
+                if entry.1 == 0
+                    || now - entry.1 >= LABEL_REFRESH
+                    || entry.0.remote_name.is_none() && names.remote_name(r.remote_addr).is_some()
+                {
+                    entry.0 = RowLabels {
+                        remote_name: names.remote_name(r.remote_addr),
+                        process: names.process(r),
+                    };
+                    entry.1 = now;
+                }
+                entry.0.clone()
+            })
+            .collect();
+        // Forget flows that are gone.
+        self.cache.retain(|_, (_, at)| now - *at <= LABEL_REFRESH);
+        out
+    }
 }

@@ -145,11 +145,22 @@ impl Window {
     }
 
     fn summary(&self) -> Summary {
-        let mut v: Vec<u64> = self.samples.iter().map(|&(_, v)| v).collect();
-        if v.is_empty() {
+        if self.samples.is_empty() {
             return Summary::default();
         }
-        v.sort_unstable();
+        thread_local! {
+            // Reused across flows: one allocation instead of one per flow per refresh.
+            static SORTED: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        SORTED.with_borrow_mut(|v| {
+            v.clear();
+            v.extend(self.samples.iter().map(|&(_, x)| x));
+            v.sort_unstable();
+            Self::summarise(v)
+        })
+    }
+
+    fn summarise(v: &[u64]) -> Summary {
         let pct = |p: f64| v[((p * (v.len() - 1) as f64).round() as usize).min(v.len() - 1)];
         let sum: u128 = v.iter().map(|&x| x as u128).sum();
         Summary {
@@ -164,10 +175,15 @@ impl Window {
     }
 }
 
-/// Log-bucketed histogram: 64 sub-buckets per power of two.
+/// Log-bucketed histogram: exact below 64, then 32 buckets per power of two. Only the
+/// range of buckets between the smallest and largest sample is stored: one flow's
+/// delays span a few powers of two (a few hundred octets), where a full table would be
+/// 8 KB per distribution and per flow.
 #[derive(Debug)]
 struct Histogram {
-    buckets: Vec<u64>,
+    /// Index of `counts[0]`.
+    base: usize,
+    counts: Vec<u32>,
     count: u64,
     sum: u128,
     min: u64,
@@ -182,9 +198,8 @@ const HALF: usize = SUB / 2;
 impl Default for Histogram {
     fn default() -> Self {
         Self {
-            // Allocated on the first sample: most flows of a flood never get one, and
-            // 17 KB each adds up at 10 000 flows.
-            buckets: Vec::new(),
+            base: 0,
+            counts: Vec::new(),
             count: 0,
             sum: 0,
             min: u64::MAX,
@@ -216,10 +231,18 @@ impl Histogram {
     }
 
     fn push(&mut self, v: u64) {
-        if self.buckets.is_empty() {
-            self.buckets = vec![0; SUB + 64 * HALF];
+        let i = Self::index(v);
+        if self.counts.is_empty() {
+            self.base = i;
+            self.counts.push(0);
+        } else if i < self.base {
+            self.counts
+                .splice(0..0, std::iter::repeat_n(0, self.base - i));
+            self.base = i;
+        } else if i >= self.base + self.counts.len() {
+            self.counts.resize(i - self.base + 1, 0);
         }
-        self.buckets[Self::index(v)] += 1;
+        self.counts[i - self.base] += 1;
         self.count += 1;
         self.sum += v as u128;
         self.min = self.min.min(v);
@@ -230,24 +253,27 @@ impl Histogram {
         if self.count == 0 {
             return Summary::default();
         }
-        let pct = |p: f64| {
-            let rank = ((p * self.count as f64).ceil() as u64).max(1);
-            let mut seen = 0;
-            for (i, n) in self.buckets.iter().enumerate() {
-                seen += n;
-                if seen >= rank {
-                    return Self::value(i).clamp(self.min, self.max);
-                }
+        // One pass for the three percentiles.
+        let ranks = [0.50, 0.90, 0.99].map(|p: f64| ((p * self.count as f64).ceil() as u64).max(1));
+        let mut found = [self.max; 3];
+        let (mut next, mut seen) = (0, 0u64);
+        for (i, &n) in self.counts.iter().enumerate() {
+            seen += n as u64;
+            while next < 3 && seen >= ranks[next] {
+                found[next] = Self::value(self.base + i).clamp(self.min, self.max);
+                next += 1;
             }
-            self.max
-        };
+            if next == 3 {
+                break;
+            }
+        }
         Summary {
             samples: self.count,
             min: Some(self.min),
             mean: Some((self.sum / self.count as u128) as u64),
-            p50: Some(pct(0.50)),
-            p90: Some(pct(0.90)),
-            p99: Some(pct(0.99)),
+            p50: Some(found[0]),
+            p90: Some(found[1]),
+            p99: Some(found[2]),
             max: Some(self.max),
         }
     }
@@ -397,8 +423,10 @@ impl Table {
         self.flows.is_empty()
     }
 
-    /// Every flow seen in a kernel snapshot, as rows.
-    pub fn rows(&self, now_ns: u64) -> Vec<FlowRow> {
+    /// Every flow seen in a kernel snapshot, as rows. `since_start`: also summarise
+    /// the since-start histograms (the NDJSON output has them; the view does not show
+    /// them, and at 10 000 flows they are the largest part of a refresh).
+    pub fn rows(&self, now_ns: u64, since_start: bool) -> Vec<FlowRow> {
         self.flows
             .iter()
             .filter(|(_, f)| f.prev.is_some())
@@ -419,9 +447,17 @@ impl Table {
                     tx_pps: f.rate.0,
                     rx_pps: f.rate.1,
                     rtt: f.rtt.summary(),
-                    rtt_all: f.rtt_all.summary(),
+                    rtt_all: if since_start {
+                        f.rtt_all.summary()
+                    } else {
+                        Summary::default()
+                    },
                     server_delay: f.server_delay.summary(),
-                    server_delay_all: f.server_delay_all.summary(),
+                    server_delay_all: if since_start {
+                        f.server_delay_all.summary()
+                    } else {
+                        Summary::default()
+                    },
                     rx_lost: s.rx_lost as u64,
                     rx_reordered: s.rx_reordered as u64,
                     rx_duplicate: s.rx_duplicate as u64,

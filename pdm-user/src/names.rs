@@ -221,21 +221,41 @@ type Ends = (SocketAddrV6, SocketAddrV6);
 struct Procs {
     sockets: HashMap<SocketTable, crate::metrics::FastMap<Ends, u64>>,
     sockets_read: Option<Instant>,
+    /// Wait before the next read of the socket tables: reading /proc/net/udp6 costs the
+    /// kernel time that grows faster than the number of sockets (10 000 sockets took
+    /// most of pdm's CPU at a 5 s rescan), so the pause scales with what a read cost.
+    sockets_pause: Duration,
     owners: HashMap<u64, String>,
     owners_read: Option<Instant>,
+    /// As `sockets_pause`, for the walk over every process's descriptors.
+    owners_pause: Duration,
 }
+
+/// Reading the socket tables may take at most this share of the time.
+const SOCKET_READ_SHARE: u32 = 200;
 
 impl Procs {
     fn owner(&mut self, table: SocketTable, row: &FlowRow, now: Instant) -> Option<String> {
-        if stale(self.sockets_read, now) {
+        if self
+            .sockets_read
+            .is_none_or(|t| now.duration_since(t) >= self.sockets_pause.max(PROC_RESCAN))
+        {
+            let started = Instant::now();
             self.read_sockets();
+            self.sockets_pause = started.elapsed() * SOCKET_READ_SHARE;
             self.sockets_read = Some(now);
         }
         let inode = self.inode(table, row)?;
-        if !self.owners.contains_key(&inode) && stale(self.owners_read, now) {
+        if !self.owners.contains_key(&inode)
+            && self
+                .owners_read
+                .is_none_or(|t| now.duration_since(t) >= self.owners_pause.max(PROC_RESCAN))
+        {
             // Walking every process's fds is the expensive part: only when a socket has
-            // no known owner, and at most once per PROC_RESCAN.
+            // no known owner, and no more often than its cost allows.
+            let started = Instant::now();
             self.owners = scan_owners();
+            self.owners_pause = started.elapsed() * SOCKET_READ_SHARE;
             self.owners_read = Some(now);
         }
         self.owners.get(&inode).cloned()
@@ -271,10 +291,6 @@ impl Procs {
             .or_else(|| sockets.get(&(v6(Ipv6Addr::UNSPECIFIED, row.local_port), any_remote)))
             .copied()
     }
-}
-
-fn stale(read: Option<Instant>, now: Instant) -> bool {
-    read.is_none_or(|t| now.duration_since(t) >= PROC_RESCAN)
 }
 
 /// `socket:[inode]` -> `comm/pid` over every process we may look into. The lowest pid

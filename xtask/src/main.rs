@@ -3,6 +3,7 @@
 //! Every task that needs the eBPF toolchain or the Debian test tools runs `setup` first,
 //! so a fresh machine needs nothing but `cargo xtask run` or `cargo xtask test`.
 
+mod bench;
 mod cmd;
 mod setup;
 mod tasks;
@@ -27,6 +28,12 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Measurements on test hosts it creates; writes BENCHMARKS.md and bench-results.json.
+    Bench {
+        /// Fewer and shorter repetitions (under 2 minutes).
+        #[arg(long)]
+        quick: bool,
+    },
     /// The whole suite: formatting, clippy (host and eBPF), unit, kernel and end-to-end tests.
     Test {
         /// Extra arguments passed to `cargo test` after `--` (e.g. a test name filter).
@@ -41,6 +48,7 @@ fn main() {
         Task::Setup => setup::run().map(|_| ()),
         Task::Run { args } => tasks::run(&args),
         Task::Test { args } => tasks::test(&args),
+        Task::Bench { quick } => bench::run(quick),
     };
     if let Err(err) = result {
         eprintln!("xtask: error: {err:#}");

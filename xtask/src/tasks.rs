@@ -9,7 +9,7 @@ use crate::{cmd, setup};
 /// Host crates; `pdm-ebpf` only builds for the BPF target (through pdm-user's build.rs).
 const HOST_PACKAGES: &[&str] = &["pdm-common", "pdm-user", "xtask"];
 
-fn workspace_root() -> PathBuf {
+pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask lives inside the workspace")
@@ -30,19 +30,25 @@ fn packages(c: &mut Command) -> &mut Command {
     c
 }
 
+/// Builds the `pdm` binary (release); returns its path.
+pub fn build_pdm(tools: &setup::Tools) -> Result<PathBuf> {
+    cmd::run(cargo(tools).args(["build", "--release", "-p", "pdm-user", "--bin", "pdm"]))?;
+    Ok(workspace_root().join("target/release/pdm"))
+}
+
 /// Builds the `pdm` binary (release) and runs `pdm run ARGS`, or with no arguments the
 /// embedded demo.
 pub fn run(args: &[String]) -> Result<()> {
     let tools = setup::run()?;
-    cmd::run(cargo(&tools).args(["build", "--release", "-p", "pdm-user", "--bin", "pdm"]))?;
-    let pdm = workspace_root().join("target/release/pdm");
-    let mut c = Command::new(pdm);
-    if args.is_empty() {
-        // No interface given: the embedded demo on test hosts it creates.
-        c.arg("demo");
-    } else {
-        c.arg("run").args(args);
-    }
+    let mut c = Command::new(build_pdm(&tools)?);
+    match args.first().map(String::as_str) {
+        // No arguments: the embedded demo on test hosts it creates.
+        None => c.arg("demo"),
+        // A pdm subcommand: as given (e.g. `demo --processing-time 20ms`).
+        Some("demo" | "run" | "check") => c.args(args),
+        // Options of `pdm run` (e.g. `--iface eth0`).
+        Some(_) => c.arg("run").args(args),
+    };
     cmd::run(&mut c)
 }
 
