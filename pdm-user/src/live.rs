@@ -155,8 +155,14 @@ fn report(
 ) -> Result<()> {
     let totals = stats::totals(ebpf).context("reading counters")?;
     let now = metrics::monotonic_ns();
-    let snapshot = stats::flows(ebpf).context("reading the flow table")?;
-    let expired = table.refresh(&snapshot, now);
+    thread_local! {
+        // Reused each refresh (megabytes at 10 000 flows; see stats::flows_into).
+        static SNAPSHOT: std::cell::RefCell<Vec<(FlowKey, FlowState)>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let expired = SNAPSHOT.with_borrow_mut(|snapshot| -> Result<Vec<FlowKey>> {
+        stats::flows_into(ebpf, snapshot).context("reading the flow table")?;
+        Ok(table.refresh(snapshot, now))
+    })?;
     if !expired.is_empty() {
         let mut flows: HashMap<_, FlowKey, FlowState> =
             HashMap::try_from(ebpf.map_mut(names::FLOWS).context("no FLOWS map")?)?;
@@ -165,14 +171,35 @@ fn report(
             let _ = flows.remove(key);
         }
     }
-    // The since-start summaries go to NDJSON only (the view does not show them).
+    // The since-start summaries go to NDJSON only (the view does not show them), and
+    // the view needs window summaries and labels only for the rows on screen (unless it
+    // sorts by them).
     let since_start = log.is_some() || matches!(sink, Sink::Json);
-    let rows: Vec<FlowRow> = table
-        .rows(now, since_start)
-        .into_iter()
-        .filter(|r| opts.filter.matches(r))
-        .collect();
-    let labels = labels.for_rows(&rows, names);
+    let mut rows = table.rows(now, since_start, since_start);
+    rows.retain(|r| opts.filter.matches(r));
+    let shown = match &sink {
+        Sink::Tui(ui) if !since_start => ui.shown_rows(&rows),
+        _ => None,
+    };
+    let labels = match &shown {
+        None => {
+            if !since_start {
+                for r in &mut rows {
+                    table.fill_windows(r);
+                }
+            }
+            labels.for_rows(&rows, names)
+        }
+        Some(shown) => {
+            let mut out = vec![RowLabels::default(); rows.len()];
+            let picked: Vec<FlowRow> = shown.iter().map(|&i| rows[i].clone()).collect();
+            for (&i, l) in shown.iter().zip(labels.for_rows(&picked, names)) {
+                table.fill_windows(&mut rows[i]);
+                out[i] = l;
+            }
+            out
+        }
+    };
     if let Some(log) = log {
         json(
             &mut std::io::BufWriter::new(log),

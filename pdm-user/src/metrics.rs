@@ -423,50 +423,79 @@ impl Table {
         self.flows.is_empty()
     }
 
-    /// Every flow seen in a kernel snapshot, as rows. `since_start`: also summarise
+    /// Fills in the sliding-window summaries of a row made with `windows: false`.
+    pub fn fill_windows(&self, row: &mut FlowRow) {
+        let key = FlowKey {
+            local_addr: row.local_addr.octets(),
+            remote_addr: row.remote_addr.octets(),
+            local_port: row.local_port,
+            remote_port: row.remote_port,
+            proto: row.proto,
+            _pad: [0; 3],
+        };
+        if let Some(f) = self.flows.get(&key) {
+            row.rtt = f.rtt.summary();
+            row.server_delay = f.server_delay.summary();
+        }
+    }
+
+    /// Every flow seen in a kernel snapshot, as rows. `windows`: with the sliding-window
+    /// summaries (the view asks only for the rows it shows, see [`Table::fill_windows`]). `since_start`: also summarise
     /// the since-start histograms (the NDJSON output has them; the view does not show
     /// them, and at 10 000 flows they are the largest part of a refresh).
-    pub fn rows(&self, now_ns: u64, since_start: bool) -> Vec<FlowRow> {
-        self.flows
-            .iter()
-            .filter(|(_, f)| f.prev.is_some())
-            .map(|(k, f)| {
-                let s = &f.state;
-                FlowRow {
-                    proto: k.proto,
-                    local_addr: Ipv6Addr::from(k.local_addr),
-                    local_port: k.local_port,
-                    remote_addr: Ipv6Addr::from(k.remote_addr),
-                    remote_port: k.remote_port,
-                    tx_packets: s.tx_packets,
-                    rx_packets: s.rx_packets,
-                    tx_bytes: s.tx_bytes,
-                    rx_bytes: s.rx_bytes,
-                    tx_pdm: s.tx_pdm,
-                    rx_pdm: s.rx_pdm,
-                    tx_pps: f.rate.0,
-                    rx_pps: f.rate.1,
-                    rtt: f.rtt.summary(),
-                    rtt_all: if since_start {
-                        f.rtt_all.summary()
-                    } else {
-                        Summary::default()
-                    },
-                    server_delay: f.server_delay.summary(),
-                    server_delay_all: if since_start {
-                        f.server_delay_all.summary()
-                    } else {
-                        Summary::default()
-                    },
-                    rx_lost: s.rx_lost as u64,
-                    rx_reordered: s.rx_reordered as u64,
-                    rx_duplicate: s.rx_duplicate as u64,
-                    age: Duration::from_nanos(now_ns.saturating_sub(f.first_seen_ns)),
-                    idle: Duration::from_nanos(now_ns.saturating_sub(f.last_active_ns)),
-                    closed: s.flags & FLOW_CLOSED != 0,
-                }
-            })
-            .collect()
+    pub fn rows(&self, now_ns: u64, windows: bool, since_start: bool) -> Vec<FlowRow> {
+        // Sized up front: growing a vector of 10 000 rows moves megabytes.
+        let mut rows = Vec::with_capacity(self.flows.len());
+        rows.extend(
+            self.flows
+                .iter()
+                .filter(|(_, f)| f.prev.is_some())
+                .map(|(k, f)| {
+                    let s = &f.state;
+                    FlowRow {
+                        proto: k.proto,
+                        local_addr: Ipv6Addr::from(k.local_addr),
+                        local_port: k.local_port,
+                        remote_addr: Ipv6Addr::from(k.remote_addr),
+                        remote_port: k.remote_port,
+                        tx_packets: s.tx_packets,
+                        rx_packets: s.rx_packets,
+                        tx_bytes: s.tx_bytes,
+                        rx_bytes: s.rx_bytes,
+                        tx_pdm: s.tx_pdm,
+                        rx_pdm: s.rx_pdm,
+                        tx_pps: f.rate.0,
+                        rx_pps: f.rate.1,
+                        rtt: if windows {
+                            f.rtt.summary()
+                        } else {
+                            Summary::default()
+                        },
+                        rtt_all: if since_start {
+                            f.rtt_all.summary()
+                        } else {
+                            Summary::default()
+                        },
+                        server_delay: if windows {
+                            f.server_delay.summary()
+                        } else {
+                            Summary::default()
+                        },
+                        server_delay_all: if since_start {
+                            f.server_delay_all.summary()
+                        } else {
+                            Summary::default()
+                        },
+                        rx_lost: s.rx_lost as u64,
+                        rx_reordered: s.rx_reordered as u64,
+                        rx_duplicate: s.rx_duplicate as u64,
+                        age: Duration::from_nanos(now_ns.saturating_sub(f.first_seen_ns)),
+                        idle: Duration::from_nanos(now_ns.saturating_sub(f.last_active_ns)),
+                        closed: s.flags & FLOW_CLOSED != 0,
+                    }
+                }),
+        );
+        rows
     }
 }
 

@@ -48,6 +48,14 @@ pub fn totals(ebpf: &Ebpf) -> Result<Totals, MapError> {
 /// whole table instead of two per flow (key walk plus lookup), which at 10 000 flows is
 /// most of the loader's CPU time. Entries that vanish mid-walk (LRU) are simply absent.
 pub fn flows(ebpf: &Ebpf) -> Result<Vec<(FlowKey, FlowState)>, MapError> {
+    let mut out = Vec::new();
+    flows_into(ebpf, &mut out)?;
+    Ok(out)
+}
+
+/// As [`flows`], into a vector kept across refreshes: at 10 000 flows the snapshot is
+/// megabytes, and allocating it afresh each second costs page faults.
+pub fn flows_into(ebpf: &Ebpf, out: &mut Vec<(FlowKey, FlowState)>) -> Result<(), MapError> {
     let map = ebpf.map(names::FLOWS).ok_or(MapError::InvalidName {
         name: names::FLOWS.into(),
     })?;
@@ -57,7 +65,8 @@ pub fn flows(ebpf: &Ebpf) -> Result<Vec<(FlowKey, FlowState)>, MapError> {
         });
     };
     let fd = data.fd().as_fd().as_raw_fd();
-    lookup_batch(fd).map_err(|io_error| {
+    out.clear();
+    lookup_batch(fd, out).map_err(|io_error| {
         MapError::SyscallError(aya::sys::SyscallError {
             call: "bpf_map_lookup_batch",
             io_error,
@@ -68,26 +77,38 @@ pub fn flows(ebpf: &Ebpf) -> Result<Vec<(FlowKey, FlowState)>, MapError> {
 /// Entries per BPF_MAP_LOOKUP_BATCH call.
 const BATCH: usize = 4096;
 
-fn lookup_batch(map_fd: i32) -> std::io::Result<Vec<(FlowKey, FlowState)>> {
-    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-    // The `batch` member of union bpf_attr.
-    #[repr(C)]
-    #[derive(Default)]
-    struct BatchAttr {
-        in_batch: u64,
-        out_batch: u64,
-        keys: u64,
-        values: u64,
-        count: u32,
-        map_fd: u32,
-        elem_flags: u64,
-        flags: u64,
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+// The `batch` member of union bpf_attr.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+fn lookup_batch(map_fd: i32, out: &mut Vec<(FlowKey, FlowState)>) -> std::io::Result<()> {
+    thread_local! {
+        // Kept across calls for the same reason as the caller's vector.
+        static BUFFERS: std::cell::RefCell<(Vec<FlowKey>, Vec<FlowState>)> =
+            std::cell::RefCell::new((vec![FlowKey::default(); BATCH], vec![FlowState::default(); BATCH]));
     }
-    let mut keys = vec![FlowKey::default(); BATCH];
-    let mut values = vec![FlowState::default(); BATCH];
+    BUFFERS.with_borrow_mut(|(keys, values)| lookup_batch_with(map_fd, keys, values, out))
+}
+
+fn lookup_batch_with(
+    map_fd: i32,
+    keys: &mut [FlowKey],
+    values: &mut [FlowState],
+    out: &mut Vec<(FlowKey, FlowState)>,
+) -> std::io::Result<()> {
     // Opaque position tokens (a bucket index for hash maps); sized generously.
     let (mut token_in, mut token_out) = ([0u8; 64], [0u8; 64]);
-    let mut out = Vec::new();
     let mut first = true;
     loop {
         let mut attr = BatchAttr {
@@ -118,7 +139,7 @@ fn lookup_batch(map_fd: i32) -> std::io::Result<Vec<(FlowKey, FlowState)>> {
         out.extend(keys[..n].iter().copied().zip(values[..n].iter().copied()));
         match err {
             // ENOENT: the walk reached the end (with the last entries in this batch).
-            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(out),
+            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
             Some(e) => return Err(e),
             None => {}
         }

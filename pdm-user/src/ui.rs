@@ -279,10 +279,19 @@ pub fn sorted_indices(state: &ViewState, frame: &Frame) -> Vec<usize> {
 /// page, and partitioning around the k-th row is linear where a full sort of 10 000
 /// flows every refresh was the largest part of pdm's CPU time.
 pub fn sorted_prefix(state: &ViewState, frame: &Frame, k: usize) -> Vec<usize> {
+    sorted_rows_prefix(state, &frame.rows, &frame.labels, k)
+}
+
+fn sorted_rows_prefix(
+    state: &ViewState,
+    rows: &[FlowRow],
+    labels: &[RowLabels],
+    k: usize,
+) -> Vec<usize> {
     let default_labels = RowLabels::default();
-    let label = |i: usize| frame.labels.get(i).unwrap_or(&default_labels);
-    let keys: Vec<SortKey> = (0..frame.rows.len())
-        .map(|i| sort_key(state.sort, &frame.rows[i], label(i)))
+    let label = |i: usize| labels.get(i).unwrap_or(&default_labels);
+    let keys: Vec<SortKey> = (0..rows.len())
+        .map(|i| sort_key(state.sort, &rows[i], label(i)))
         .collect();
     let identity = |r: &FlowRow| {
         (
@@ -295,9 +304,9 @@ pub fn sorted_prefix(state: &ViewState, frame: &Frame, k: usize) -> Vec<usize> {
     };
     let cmp = |a: &usize, b: &usize| {
         compare_keys(&keys[*a], &keys[*b], state.descending)
-            .then_with(|| identity(&frame.rows[*a]).cmp(&identity(&frame.rows[*b])))
+            .then_with(|| identity(&rows[*a]).cmp(&identity(&rows[*b])))
     };
-    let mut order: Vec<usize> = (0..frame.rows.len()).collect();
+    let mut order: Vec<usize> = (0..rows.len()).collect();
     // A total order (ties broken by the 5-tuple), so an unstable sort is deterministic.
     if k < order.len() {
         order.select_nth_unstable_by(k, cmp);
@@ -813,6 +822,22 @@ pub struct Ui {
 }
 
 impl Ui {
+    /// The rows the view will show, when only they need window summaries and labels:
+    /// None when the sort column itself needs them for every row.
+    pub fn shown_rows(&self, rows: &[FlowRow]) -> Option<Vec<usize>> {
+        if matches!(
+            self.state.sort,
+            Column::RttP50 | Column::RttP99 | Column::ServerDelayP50 | Column::Process
+        ) {
+            return None;
+        }
+        let page = self.page.max(1);
+        let offset = self.state.offset.min(rows.len().saturating_sub(page));
+        let mut order = sorted_rows_prefix(&self.state, rows, &[], offset + page);
+        order.truncate(offset + page);
+        Some(order.split_off(offset.min(order.len())))
+    }
+
     /// Takes over the terminal (alternate screen, raw mode, hidden cursor). A panic
     /// afterwards restores it first, so its message is readable on the normal screen.
     pub fn start() -> io::Result<Ui> {
