@@ -16,6 +16,14 @@ use common::{
 };
 use serde_json::Value;
 
+/// These tests compare timings: run them one at a time, so that they do not compete for
+/// the machine's two cores (which shows up as tens to hundreds of µs).
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn sock(addr: &str, port: u16) -> SocketAddr {
     format!("[{addr}]:{port}").parse().expect("socket address")
 }
@@ -188,6 +196,7 @@ fn udp_requests(u: &UdpSocket, to: &str, port: u16, n: usize, gap: Duration) -> 
 
 #[test]
 fn server_delay_matches_what_the_server_measured() {
+    let _serial = serial();
     for (i, ms) in [2u64, 20].into_iter().enumerate() {
         let h = TwoHosts::new(&format!("sd{ms}"));
         let pdm_a = Pdm::start(&h.a, &["--ingress", "tc", "--interval", "500ms"]);
@@ -235,7 +244,12 @@ fn server_delay_matches_what_the_server_measured() {
 
 /// Per-packet times ping printed ("time=0.083 ms"), in µs.
 fn ping_times(ns: &Netns, to: &str, count: u32) -> Vec<f64> {
-    let out = ns.run("ping", &["-6", "-c", &count.to_string(), "-i", "0.05", to]);
+    // -W: wait for a late last reply (ping otherwise gives up after about twice the
+    // largest RTT seen, which a busy machine can exceed).
+    let out = ns.run(
+        "ping",
+        &["-6", "-c", &count.to_string(), "-i", "0.05", "-W", "2", to],
+    );
     let times: Vec<f64> = out
         .lines()
         .filter_map(|l| {
@@ -254,6 +268,7 @@ fn ping_times(ns: &Netns, to: &str, count: u32) -> Vec<f64> {
 
 #[test]
 fn rtt_matches_ping_over_the_same_path() {
+    let _serial = serial();
     let h = TwoHosts::new("rtt");
     let pdm_a = Pdm::start(&h.a, &["--ingress", "tc", "--interval", "500ms"]);
     let _pdm_b = Pdm::start(&h.b, &["--ingress", "tc"]);
@@ -273,6 +288,7 @@ fn rtt_matches_ping_over_the_same_path() {
 
 #[test]
 fn rtt_includes_delay_added_on_the_path() {
+    let _serial = serial();
     let mut line = Line::new("dly");
     // Base RTT without the relay, measured by ping.
     let base = median(ping_times(&line.client, router::SERVER_ADDR, 20));
@@ -310,16 +326,17 @@ fn nft_dropped(router: &Netns) -> u64 {
 
 #[test]
 fn loss_equals_what_the_router_dropped_in_per_packet_mode() {
+    let _serial = serial();
     let line = Line::new("loss");
     let port = 7300;
     // Drop 10 % of the server's answers, counting each drop.
     let nft = |args: &str| line.router.run("nft", &args.split(' ').collect::<Vec<_>>());
     nft("add table inet pdmloss");
     nft("add chain inet pdmloss forward_drop { type filter hook forward priority 0 ; }");
-    nft(&format!(
+    let drop_rule = format!(
         "add rule inet pdmloss forward_drop ip6 saddr {} udp sport {port} numgen random mod 100 lt 10 counter drop",
         router::SERVER_ADDR
-    ));
+    );
     let pdm_c = Pdm::start(
         &line.client,
         &["--per-packet", "--ingress", "tc", "--interval", "500ms"],
@@ -334,7 +351,7 @@ fn loss_equals_what_the_router_dropped_in_per_packet_mode() {
                 router::SERVER_ADDR,
                 port,
                 Duration::ZERO,
-                n + 3,
+                n + 4,
                 ready_tx,
             )
         });
@@ -344,6 +361,15 @@ fn loss_equals_what_the_router_dropped_in_per_packet_mode() {
         // One socket, so that everything is one flow.
         let (answered, dropped) = line.client.in_ns(|| {
             let u = UdpSocket::bind(sock(router::CLIENT_ADDR, 0)).expect("bind");
+            // A loss before the first answer cannot show (there is no PSN to count
+            // from): the first answer gets through, then the drops start.
+            u.set_read_timeout(Some(Duration::from_secs(1)))
+                .expect("timeout");
+            assert_eq!(
+                udp_requests(&u, router::SERVER_ADDR, port, 1, Duration::ZERO),
+                1
+            );
+            nft(&drop_rule);
             u.set_read_timeout(Some(Duration::from_millis(30)))
                 .expect("timeout");
             let answered = udp_requests(&u, router::SERVER_ADDR, port, n, Duration::from_millis(2));
