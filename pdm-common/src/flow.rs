@@ -45,6 +45,27 @@ pub struct FlowKey {
     pub _pad: [u8; 3],
 }
 
+impl FlowKey {
+    /// The key of a conversation between `local` and `remote` (this host's view).
+    #[inline(always)]
+    pub const fn new(
+        local: [u8; 16],
+        remote: [u8; 16],
+        local_port: u16,
+        remote_port: u16,
+        proto: u8,
+    ) -> Self {
+        Self {
+            local_addr: local,
+            remote_addr: remote,
+            local_port,
+            remote_port,
+            proto,
+            _pad: [0; 3],
+        }
+    }
+}
+
 /// Per-conversation state. Written concurrently by egress (one CPU) and ingress
 /// (another): `psn_next` is only ever advanced with an atomic add, counters with atomic
 /// adds, and every other field has a single writer side.

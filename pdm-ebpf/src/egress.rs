@@ -58,14 +58,8 @@ fn try_egress(ctx: &TcContext) -> Result<(), Counter> {
         return Err(Counter::EgressPrefixTooLong);
     }
 
-    let key = FlowKey {
-        local_addr: p.src,
-        remote_addr: p.dst,
-        local_port: p.sport,
-        remote_port: p.dport,
-        proto: p.proto,
-        _pad: [0; 3],
-    };
+    // Sent: we are the source.
+    let key = FlowKey::new(p.src, p.dst, p.sport, p.dport, p.proto);
     let now = now_ns();
     let state = get_or_create(&key, now).ok_or(Counter::EgressFlowMapFull)?;
 

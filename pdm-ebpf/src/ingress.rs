@@ -99,14 +99,8 @@ pub fn run(data: usize, data_end: usize, hook: Hook) {
 /// Updates the flow entry: counters always, reception state when PDM is present.
 #[inline(always)]
 fn record(p: &Packet, data: usize, data_end: usize, hook: &Hook) -> Result<(), Counter> {
-    let key = FlowKey {
-        local_addr: p.dst,
-        remote_addr: p.src,
-        local_port: p.dport,
-        remote_port: p.sport,
-        proto: p.proto,
-        _pad: [0; 3],
-    };
+    // Received: we are the destination.
+    let key = FlowKey::new(p.dst, p.src, p.dport, p.sport, p.proto);
     let now = now_ns();
     let state = get_or_create(&key, now).ok_or(Counter::IngressFlowMapFull)?;
     let (packets, octets) = hook.packets_bytes(data, data_end);
