@@ -28,26 +28,13 @@ fn sock(addr: &str, port: u16) -> SocketAddr {
     format!("[{addr}]:{port}").parse().expect("socket address")
 }
 
-/// The last report of the flow matching `proto` and `port` (either end) in pdm's output.
 fn flow<'a>(lines: &'a [Value], proto: &str, port: u16) -> &'a Value {
-    lines
-        .iter()
-        .rev()
-        .find(|l| {
-            l["type"] == "flow"
-                && l["proto"] == proto
-                && (l["remote_port"] == port || l["local_port"] == port)
-        })
-        .unwrap_or_else(|| panic!("no {proto} flow on port {port} in pdm's output"))
+    common::last_flow(lines, proto, Some(port))
 }
 
 /// The last report of the (only) ICMPv6 echo flow.
 fn last_icmp(lines: &[Value]) -> &Value {
-    lines
-        .iter()
-        .rev()
-        .find(|l| l["type"] == "flow" && l["proto"] == "icmpv6")
-        .expect("an icmpv6 flow in pdm's output")
+    common::last_flow(lines, "icmpv6", None)
 }
 
 fn us(v: &Value, key: &str) -> f64 {

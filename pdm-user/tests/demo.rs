@@ -49,17 +49,8 @@ fn demo_measures_its_flows_and_cleans_up_even_after_sigkill() {
         demo_namespaces()
     );
 
-    let flow = |proto: &str, port: u16| {
-        lines
-            .iter()
-            .rev()
-            .find(|l| {
-                l["type"] == "flow"
-                    && l["proto"] == proto
-                    && (port == 0 || l["remote_port"] == port)
-            })
-            .unwrap_or_else(|| panic!("no {proto} flow {port} in the demo's output"))
-    };
+    let flow =
+        |proto: &str, port: u16| common::last_flow(&lines, proto, (port != 0).then_some(port));
     let us = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or_else(|| panic!("{k}: {v}"));
     for (proto, port) in [
         ("tcp", pdm_user::testbed::PORT_RR),

@@ -234,14 +234,7 @@ fn assert_passed(failed: &[String]) {
 }
 
 fn key(local: [u8; 16], remote: [u8; 16], local_port: u16, remote_port: u16, proto: u8) -> FlowKey {
-    FlowKey {
-        local_addr: local,
-        remote_addr: remote,
-        local_port,
-        remote_port,
-        proto,
-        _pad: [0; 3],
-    }
+    FlowKey::new(local, remote, local_port, remote_port, proto)
 }
 
 // ---------------------------------------------------------------------------------------

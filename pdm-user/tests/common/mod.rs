@@ -246,3 +246,21 @@ impl Drop for Pdm {
         }
     }
 }
+
+/// The last report in pdm's NDJSON of the flow with protocol `proto` and, if given,
+/// `port` at either end.
+pub fn last_flow<'a>(
+    lines: &'a [serde_json::Value],
+    proto: &str,
+    port: Option<u16>,
+) -> &'a serde_json::Value {
+    lines
+        .iter()
+        .rev()
+        .find(|l| {
+            l["type"] == "flow"
+                && l["proto"] == proto
+                && port.is_none_or(|p| l["remote_port"] == p || l["local_port"] == p)
+        })
+        .unwrap_or_else(|| panic!("no {proto} flow (port {port:?}) in pdm's output"))
+}
