@@ -1,30 +1,52 @@
 //! Per-flow state shared by the TC-egress injector and the ingress recorder.
 //!
-//! One map entry per conversation, keyed from this host's point of view (local, remote),
-//! so egress (local = source) and ingress (local = destination) land on the same entry
-//! without any normalisation step on the per-packet path.
+//! One table entry per conversation, keyed from this host's point of view (local,
+//! remote), so egress (local = source) and ingress (local = destination) land on the
+//! same entry without any normalisation step on the per-packet path.
+//!
+//! The table is a 4-way set-associative array of 128-octet slots rather than a kernel
+//! LRU hash: the LRU hash adds 64 octets of bookkeeping per entry (element header and
+//! bucket), which alone would be half of a 128-octet budget per flow. A flow lives in
+//! one of the [`FLOW_WAYS`] slots of the set its keyed hash picks; a new flow takes an
+//! empty slot or evicts the set's least recently active one, so a flood of new
+//! 5-tuples can only push out idle flows, a set at a time. The array is mmapable, so
+//! the loader reads the whole table without a syscall per entry.
 
-/// Default number of flow-map entries (`--max-flows`).
+/// Default number of flow-table slots (`--max-flows`).
 pub const DEFAULT_MAX_FLOWS: u32 = 65_536;
+
+/// Slots per set: a new flow competes only with these for a place.
+pub const FLOW_WAYS: u32 = 4;
+
+/// Slots in a table asked to hold `max_flows` flows: a power of two (the set index is a
+/// mask of the hash), at least one set.
+pub const fn table_slots(max_flows: u32) -> u32 {
+    let n = if max_flows < FLOW_WAYS {
+        FLOW_WAYS
+    } else {
+        max_flows
+    };
+    n.next_power_of_two()
+}
 
 /// Set in [`FlowState::rx_psn`] once a PDM packet has been received on the flow:
 /// 0 is also a legal PSN, so "nothing received yet" needs its own bit.
 pub const RX_PSN_VALID: u32 = 1 << 16;
 
-/// Send times kept per flow, for an RTT per echoed PSN (a bulk sender's peer echoes
-/// PSNs older than the last one sent).
-pub const SENT_RING: usize = 8;
-/// A [`FlowState::sent`] entry: the PSN in the top 16 bits, the send time (monotonic
-/// ns, modulo 2^48, about 78 hours) below.
-pub const SENT_TIME_MASK: u64 = (1 << 48) - 1;
+/// [`FlowState::probe`]: the PSN in the top 16 bits, its send time (monotonic ns modulo
+/// 2^48, about 78 hours) below; 0 when no probe is outstanding.
+pub const PROBE_TIME_MASK: u64 = (1 << 48) - 1;
 
-/// [`FlowState::echo`]: set once an RTT sample was taken for the echoed PSN in the low
-/// 16 bits, and once a server-delay sample was.
+/// [`FlowState::echo`]: set once an RTT sample was taken for the probe PSN in the low
+/// 16 bits (further pure ACKs echoing it then add nothing).
 pub const ECHO_VALID: u32 = 1 << 16;
-pub const ECHO_DATA_TAKEN: u32 = 1 << 17;
 
+/// [`FlowState::flags`]: the slot holds a flow.
+pub const FLOW_VALID: u32 = 1;
 /// [`FlowState::flags`]: a TCP FIN or RST was seen; the flow may be expired early.
-pub const FLOW_CLOSED: u32 = 1;
+pub const FLOW_CLOSED: u32 = 1 << 1;
+/// [`FlowState::flags`]: PDM is on for this flow (all flows, or those `--only` selects).
+pub const FLOW_SELECTED: u32 = 1 << 2;
 
 /// [`RttSample::server_delay_ns`] when the packet carried no data (a pure ACK).
 pub const NO_SAMPLE: u64 = u64::MAX;
@@ -33,7 +55,8 @@ pub const NO_SAMPLE: u64 = u64::MAX;
 /// echo, both ports hold the echo identifier (RFC 8250 has no port rule for ICMPv6;
 /// PDMv2 uses the identifier too), which keeps the key the same in both directions.
 /// Fragments, ESP and other ICMPv6 messages carry no ports: both are 0.
-#[repr(C)]
+/// 8-aligned so it can be compared and hashed as five words.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlowKey {
     pub local_addr: [u8; 16],
@@ -64,11 +87,66 @@ impl FlowKey {
             _pad: [0; 3],
         }
     }
+
+    #[inline(always)]
+    fn words(&self) -> &[u64; 5] {
+        // SAFETY: repr(C), 8-aligned, 40 octets with explicit padding, so every octet
+        // is initialised and the layout is five u64s.
+        unsafe { &*(self as *const Self).cast::<[u64; 5]>() }
+    }
+
+    /// Equality as five word compares (derived `==` may become a memcmp call, which the
+    /// BPF target does not have).
+    #[inline(always)]
+    pub fn same(&self, other: &Self) -> bool {
+        let (a, b) = (self.words(), other.words());
+        a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3] && a[4] == b[4]
+    }
+
+    /// MurmurHash3 (32-bit) of the key with a per-load random seed, so which flows share
+    /// a set cannot be planned from outside. Keyed, not cryptographic: the worst a
+    /// crafted flood achieves is churning one set of [`FLOW_WAYS`] slots.
+    #[inline(always)]
+    pub fn hash(&self, seed: u32) -> u32 {
+        let w = self.words();
+        let mut h = seed;
+        let mut i = 0;
+        while i < 5 {
+            h = murmur_round(h, w[i] as u32);
+            h = murmur_round(h, (w[i] >> 32) as u32);
+            i += 1;
+        }
+        h ^= 40;
+        h ^= h >> 16;
+        h = h.wrapping_mul(0x85eb_ca6b);
+        h ^= h >> 13;
+        h = h.wrapping_mul(0xc2b2_ae35);
+        h ^ (h >> 16)
+    }
+
+    /// Index of the first slot of this key's set in a table of `set_mask + 1` sets.
+    #[inline(always)]
+    pub fn set_base(&self, seed: u32, set_mask: u32) -> u32 {
+        (self.hash(seed) & set_mask) * FLOW_WAYS
+    }
 }
 
-/// Per-conversation state. Written concurrently by egress (one CPU) and ingress
-/// (another): `psn_next` is only ever advanced with an atomic add, counters with atomic
-/// adds, and every other field has a single writer side.
+#[inline(always)]
+const fn murmur_round(h: u32, k: u32) -> u32 {
+    let k = k
+        .wrapping_mul(0xcc9e_2d51)
+        .rotate_left(15)
+        .wrapping_mul(0x1b87_3593);
+    (h ^ k)
+        .rotate_left(13)
+        .wrapping_mul(5)
+        .wrapping_add(0xe654_6b64)
+}
+
+/// Per-conversation state: 88 octets, so that with its key a slot is 128. Written
+/// concurrently by egress (one CPU) and ingress (another): `psn_next`, the counters and
+/// `flags` only change through atomic operations, every other field has a single writer
+/// side. The narrow counters wrap; the loader reads them often enough to widen them.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowState {
@@ -80,65 +158,41 @@ pub struct FlowState {
     pub last_send_ns: u64,
     /// Monotonic ns of the last PDM packet received (ingress writes).
     pub last_recv_ns: u64,
-    /// At the last reception: its time minus the last send before it (DTLS to carry).
-    pub dtls_ns: u64,
-    /// Monotonic ns when the entry was created.
-    pub first_seen_ns: u64,
-    /// Wire packets sent (a GSO super-packet counts its segments).
-    pub tx_packets: u64,
+    /// One sent PSN whose echo gives an RTT sample: see [`PROBE_TIME_MASK`]. Egress arms
+    /// it when it is 0; ingress takes the sample, or clears it once the peer's echoes
+    /// have moved past it.
+    pub probe: u64,
     pub tx_bytes: u64,
-    /// Wire packets sent carrying our PDM.
-    pub tx_pdm: u64,
-    pub rx_packets: u64,
     pub rx_bytes: u64,
-    /// Packets received carrying a valid PDM option.
-    pub rx_pdm: u64,
-    /// See [`SENT_TIME_MASK`]; index = PSN modulo [`SENT_RING`].
-    pub sent: [u64; SENT_RING],
-    /// Bit k set: PSN (highest received − k) was received (k < 64).
-    pub rx_window: u64,
-    /// [`RX_PSN_VALID`] | the highest PSN received (serial-number order).
-    pub rx_high: u32,
-    /// PSNs skipped by the peer's sequence and not (yet) seen: lost, or still to come.
-    pub rx_lost: u32,
-    /// PSNs that arrived after a later one.
-    pub rx_reordered: u32,
-    /// PSNs received twice (GSO segments repeating one PSN do not count).
-    pub rx_duplicate: u32,
-    /// See [`ECHO_VALID`].
-    pub echo: u32,
-    /// See [`FLOW_CLOSED`].
+    /// Wire packets sent (a GSO super-packet counts its segments). Wraps.
+    pub tx_packets: u32,
+    /// Wraps.
+    pub rx_packets: u32,
+    /// Wire packets sent carrying our PDM. Wraps.
+    pub tx_pdm: u32,
+    /// Packets received carrying a valid PDM option. Wraps.
+    pub rx_pdm: u32,
+    /// DTLS to carry, already in wire form (scale << 16 | delta): at the last reception,
+    /// its time minus the last send before it (ingress writes).
+    pub dtls: u32,
+    /// [`FLOW_VALID`], [`FLOW_CLOSED`], [`FLOW_SELECTED`].
     pub flags: u32,
+    /// See [`ECHO_VALID`] (ingress writes).
+    pub echo: u32,
+    /// Bit k set: PSN (highest received − k) was received (k < 32).
+    pub rx_window: u32,
+    /// The highest PSN received (serial-number order); valid with [`Self::rx_psn`].
+    pub rx_high: u16,
+    /// PSNs received twice (GSO segments repeating one PSN do not count). Wraps.
+    pub rx_duplicate: u16,
+    /// PSNs skipped by the peer's sequence and not (yet) seen: lost, or still to come.
+    /// Goes down again when a skipped PSN arrives late. Wraps.
+    pub rx_lost: u16,
+    /// PSNs that arrived after a later one. Wraps.
+    pub rx_reordered: u16,
 }
 
 impl FlowState {
-    /// State of a new flow whose first PSN is `psn_start` (random, per RFC 8250).
-    #[inline(always)]
-    pub const fn new(psn_start: u16, now_ns: u64) -> Self {
-        Self {
-            psn_next: psn_start as u32,
-            rx_psn: 0,
-            last_send_ns: 0,
-            last_recv_ns: 0,
-            dtls_ns: 0,
-            first_seen_ns: now_ns,
-            tx_packets: 0,
-            tx_bytes: 0,
-            tx_pdm: 0,
-            rx_packets: 0,
-            rx_bytes: 0,
-            rx_pdm: 0,
-            sent: [0; SENT_RING],
-            rx_window: 0,
-            rx_high: 0,
-            rx_lost: 0,
-            rx_reordered: 0,
-            rx_duplicate: 0,
-            echo: 0,
-            flags: 0,
-        }
-    }
-
     /// The PSN of the last PDM packet received, if any.
     pub const fn psn_last_received(&self) -> Option<u16> {
         if self.rx_psn & RX_PSN_VALID != 0 {
@@ -147,7 +201,31 @@ impl FlowState {
             None
         }
     }
+
+    /// When the flow was last active as far as the kernel keeps track: the eviction
+    /// order within a set (0: never sent nor received PDM, evicted first).
+    #[inline(always)]
+    pub const fn last_pdm_ns(&self) -> u64 {
+        if self.last_send_ns > self.last_recv_ns {
+            self.last_send_ns
+        } else {
+            self.last_recv_ns
+        }
+    }
 }
+
+/// One slot of the flow table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowSlot {
+    pub key: FlowKey,
+    pub state: FlowState,
+}
+
+/// Octets of flow-table memory per slot: the budget the table is designed around.
+pub const FLOW_SLOT_BYTES: usize = 128;
+const _: () = assert!(size_of::<FlowSlot>() == FLOW_SLOT_BYTES);
+const _: () = assert!(size_of::<FlowKey>() == 40);
 
 /// One RTT measurement, sent to userspace when a received PDM echoes a PSN we sent.
 #[repr(C)]
@@ -173,5 +251,63 @@ mod pod {
     // SAFETY: plain #[repr(C)] integers and byte arrays with explicit padding fields.
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowState {}
+    unsafe impl aya::Pod for super::FlowSlot {}
     unsafe impl aya::Pod for super::RttSample {}
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use std::vec::Vec;
+
+    use super::*;
+
+    #[test]
+    fn table_is_a_power_of_two_of_at_least_one_set() {
+        assert_eq!(table_slots(1), FLOW_WAYS);
+        assert_eq!(table_slots(4), 4);
+        assert_eq!(table_slots(5), 8);
+        assert_eq!(table_slots(65_536), 65_536);
+        assert_eq!(table_slots(1_000_000), 1 << 20);
+    }
+
+    fn key(i: u32) -> FlowKey {
+        let mut remote = [0u8; 16];
+        remote[12..].copy_from_slice(&i.to_be_bytes());
+        FlowKey::new([0xfd; 16], remote, 40_000, 443, 6)
+    }
+
+    #[test]
+    fn same_is_field_equality() {
+        let a = key(1);
+        assert!(a.same(&a));
+        for other in [
+            key(2),
+            FlowKey { proto: 17, ..a },
+            FlowKey { local_port: 1, ..a },
+            FlowKey {
+                remote_port: 1,
+                ..a
+            },
+        ] {
+            assert!(!a.same(&other) && a != other);
+        }
+    }
+
+    /// Sequential addresses (a typical scan or flood) spread evenly over the sets, and
+    /// another seed gives another placement.
+    #[test]
+    fn hash_spreads_flows_over_sets_and_depends_on_the_seed() {
+        let sets = 1024u32;
+        let mut load = Vec::from([0u32; 1024]);
+        for i in 0..sets * 4 {
+            load[(key(i).hash(7) % sets) as usize] += 1;
+        }
+        let max = *load.iter().max().unwrap();
+        assert!(max <= 14, "fullest set holds {max} of an average of 4");
+        let moved = (0..1000)
+            .filter(|&i| key(i).hash(7) != key(i).hash(8))
+            .count();
+        assert!(moved > 990, "seed changed only {moved} of 1000 hashes");
+    }
 }

@@ -19,4 +19,8 @@ pub mod names {
     pub const PROG_INGRESS_TC: &str = "pdm_ingress_tc";
     /// Global: non-zero to lower the MSS of received SYN/SYN-ACKs by the PDM length.
     pub const CLAMP_MSS: &str = "CLAMP_MSS";
+    /// Global: number of flow-table sets − 1 (the table has a power-of-two size).
+    pub const FLOW_SET_MASK: &str = "FLOW_SET_MASK";
+    /// Global: the flow hash's random seed, chosen at each load.
+    pub const FLOW_HASH_SEED: &str = "FLOW_HASH_SEED";
 }

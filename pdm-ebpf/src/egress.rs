@@ -11,14 +11,14 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use pdm_common::{
-    counters::Counter,
-    flow::{FLOW_CLOSED, FlowKey, FlowState, RX_PSN_VALID, SENT_RING, SENT_TIME_MASK},
+    counters::{Counter, Counters},
+    flow::{FLOW_CLOSED, FlowKey, FlowState, PROBE_TIME_MASK, RX_PSN_VALID},
     time::encode_delta_ns,
     wire::{IPPROTO_DSTOPTS, IPPROTO_TCP, PDM_HEADER_LEN, PdmFields},
 };
 
 use crate::{
-    flow::{add, bump, counters, get_or_create, next_psn, now_ns},
+    flow::{add, add32, bump, counters, get_or_create, next_psn, now_ns, set_flags},
     parse::{ETH_HLEN, IPV6_HLEN, MAX_PREFIX, Skip, Source, TCP_FIN, TCP_RST, bytes, parse},
 };
 
@@ -28,14 +28,14 @@ const PDM_LEN: usize = PDM_HEADER_LEN;
 pub fn run(ctx: &TcContext) {
     let c = counters();
     bump(c, Counter::EgressPackets);
-    match try_egress(ctx) {
+    match try_egress(ctx, c) {
         Ok(()) => bump(c, Counter::EgressInserted),
         Err(reason) => bump(c, reason),
     }
 }
 
 #[inline(always)]
-fn try_egress(ctx: &TcContext) -> Result<(), Counter> {
+fn try_egress(ctx: &TcContext, c: Option<*mut Counters>) -> Result<(), Counter> {
     let p = parse(ctx.data(), ctx.data_end(), Source::Skb(ctx.skb.skb)).map_err(|s| match s {
         Skip::NotIpv6 => Counter::EgressNotIpv6,
         Skip::Unparsable => Counter::EgressUnparsable,
@@ -60,17 +60,20 @@ fn try_egress(ctx: &TcContext) -> Result<(), Counter> {
 
     // Sent: we are the source.
     let key = FlowKey::new(p.src, p.dst, p.sport, p.dport, p.proto);
+    let state = get_or_create(&key, c).ok_or(Counter::EgressFlowMapFull)?;
     let now = now_ns();
-    let state = get_or_create(&key, now).ok_or(Counter::EgressFlowMapFull)?;
 
     let skb = ctx.skb.skb;
     // SAFETY: the context pointer is valid for the program's run.
     let (gso_size, gso_segs) = unsafe { ((*skb).gso_size, (*skb).gso_segs) };
-    let segs = if gso_segs == 0 { 1 } else { gso_segs as u64 };
+    let segs = if gso_segs == 0 { 1 } else { gso_segs };
     // SAFETY: `state` points into a live map value.
     unsafe {
-        add(&raw mut (*state).tx_packets, segs);
+        add32(&raw mut (*state).tx_packets, segs);
         add(&raw mut (*state).tx_bytes, ctx.len() as u64);
+    }
+    if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        set_flags(state, FLOW_CLOSED);
     }
 
     let flags = adjust_flags(ctx, p, gso_size)?;
@@ -87,14 +90,14 @@ fn try_egress(ctx: &TcContext) -> Result<(), Counter> {
     }
     // SAFETY: `state` points into a live map value.
     unsafe {
-        add(&raw mut (*state).tx_pdm, segs);
-        // When the peer echoes this PSN, the RTT is measured from now.
-        let slot = fields.psn_this as usize % SENT_RING;
-        if let Some(e) = (*state).sent.get_mut(slot) {
-            write_volatile(e, (fields.psn_this as u64) << 48 | (now & SENT_TIME_MASK));
-        }
-        if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-            write_volatile(&raw mut (*state).flags, FLOW_CLOSED);
+        add32(&raw mut (*state).tx_pdm, segs);
+        // No probe outstanding: when the peer echoes this PSN, the RTT is measured from
+        // now. Ingress clears the probe once it is answered or passed.
+        if read_volatile(&raw const (*state).probe) == 0 {
+            write_volatile(
+                &raw mut (*state).probe,
+                (fields.psn_this as u64) << 48 | (now & PROBE_TIME_MASK),
+            );
         }
     }
     Ok(())
@@ -145,14 +148,15 @@ fn fields(state: *mut FlowState, now: u64) -> PdmFields {
         }
         let last_recv = read_volatile(&raw const (*state).last_recv_ns);
         let dtlr = encode_delta_ns(now.saturating_sub(last_recv));
-        let dtls = encode_delta_ns(read_volatile(&raw const (*state).dtls_ns));
+        // Encoded by ingress when it measured it.
+        let dtls = read_volatile(&raw const (*state).dtls);
         PdmFields {
             scale_dtlr: dtlr.scale,
-            scale_dtls: dtls.scale,
+            scale_dtls: (dtls >> 16) as u8,
             psn_this,
             psn_last_recv: rx as u16,
             dtlr: dtlr.delta,
-            dtls: dtls.delta,
+            dtls: dtls as u16,
         }
     }
 }

@@ -1,19 +1,19 @@
 //! Flow-map and counter access: one lookup per packet on the hot path.
 
 // The BPF target has no compare-and-swap, so core's Atomic* types lack fetch_add; the
-// intrinsic lowers to the BPF atomic add instruction directly.
-use core::intrinsics::{AtomicOrdering, atomic_xadd};
-
-use aya_ebpf::{
-    bindings::BPF_NOEXIST,
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+// intrinsics lower to the BPF atomic instructions directly.
+use core::{
+    intrinsics::{AtomicOrdering, atomic_or, atomic_xadd},
+    ptr::{read_volatile, write_volatile},
 };
+
+use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use pdm_common::{
     counters::{Counter, Counters},
-    flow::{FlowKey, FlowState},
+    flow::{FLOW_SELECTED, FLOW_VALID, FLOW_WAYS, FlowKey, FlowSlot, FlowState},
 };
 
-use crate::{COUNTERS, FLOWS};
+use crate::{COUNTERS, FLOW_HASH_SEED, FLOW_SET_MASK, FLOWS};
 
 /// This CPU's counter block (the per-CPU array lookup is inlined by the verifier).
 #[inline(always)]
@@ -39,34 +39,95 @@ pub fn now_ns() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
-/// The flow's entry, created (with a random first PSN) if it does not exist yet.
+/// The flow's entry, created (with a random first PSN) if it does not exist yet: in an
+/// empty slot of its set, else in place of the set's least recently active flow.
+///
+/// Two CPUs creating flows in one set at the same moment may pick the same slot; the
+/// later write wins and the other flow is created again by its next packet. That costs
+/// a PSN restart on a rare race, where a lock would cost every packet.
 #[inline(always)]
-pub fn get_or_create(key: &FlowKey, now: u64) -> Option<*mut FlowState> {
-    if let Some(s) = FLOWS.get_ptr_mut(key) {
-        return Some(s);
+pub fn get_or_create(key: &FlowKey, c: Option<*mut Counters>) -> Option<*mut FlowState> {
+    // SAFETY: globals the loader sets before load.
+    let (seed, mask) = unsafe {
+        (
+            read_volatile(&FLOW_HASH_SEED),
+            read_volatile(&FLOW_SET_MASK),
+        )
+    };
+    let base = key.set_base(seed, mask);
+    let mut victim: *mut FlowSlot = core::ptr::null_mut();
+    let mut victim_age = u64::MAX;
+    for way in 0..FLOW_WAYS {
+        let slot = FLOWS.get_ptr_mut(base + way)?;
+        // SAFETY: `slot` points into the live array map; other CPUs write it
+        // concurrently, and a stale read only misplaces one packet's accounting.
+        unsafe {
+            let flags = read_volatile(&raw const (*slot).state.flags);
+            let age = if flags & FLOW_VALID == 0 {
+                0
+            } else if (*slot).key.same(key) {
+                return Some(&raw mut (*slot).state);
+            } else {
+                1 + (*slot).state.last_pdm_ns()
+            };
+            if age < victim_age {
+                victim = slot;
+                victim_age = age;
+            }
+        }
+    }
+    if victim.is_null() {
+        return None;
+    }
+    if victim_age != 0 {
+        bump(c, Counter::FlowEvictions);
     }
     // SAFETY: helper without preconditions.
     let psn_start = unsafe { bpf_get_prandom_u32() } as u16;
-    // Built in per-CPU scratch rather than on the stack, which it would mostly fill.
-    let init = crate::NEW_FLOW.get_ptr_mut(0)?;
-    // SAFETY: per-CPU map memory; nothing else runs on this CPU meanwhile.
+    // SAFETY: `victim` points into the live array map. Invalidate first and validate
+    // last, so that a reader never takes a half-written slot for this key.
+    // Field by field with volatile stores: a FlowState value would be built on the
+    // stack first, and the ingress program has little stack to spare.
     unsafe {
-        *init = FlowState::new(psn_start, now);
-        // NOEXIST: if the other direction created it meanwhile, keep theirs.
-        #[expect(
-            clippy::needless_borrows_for_generic_args,
-            reason = "by reference, the helper reads the scratch map; by value, a stack copy"
-        )]
-        let _ = FLOWS.insert(key, &*init, BPF_NOEXIST as u64);
+        let state = &raw mut (*victim).state;
+        write_volatile(&raw mut (*state).flags, 0);
+        (*victim).key = *key;
+        let words = state.cast::<u64>();
+        for i in 0..size_of::<FlowState>() / 8 {
+            if i != FLAGS_WORD {
+                write_volatile(words.add(i), 0);
+            }
+        }
+        write_volatile(&raw mut (*state).dtls, 0);
+        write_volatile(&raw mut (*state).psn_next, psn_start as u32);
+        write_volatile(&raw mut (*state).flags, FLOW_VALID | FLOW_SELECTED);
+        Some(state)
     }
-    FLOWS.get_ptr_mut(key)
 }
+
+/// The u64 word of FlowState that holds `flags` (and `dtls`), left out of the zeroing
+/// so that `flags` stays 0 until the slot is complete.
+const FLAGS_WORD: usize = core::mem::offset_of!(FlowState, flags) / 8;
 
 /// Atomically `*field += v` (another CPU may update the same entry).
 #[inline(always)]
 pub fn add(field: *mut u64, v: u64) {
     // SAFETY: `field` points into a live map value, 8-byte aligned.
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(field, v) };
+}
+
+/// Atomically `*field += v` for the narrow, wrapping counters.
+#[inline(always)]
+pub fn add32(field: *mut u32, v: u32) {
+    // SAFETY: `field` points into a live map value, 4-byte aligned.
+    unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(field, v) };
+}
+
+/// Atomically sets flag bits (egress and ingress both set FLOW_CLOSED).
+#[inline(always)]
+pub fn set_flags(state: *mut FlowState, bits: u32) {
+    // SAFETY: points into a live map value, 4-byte aligned.
+    unsafe { atomic_or::<u32, u32, { AtomicOrdering::Relaxed }>(&raw mut (*state).flags, bits) };
 }
 
 /// Takes the next PSN This Packet: atomic, so no PSN is lost or repeated between CPUs.

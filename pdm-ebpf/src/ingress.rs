@@ -11,18 +11,19 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use pdm_common::{
-    counters::Counter,
+    counters::{Counter, Counters},
     flow::{
-        ECHO_DATA_TAKEN, ECHO_VALID, FLOW_CLOSED, FlowKey, FlowState, NO_SAMPLE, RX_PSN_VALID,
-        RttSample, SENT_RING, SENT_TIME_MASK,
+        ECHO_VALID, FLOW_CLOSED, FlowKey, FlowState, NO_SAMPLE, PROBE_TIME_MASK, RX_PSN_VALID,
+        RttSample,
     },
-    time::{DeltaTime, decode_delta_ns},
+    psn::psn_gt,
+    time::{DeltaTime, decode_delta_ns, encode_delta_ns},
     wire::{IPPROTO_TCP, PDM_HEADER_LEN, PdmFields},
 };
 
 use crate::{
     CLAMP_MSS, SAMPLES,
-    flow::{add, bump, counters, get_or_create, now_ns},
+    flow::{add, add32, bump, counters, get_or_create, now_ns, set_flags},
     parse::{ETH_HLEN, IPV6_HLEN, Packet, Skip, Source, TCP_FIN, TCP_RST, TCP_SYN, parse},
 };
 
@@ -50,13 +51,13 @@ impl Hook<'_> {
 
     /// Wire packets and octets this run stands for (TC ingress may see GRO packets).
     #[inline(always)]
-    fn packets_bytes(&self, data: usize, data_end: usize) -> (u64, u64) {
+    fn packets_bytes(&self, data: usize, data_end: usize) -> (u32, u64) {
         match self {
             Hook::Xdp(_) => (1, (data_end - data) as u64),
             Hook::Tc(c) => {
                 // SAFETY: the context pointer is valid for the program's run.
                 let segs = unsafe { (*c.skb.skb).gso_segs };
-                (if segs == 0 { 1 } else { segs as u64 }, c.len() as u64)
+                (if segs == 0 { 1 } else { segs }, c.len() as u64)
             }
         }
     }
@@ -84,7 +85,7 @@ pub fn run(data: usize, data_end: usize, hook: Hook) {
     if p.bad_pdm {
         bump(c, Counter::IngressBadPdm);
     }
-    match record(p, data, data_end, &hook) {
+    match record(p, data, data_end, &hook, c) {
         Ok(()) if p.pdm.is_some() => bump(c, Counter::IngressPdm),
         Ok(()) => bump(c, Counter::IngressNoPdm),
         Err(reason) => bump(c, reason),
@@ -98,33 +99,43 @@ pub fn run(data: usize, data_end: usize, hook: Hook) {
 
 /// Updates the flow entry: counters always, reception state when PDM is present.
 #[inline(always)]
-fn record(p: &Packet, data: usize, data_end: usize, hook: &Hook) -> Result<(), Counter> {
+fn record(
+    p: &Packet,
+    data: usize,
+    data_end: usize,
+    hook: &Hook,
+    c: Option<*mut Counters>,
+) -> Result<(), Counter> {
     // Received: we are the destination.
     let key = FlowKey::new(p.dst, p.src, p.dport, p.sport, p.proto);
-    let now = now_ns();
-    let state = get_or_create(&key, now).ok_or(Counter::IngressFlowMapFull)?;
+    let state = get_or_create(&key, c).ok_or(Counter::IngressFlowMapFull)?;
     let (packets, octets) = hook.packets_bytes(data, data_end);
     // SAFETY: `state` points into a live map value; egress reads these fields
     // concurrently and tolerates either old or new values.
     unsafe {
-        add(&raw mut (*state).rx_packets, packets);
+        add32(&raw mut (*state).rx_packets, packets);
         add(&raw mut (*state).rx_bytes, octets);
         if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-            write_volatile(&raw mut (*state).flags, FLOW_CLOSED);
+            set_flags(state, FLOW_CLOSED);
         }
         if let Some(pdm) = p.pdm {
+            let now = now_ns();
             let last_send = read_volatile(&raw const (*state).last_send_ns);
             let dtls = if last_send != 0 {
-                now.saturating_sub(last_send)
+                encode_delta_ns(now.saturating_sub(last_send))
             } else {
-                0
+                DeltaTime::default()
             };
-            write_volatile(&raw mut (*state).dtls_ns, dtls);
+            write_volatile(
+                &raw mut (*state).dtls,
+                (dtls.scale as u32) << 16 | dtls.delta as u32,
+            );
             write_volatile(&raw mut (*state).last_recv_ns, now);
+            let first = read_volatile(&raw const (*state).rx_psn) & RX_PSN_VALID == 0;
             write_volatile(&raw mut (*state).rx_psn, RX_PSN_VALID | pdm.psn_this as u32);
-            add(&raw mut (*state).rx_pdm, packets);
-            sequence(&mut *state, pdm.psn_this);
-            rtt(&key, &mut *state, &pdm, now, carries_data(p));
+            add32(&raw mut (*state).rx_pdm, packets);
+            sequence(&mut *state, pdm.psn_this, first);
+            rtt(&key, &mut *state, &pdm, now, carries_data(p), c);
         }
     }
     Ok(())
@@ -141,81 +152,96 @@ fn carries_data(p: &Packet) -> bool {
     p.payload_len as usize > headers
 }
 
-/// Loss, reordering and duplicates from the peer's PSN sequence: a 64-PSN window below
+/// Loss, reordering and duplicates from the peer's PSN sequence: a 32-PSN window below
 /// the highest PSN seen, as IPsec's replay window does. A PSN equal to the highest is a
 /// GSO segment repeating its burst's PSN (PDMv2): neither loss nor duplicate.
 #[inline(always)]
-fn sequence(s: &mut FlowState, psn: u16) {
-    if s.rx_high & RX_PSN_VALID == 0 {
-        s.rx_high = RX_PSN_VALID | psn as u32;
+fn sequence(s: &mut FlowState, psn: u16, first: bool) {
+    if first {
+        s.rx_high = psn;
         s.rx_window = 1;
         return;
     }
-    let high = s.rx_high as u16;
-    let ahead = psn.wrapping_sub(high) as i16;
+    let ahead = psn.wrapping_sub(s.rx_high) as i16;
     if ahead == 0 {
         return;
     }
     if ahead > 0 {
         let ahead = ahead as u32;
-        s.rx_lost = s.rx_lost.wrapping_add(ahead - 1);
-        s.rx_window = if ahead >= 64 {
+        s.rx_lost = s.rx_lost.wrapping_add((ahead - 1) as u16);
+        s.rx_window = if ahead >= 32 {
             1
         } else {
             (s.rx_window << ahead) | 1
         };
-        s.rx_high = RX_PSN_VALID | psn as u32;
+        s.rx_high = psn;
         return;
     }
     let back = (-(ahead as i32)) as u32;
-    if back < 64 && s.rx_window & (1 << back) != 0 {
+    if back < 32 && s.rx_window & (1 << back) != 0 {
         s.rx_duplicate = s.rx_duplicate.wrapping_add(1);
         return;
     }
-    if back < 64 {
+    if back < 32 {
         s.rx_window |= 1 << back;
     }
     // It was counted lost when the sequence skipped it.
     s.rx_reordered = s.rx_reordered.wrapping_add(1);
-    s.rx_lost = s.rx_lost.saturating_sub(1);
+    s.rx_lost = s.rx_lost.wrapping_sub(1);
 }
 
-/// An RTT sample when the peer echoes a PSN whose send time we still hold: reception −
-/// send − the peer's DTLR. At most two per echoed PSN: the first packet echoing it, and
-/// the first data-carrying one (whose DTLR is the peer application's turnaround: the
-/// server delay; a pure ACK's DTLR is only its stack's).
+/// An RTT sample when the peer echoes our outstanding probe PSN: reception − its send
+/// time − the peer's DTLR. At most two per probe: the first packet echoing it, and the
+/// first data-carrying one (whose DTLR is the peer application's turnaround: the server
+/// delay; a pure ACK's DTLR is only its stack's), which also retires the probe. An echo
+/// past the probe means its own echo was skipped (the peer acknowledged several packets
+/// at once): the probe is retired without a sample. Egress then arms the next one.
 #[inline(always)]
-fn rtt(key: &FlowKey, s: &mut FlowState, pdm: &PdmFields, now: u64, data: bool) {
+fn rtt(
+    key: &FlowKey,
+    s: &mut FlowState,
+    pdm: &PdmFields,
+    now: u64,
+    data: bool,
+    c: Option<*mut Counters>,
+) {
+    // SAFETY: `s` is a live map value; egress arms the probe concurrently, but only
+    // while it is 0, and only this side clears it.
+    let probe = unsafe { read_volatile(&raw const s.probe) };
+    if probe == 0 {
+        return;
+    }
     let echoed = pdm.psn_last_recv;
-    if echoed == 0 && pdm.dtlr == 0 && pdm.scale_dtlr == 0 {
-        return; // the peer has not received anything from us yet
-    }
-    let Some(&sent) = s.sent.get(echoed as usize % SENT_RING) else {
-        return;
-    };
-    if sent == 0 || (sent >> 48) as u16 != echoed {
-        return; // not ours, or overwritten by newer PSNs
-    }
-    let seen = s.echo & ECHO_VALID != 0 && s.echo as u16 == echoed;
-    let data_sample = data && !(seen && s.echo & ECHO_DATA_TAKEN != 0);
-    if seen && !data_sample {
+    let probe_psn = (probe >> 48) as u16;
+    if probe_psn != echoed {
+        if psn_gt(echoed, probe_psn) {
+            // SAFETY: as above.
+            unsafe { write_volatile(&raw mut s.probe, 0) };
+        }
         return;
     }
-    s.echo = ECHO_VALID | echoed as u32 | if data_sample { ECHO_DATA_TAKEN } else { 0 };
+    let seen = s.echo == ECHO_VALID | echoed as u32;
+    if seen && !data {
+        return; // a further pure ACK: no new information
+    }
+    s.echo = ECHO_VALID | echoed as u32;
+    if data {
+        // SAFETY: as above.
+        unsafe { write_volatile(&raw mut s.probe, 0) };
+    }
     let dtlr = decode_delta_ns(DeltaTime {
         delta: pdm.dtlr,
         scale: pdm.scale_dtlr,
     });
-    let elapsed = now.wrapping_sub(sent) & SENT_TIME_MASK;
+    let elapsed = now.wrapping_sub(probe) & PROBE_TIME_MASK;
     let sample = RttSample {
         key: *key,
         ts_ns: now,
         rtt_ns: elapsed.saturating_sub(dtlr),
-        server_delay_ns: if data_sample { dtlr } else { NO_SAMPLE },
+        server_delay_ns: if data { dtlr } else { NO_SAMPLE },
         psn: echoed,
         _pad: [0; 6],
     };
-    let c = counters();
     // No wakeup: userspace reads the ring on a timer, not on readiness.
     match SAMPLES.output::<RttSample>(&sample, BPF_RB_NO_WAKEUP as u64) {
         Ok(()) => bump(c, Counter::IngressRttSamples),

@@ -13,28 +13,24 @@ mod ingress;
 mod parse;
 
 use aya_ebpf::{
-    bindings::{TC_ACT_UNSPEC, xdp_action},
+    bindings::{BPF_F_MMAPABLE, TC_ACT_UNSPEC, xdp_action},
     macros::{classifier, map, xdp},
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, PerCpuArray, RingBuf},
     programs::{TcContext, XdpContext},
 };
 use pdm_common::{
     counters::Counters,
-    flow::{DEFAULT_MAX_FLOWS, FlowKey, FlowState, SAMPLES_RING_BYTES},
+    flow::{DEFAULT_MAX_FLOWS, FlowSlot, SAMPLES_RING_BYTES},
 };
 
-/// One entry per conversation; the loader resizes it to `--max-flows`. LRU, so a flood
-/// of new 5-tuples evicts idle flows instead of failing inserts.
+/// The flow table: one slot per conversation in a set-associative array (see
+/// pdm_common::flow); the loader sizes it from `--max-flows` and maps it to read it.
 #[map(name = "FLOWS")]
-static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+static FLOWS: Array<FlowSlot> = Array::with_max_entries(DEFAULT_MAX_FLOWS, BPF_F_MMAPABLE);
 
 /// Per-CPU scratch for the extension-header walk (see parse.rs).
 #[map(name = "SCRATCH")]
 static SCRATCH: PerCpuArray<parse::Scratch> = PerCpuArray::with_max_entries(1, 0);
-
-/// Per-CPU scratch for a new flow entry (see flow.rs).
-#[map(name = "NEW_FLOW")]
-static NEW_FLOW: PerCpuArray<FlowState> = PerCpuArray::with_max_entries(1, 0);
 
 /// RTT samples for userspace.
 #[map(name = "SAMPLES")]
@@ -47,6 +43,14 @@ static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(1, 0);
 /// segments still fit the MTU once we add our 16 octets.
 #[unsafe(no_mangle)]
 static CLAMP_MSS: u8 = 1;
+
+/// Set by the loader: flow-table sets − 1.
+#[unsafe(no_mangle)]
+static FLOW_SET_MASK: u32 = DEFAULT_MAX_FLOWS / pdm_common::flow::FLOW_WAYS - 1;
+
+/// Set by the loader: a random seed per load for the flow hash.
+#[unsafe(no_mangle)]
+static FLOW_HASH_SEED: u32 = 0;
 
 /// Returning TC_ACT_UNSPEC (TCX "next") lets programs after ours still run.
 #[classifier]

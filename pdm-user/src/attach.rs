@@ -5,7 +5,10 @@ use aya::{
     Ebpf, EbpfLoader,
     programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, links::FdLink},
 };
-use pdm_common::names;
+use pdm_common::{
+    flow::{FLOW_WAYS, table_slots},
+    names,
+};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -44,9 +47,14 @@ pub struct LoadOptions {
 /// Loads the object and has the kernel verify every program. Attaches nothing.
 pub fn load(opts: &LoadOptions) -> Result<Ebpf, AttachError> {
     let clamp: u8 = opts.clamp_mss.into();
+    let slots = table_slots(opts.max_flows);
+    let set_mask = slots / FLOW_WAYS - 1;
+    let seed = random_u32();
     let mut ebpf = EbpfLoader::new()
-        .map_max_entries(names::FLOWS, opts.max_flows)
+        .map_max_entries(names::FLOWS, slots)
         .override_global(names::CLAMP_MSS, &clamp, true)
+        .override_global(names::FLOW_SET_MASK, &set_mask, true)
+        .override_global(names::FLOW_HASH_SEED, &seed, true)
         .load(crate::EBPF_OBJECT)
         .map_err(AttachError::Load)?;
     for name in [names::PROG_EGRESS, names::PROG_INGRESS_TC] {
@@ -59,6 +67,14 @@ pub fn load(opts: &LoadOptions) -> Result<Ebpf, AttachError> {
         .load()
         .map_err(|source| AttachError::Program { name, source })?;
     Ok(ebpf)
+}
+
+/// A seed for the flow hash that nobody outside can know.
+fn random_u32() -> u32 {
+    let mut b = [0u8; 4];
+    // SAFETY: writes at most 4 octets into `b`. Should it fail, the seed is merely known.
+    unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    u32::from_ne_bytes(b)
 }
 
 pub fn classifier<'a>(

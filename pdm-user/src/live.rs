@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use aya::{
     Ebpf,
-    maps::{HashMap, MapData, RingBuf},
+    maps::{MapData, RingBuf},
 };
 use pdm_common::{
     flow::{FlowKey, FlowState, RttSample},
@@ -21,7 +21,7 @@ use crate::{
     metrics::{self, FlowRow, Table, TableConfig},
     names::Names,
     output,
-    stats::{self, Totals},
+    stats::{self, FlowTable, Totals},
     ui::{self, RowLabels},
 };
 
@@ -61,6 +61,7 @@ pub async fn run(ebpf: &mut Ebpf, opts: Options) -> Result<End> {
     // waking for each one was a quarter of pdm's CPU time. Samples carry their kernel
     // timestamps, so reading them a little later changes nothing.
     let mut ring = RingFd(ring);
+    let flows = FlowTable::open(ebpf).context("opening the flow table")?;
     let mut drain_tick = tokio::time::interval(DRAIN_EVERY);
     let mut sink = if opts.json {
         Sink::Json
@@ -104,7 +105,7 @@ pub async fn run(ebpf: &mut Ebpf, opts: Options) -> Result<End> {
                 if iface::index(&opts.iface).ok() != Some(opts.ifindex) {
                     break End::InterfaceGone;
                 }
-                report(ebpf, &opts, &mut table, &names, &mut labels, &mut sink, log.as_mut())?;
+                report(ebpf, &flows, &opts, &mut table, &names, &mut labels, &mut sink, log.as_mut())?;
                 if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
                     break End::Stopped;
                 }
@@ -117,6 +118,7 @@ pub async fn run(ebpf: &mut Ebpf, opts: Options) -> Result<End> {
         // A last report, so even a run shorter than one interval says what it saw.
         report(
             ebpf,
+            &flows,
             &opts,
             &mut table,
             &names,
@@ -144,8 +146,10 @@ fn drain(ring: &mut RingFd, table: &mut Table) {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn report(
     ebpf: &mut Ebpf,
+    flows: &FlowTable,
     opts: &Options,
     table: &mut Table,
     names: &Names,
@@ -156,21 +160,14 @@ fn report(
     let totals = stats::totals(ebpf).context("reading counters")?;
     let now = metrics::monotonic_ns();
     thread_local! {
-        // Reused each refresh (megabytes at 10 000 flows; see stats::flows_into).
+        // Reused each refresh (megabytes at 10 000 flows; see FlowTable::snapshot_into).
         static SNAPSHOT: std::cell::RefCell<Vec<(FlowKey, FlowState)>> = const { std::cell::RefCell::new(Vec::new()) };
     }
-    let expired = SNAPSHOT.with_borrow_mut(|snapshot| -> Result<Vec<FlowKey>> {
-        stats::flows_into(ebpf, snapshot).context("reading the flow table")?;
-        Ok(table.refresh(snapshot, now))
-    })?;
-    if !expired.is_empty() {
-        let mut flows: HashMap<_, FlowKey, FlowState> =
-            HashMap::try_from(ebpf.map_mut(names::FLOWS).context("no FLOWS map")?)?;
-        for key in &expired {
-            // Gone already (LRU) is fine.
-            let _ = flows.remove(key);
-        }
-    }
+    let expired = SNAPSHOT.with_borrow_mut(|snapshot| {
+        flows.snapshot_into(snapshot);
+        table.refresh(snapshot, now)
+    });
+    flows.remove(&expired);
     // The since-start summaries go to NDJSON only (the view does not show them), and
     // the view needs window summaries and labels only for the rows on screen (unless it
     // sorts by them).

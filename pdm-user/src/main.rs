@@ -53,7 +53,8 @@ struct RunArgs {
     /// without PDM, counted as too big).
     #[arg(long)]
     no_clamp_mss: bool,
-    /// Size of the flow table (LRU: least recently used flows are evicted).
+    /// Flows the table holds (rounded up to a power of two; 128 octets each). A new flow
+    /// takes the place of the least recently active one of the four it competes with.
     #[arg(long, default_value_t = DEFAULT_MAX_FLOWS, value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
     max_flows: u32,
     /// NDJSON on stdout (one object per flow per interval) instead of the live view;

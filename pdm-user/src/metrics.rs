@@ -285,7 +285,9 @@ struct Flow {
     server_delay: Window,
     rtt_all: Histogram,
     server_delay_all: Histogram,
+    /// The kernel's entry at the last refresh.
     state: FlowState,
+    wide: Widened,
     /// The refresh that last saw this flow in the kernel's table.
     seen: u64,
     /// Counters and time at the previous refresh, for rates.
@@ -293,6 +295,41 @@ struct Flow {
     rate: (f64, f64),
     first_seen_ns: u64,
     last_active_ns: u64,
+}
+
+/// The kernel's narrow per-flow counters (16 and 32 bits, to fit a flow in 128 octets),
+/// widened: each refresh adds how far they moved, modulo their width. A refresh a
+/// second is far more often than the fastest of them can wrap (2^32 packets).
+#[derive(Clone, Copy, Debug, Default)]
+struct Widened {
+    tx_packets: u64,
+    rx_packets: u64,
+    tx_pdm: u64,
+    rx_pdm: u64,
+    /// Goes down when a PSN counted lost arrives late.
+    rx_lost: i64,
+    rx_reordered: u64,
+    rx_duplicate: u64,
+}
+
+impl Widened {
+    /// Adds the movement from `prev` (the entry at the last refresh, if any) to `now`.
+    fn update(&mut self, prev: Option<&FlowState>, now: &FlowState) {
+        // Octet counters are 64-bit and never wrap: if they went back, the slot was
+        // taken by another flow and then by this one again (evicted and re-created),
+        // and its counters restarted from 0.
+        let prev = match prev {
+            Some(p) if now.tx_bytes >= p.tx_bytes && now.rx_bytes >= p.rx_bytes => *p,
+            _ => FlowState::default(),
+        };
+        self.tx_packets += u64::from(now.tx_packets.wrapping_sub(prev.tx_packets));
+        self.rx_packets += u64::from(now.rx_packets.wrapping_sub(prev.rx_packets));
+        self.tx_pdm += u64::from(now.tx_pdm.wrapping_sub(prev.tx_pdm));
+        self.rx_pdm += u64::from(now.rx_pdm.wrapping_sub(prev.rx_pdm));
+        self.rx_lost += i64::from(now.rx_lost.wrapping_sub(prev.rx_lost) as i16);
+        self.rx_reordered += u64::from(now.rx_reordered.wrapping_sub(prev.rx_reordered));
+        self.rx_duplicate += u64::from(now.rx_duplicate.wrapping_sub(prev.rx_duplicate));
+    }
 }
 
 /// Settings of the flow table.
@@ -363,13 +400,11 @@ impl Table {
             let f = self.flows.entry(*key).or_default();
             f.seen = generation;
             if f.first_seen_ns == 0 {
-                f.first_seen_ns = state.first_seen_ns;
-                f.last_active_ns = state
-                    .first_seen_ns
-                    .max(state.last_send_ns)
-                    .max(state.last_recv_ns);
+                f.first_seen_ns = now_ns;
+                f.last_active_ns = now_ns;
             }
-            let packets = (state.tx_packets, state.rx_packets);
+            f.wide.update(f.prev.is_some().then_some(&f.state), state);
+            let packets = (f.wide.tx_packets, f.wide.rx_packets);
             match f.prev {
                 Some((t, tx, rx)) if now_ns > t => {
                     let secs = (now_ns - t) as f64 / 1e9;
@@ -451,19 +486,19 @@ impl Table {
                 .iter()
                 .filter(|(_, f)| f.prev.is_some())
                 .map(|(k, f)| {
-                    let s = &f.state;
+                    let (s, w) = (&f.state, &f.wide);
                     FlowRow {
                         proto: k.proto,
                         local_addr: Ipv6Addr::from(k.local_addr),
                         local_port: k.local_port,
                         remote_addr: Ipv6Addr::from(k.remote_addr),
                         remote_port: k.remote_port,
-                        tx_packets: s.tx_packets,
-                        rx_packets: s.rx_packets,
+                        tx_packets: w.tx_packets,
+                        rx_packets: w.rx_packets,
                         tx_bytes: s.tx_bytes,
                         rx_bytes: s.rx_bytes,
-                        tx_pdm: s.tx_pdm,
-                        rx_pdm: s.rx_pdm,
+                        tx_pdm: w.tx_pdm,
+                        rx_pdm: w.rx_pdm,
                         tx_pps: f.rate.0,
                         rx_pps: f.rate.1,
                         rtt: if windows {
@@ -486,9 +521,9 @@ impl Table {
                         } else {
                             Summary::default()
                         },
-                        rx_lost: s.rx_lost as u64,
-                        rx_reordered: s.rx_reordered as u64,
-                        rx_duplicate: s.rx_duplicate as u64,
+                        rx_lost: w.rx_lost.max(0) as u64,
+                        rx_reordered: w.rx_reordered,
+                        rx_duplicate: w.rx_duplicate,
                         age: Duration::from_nanos(now_ns.saturating_sub(f.first_seen_ns)),
                         idle: Duration::from_nanos(now_ns.saturating_sub(f.last_active_ns)),
                         closed: s.flags & FLOW_CLOSED != 0,

@@ -1,6 +1,9 @@
 //! Reading the kernel's counters and flow table.
 
-use std::os::fd::{AsFd as _, AsRawFd as _};
+use std::{
+    os::fd::{AsFd as _, AsRawFd as _},
+    ptr::NonNull,
+};
 
 use aya::{
     Ebpf,
@@ -8,7 +11,7 @@ use aya::{
 };
 use pdm_common::{
     counters::{COUNTER_SLOTS, Counter, Counters},
-    flow::{FlowKey, FlowState},
+    flow::{FLOW_VALID, FlowKey, FlowSlot, FlowState},
     names,
 };
 
@@ -44,106 +47,115 @@ pub fn totals(ebpf: &Ebpf) -> Result<Totals, MapError> {
     Ok(t)
 }
 
-/// A snapshot of the flow table, read with BPF_MAP_LOOKUP_BATCH: a few syscalls for the
-/// whole table instead of two per flow (key walk plus lookup), which at 10 000 flows is
-/// most of the loader's CPU time. Entries that vanish mid-walk (LRU) are simply absent.
-pub fn flows(ebpf: &Ebpf) -> Result<Vec<(FlowKey, FlowState)>, MapError> {
-    let mut out = Vec::new();
-    flows_into(ebpf, &mut out)?;
-    Ok(out)
+/// The kernel's flow table, mapped into this process: reading it is a memory scan, with
+/// no syscall per entry (at 10 000 flows, syscalls were most of the loader's CPU time).
+pub struct FlowTable {
+    slots: NonNull<FlowSlot>,
+    len: usize,
 }
 
-/// As [`flows`], into a vector kept across refreshes: at 10 000 flows the snapshot is
-/// megabytes, and allocating it afresh each second costs page faults.
-pub fn flows_into(ebpf: &Ebpf, out: &mut Vec<(FlowKey, FlowState)>) -> Result<(), MapError> {
-    let map = ebpf.map(names::FLOWS).ok_or(MapError::InvalidName {
-        name: names::FLOWS.into(),
-    })?;
-    let aya::maps::Map::LruHashMap(data) = map else {
-        return Err(MapError::InvalidName {
-            name: names::FLOWS.into(),
-        });
-    };
-    let fd = data.fd().as_fd().as_raw_fd();
-    out.clear();
-    lookup_batch(fd, out).map_err(|io_error| {
-        MapError::SyscallError(aya::sys::SyscallError {
-            call: "bpf_map_lookup_batch",
-            io_error,
-        })
-    })
+// SAFETY: the mapping is plain shared memory, valid until drop.
+unsafe impl Send for FlowTable {}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FlowTableError {
+    #[error("the eBPF object has no {} array map", names::FLOWS)]
+    NoMap,
+    #[error("reading the flow table's size: {0}")]
+    Info(#[source] MapError),
+    #[error("mapping the flow table into memory: {0}")]
+    Mmap(#[source] std::io::Error),
 }
 
-/// Entries per BPF_MAP_LOOKUP_BATCH call.
-const BATCH: usize = 4096;
-
-const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-// The `batch` member of union bpf_attr.
-#[repr(C)]
-#[derive(Default)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
-}
-
-fn lookup_batch(map_fd: i32, out: &mut Vec<(FlowKey, FlowState)>) -> std::io::Result<()> {
-    thread_local! {
-        // Kept across calls for the same reason as the caller's vector.
-        static BUFFERS: std::cell::RefCell<(Vec<FlowKey>, Vec<FlowState>)> =
-            std::cell::RefCell::new((vec![FlowKey::default(); BATCH], vec![FlowState::default(); BATCH]));
-    }
-    BUFFERS.with_borrow_mut(|(keys, values)| lookup_batch_with(map_fd, keys, values, out))
-}
-
-fn lookup_batch_with(
-    map_fd: i32,
-    keys: &mut [FlowKey],
-    values: &mut [FlowState],
-    out: &mut Vec<(FlowKey, FlowState)>,
-) -> std::io::Result<()> {
-    // Opaque position tokens (a bucket index for hash maps); sized generously.
-    let (mut token_in, mut token_out) = ([0u8; 64], [0u8; 64]);
-    let mut first = true;
-    loop {
-        let mut attr = BatchAttr {
-            in_batch: if first {
-                0
-            } else {
-                token_in.as_mut_ptr() as u64
-            },
-            out_batch: token_out.as_mut_ptr() as u64,
-            keys: keys.as_mut_ptr() as u64,
-            values: values.as_mut_ptr() as u64,
-            count: BATCH as u32,
-            map_fd: map_fd as u32,
-            ..BatchAttr::default()
+impl FlowTable {
+    /// Maps the loaded FLOWS array.
+    pub fn open(ebpf: &Ebpf) -> Result<Self, FlowTableError> {
+        let Some(aya::maps::Map::Array(data)) = ebpf.map(names::FLOWS) else {
+            return Err(FlowTableError::NoMap);
         };
-        // SAFETY: the attr points at buffers of BATCH keys and values and two tokens,
-        // all live across the call.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                &mut attr as *mut BatchAttr,
-                size_of::<BatchAttr>() as u32,
+        let len = data.info().map_err(FlowTableError::Info)?.max_entries() as usize;
+        let bytes = len * size_of::<FlowSlot>();
+        // SAFETY: mapping a BPF_F_MMAPABLE array map of exactly this size, shared so
+        // that we see the programs' writes.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                data.fd().as_fd().as_raw_fd(),
+                0,
             )
         };
-        let err = (ret < 0).then(std::io::Error::last_os_error);
-        let n = (attr.count as usize).min(BATCH);
-        out.extend(keys[..n].iter().copied().zip(values[..n].iter().copied()));
-        match err {
-            // ENOENT: the walk reached the end (with the last entries in this batch).
-            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
-            Some(e) => return Err(e),
-            None => {}
+        if ptr == libc::MAP_FAILED {
+            return Err(FlowTableError::Mmap(std::io::Error::last_os_error()));
         }
-        token_in = token_out;
-        first = false;
+        let slots = NonNull::new(ptr.cast()).ok_or(FlowTableError::NoMap)?;
+        Ok(Self { slots, len })
     }
+
+    fn slot(&self, i: usize) -> *mut FlowSlot {
+        debug_assert!(i < self.len);
+        // SAFETY: in bounds of the mapping.
+        unsafe { self.slots.as_ptr().add(i) }
+    }
+
+    /// Copies every live flow into `out` (cleared first; kept across refreshes because at
+    /// 10 000 flows it is megabytes). The programs keep writing while we read, so a
+    /// flow's fields may come from slightly different moments, as with any map read.
+    pub fn snapshot_into(&self, out: &mut Vec<(FlowKey, FlowState)>) {
+        out.clear();
+        for i in 0..self.len {
+            // SAFETY: in bounds; a volatile read of plain data the kernel may be writing.
+            let slot = unsafe { self.slot(i).read_volatile() };
+            if slot.state.flags & FLOW_VALID != 0 {
+                out.push((slot.key, slot.state));
+            }
+        }
+    }
+
+    /// One flow's entry (a scan: for tests and one-off reads).
+    pub fn get(&self, key: &FlowKey) -> Option<FlowState> {
+        (0..self.len)
+            // SAFETY: in bounds; a volatile read of plain data.
+            .map(|i| unsafe { self.slot(i).read_volatile() })
+            .find(|s| s.state.flags & FLOW_VALID != 0 && s.key.same(key))
+            .map(|s| s.state)
+    }
+
+    /// Frees the slots of `keys` (expired flows) in one pass over the table. Should
+    /// their packets still come, the programs create them again.
+    pub fn remove(&self, keys: &[FlowKey]) {
+        if keys.is_empty() {
+            return;
+        }
+        let keys: std::collections::HashSet<&FlowKey> = keys.iter().collect();
+        for i in 0..self.len {
+            let p = self.slot(i);
+            // SAFETY: in bounds. The programs only OR bits into `flags` or rewrite the
+            // whole slot, so clearing it races at worst with the slot's reuse by a new
+            // flow, which its next packet then creates again.
+            unsafe {
+                let flags = (&raw const (*p).state.flags).read_volatile();
+                if flags & FLOW_VALID != 0 && keys.contains(&(&raw const (*p).key).read_volatile())
+                {
+                    (&raw mut (*p).state.flags).write_volatile(0);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for FlowTable {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what `open` mapped.
+        unsafe { libc::munmap(self.slots.as_ptr().cast(), self.len * size_of::<FlowSlot>()) };
+    }
+}
+
+/// Every live flow (for tests and one-off reads; the live loop keeps a [`FlowTable`]).
+pub fn flows(ebpf: &Ebpf) -> Result<Vec<(FlowKey, FlowState)>, FlowTableError> {
+    let mut out = Vec::new();
+    FlowTable::open(ebpf)?.snapshot_into(&mut out);
+    Ok(out)
 }

@@ -1059,11 +1059,68 @@ fn egress_table() {
             "egress_packets must equal inserted + every skip reason: {moved:?}"
         );
         assert!(
-            moved.iter().all(|(c, _)| c.name().starts_with("egress_")),
-            "only egress counters move: {moved:?}"
+            moved
+                .iter()
+                .all(|(c, _)| c.name().starts_with("egress_") || *c == Counter::FlowEvictions),
+            "only egress counters move (and evictions, should flows share a set): {moved:?}"
         );
     });
     assert_passed(&failed);
+}
+
+/// The flow table (pdm-common/src/flow.rs): with one set of four slots, a fifth flow
+/// takes the slot of the least recently active one, a flow that never carried PDM goes
+/// before any that did (a spoofed flood cannot push out measured flows), every eviction
+/// is counted, and an evicted flow comes back with its next packet.
+#[test]
+fn flow_table_evicts_least_recently_active() {
+    let ebpf = attach::load(&LoadOptions {
+        max_flows: 4,
+        clamp_mss: true,
+    })
+    .expect("load with a one-set table");
+    let evictions = || totals(&ebpf).get(Counter::FlowEvictions);
+    let out = |port: u16| run_egress(&ebpf, &udp(A, B, port, 9000, b"x"));
+    let spoofed = |port: u16| run(&ebpf, Prog::IngressTc, &udp(B, A, 9000, port, b"x"), None);
+    let present = || {
+        let mut ports: Vec<u16> = flows(&ebpf).iter().map(|(k, _)| k.local_port).collect();
+        ports.sort_unstable();
+        ports
+    };
+    for port in [1, 2, 3, 4] {
+        out(port);
+    }
+    assert_eq!(present(), [1, 2, 3, 4], "four flows fill the set");
+    assert_eq!(evictions(), 0);
+    out(2);
+    spoofed(5);
+    assert_eq!(
+        present(),
+        [2, 3, 4, 5],
+        "flow 1 was the least recently active"
+    );
+    assert_eq!(evictions(), 1);
+    for port in 6..20 {
+        spoofed(port);
+    }
+    assert_eq!(
+        present(),
+        [2, 3, 4, 19],
+        "flows without PDM only displace each other"
+    );
+    assert_eq!(evictions(), 15);
+    out(1);
+    let all = flows(&ebpf);
+    let (_, s) = all
+        .iter()
+        .find(|(k, _)| k.local_port == 1)
+        .expect("flow 1 created again by its next packet");
+    assert_eq!(
+        (s.tx_packets, s.tx_pdm),
+        (1, 1),
+        "a re-created flow starts afresh"
+    );
+    assert_eq!(present(), [1, 2, 3, 4], "it displaced the flow without PDM");
 }
 
 /// FlowKey's documentation (pdm-common/src/flow.rs): for ICMPv6 echo both ports hold
@@ -1365,7 +1422,7 @@ fn check_ingress_case(ebpf: &Ebpf, prog: Prog, case: &IngressCase) {
         let got_pdm = case.counters.contains(&Counter::IngressPdm);
         assert_eq!(
             s.rx_pdm,
-            p.rx_pdm + u64::from(got_pdm),
+            p.rx_pdm + u32::from(got_pdm),
             "{name}: rx_pdm counts valid PDM only"
         );
         let want_psn = rx_psn.map_or(0, |psn| RX_PSN_VALID | u32::from(psn));
@@ -1421,8 +1478,10 @@ fn ingress_table(prog: Prog) {
         );
         assert_eq!(outcomes, get(Counter::IngressPackets), "{moved:?}");
         assert!(
-            moved.iter().all(|(c, _)| c.name().starts_with("ingress_")),
-            "only ingress counters move: {moved:?}"
+            moved
+                .iter()
+                .all(|(c, _)| c.name().starts_with("ingress_") || *c == Counter::FlowEvictions),
+            "only ingress counters move (and evictions, should flows share a set): {moved:?}"
         );
     });
     if prog == Prog::IngressTc {
