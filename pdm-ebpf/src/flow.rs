@@ -40,7 +40,7 @@ pub fn now_ns() -> u64 {
 }
 
 /// The flow's entry, created (with a random first PSN) if it does not exist yet: in an
-/// empty slot of its set, else in place of the set's least recently active flow.
+/// empty slot of its two sets, else in place of their least recently active flow.
 ///
 /// Two CPUs creating flows in one set at the same moment may pick the same slot; the
 /// later write wins and the other flow is created again by its next packet. That costs
@@ -54,11 +54,16 @@ pub fn get_or_create(key: &FlowKey, c: Option<*mut Counters>) -> Option<*mut Flo
             read_volatile(&FLOW_SET_MASK),
         )
     };
-    let base = key.set_base(seed, mask);
+    let (first, second) = key.set_bases(seed, mask);
     let mut victim: *mut FlowSlot = core::ptr::null_mut();
     let mut victim_age = u64::MAX;
-    for way in 0..FLOW_WAYS {
-        let slot = FLOWS.get_ptr_mut(base + way)?;
+    for way in 0..2 * FLOW_WAYS {
+        let index = if way < FLOW_WAYS {
+            first + way
+        } else {
+            second + way - FLOW_WAYS
+        };
+        let slot = FLOWS.get_ptr_mut(index)?;
         // SAFETY: `slot` points into the live array map; other CPUs write it
         // concurrently, and a stale read only misplaces one packet's accounting.
         unsafe {
@@ -70,6 +75,7 @@ pub fn get_or_create(key: &FlowKey, c: Option<*mut Counters>) -> Option<*mut Flo
             } else {
                 1 + (*slot).state.last_pdm_ns()
             };
+            // Strictly older: the first empty slot wins, in the first set if it can.
             if age < victim_age {
                 victim = slot;
                 victim_age = age;
