@@ -172,7 +172,11 @@ fn report(
     // the view needs window summaries and labels only for the rows on screen (unless it
     // sorts by them).
     let since_start = log.is_some() || matches!(sink, Sink::Json);
-    let mut rows = table.rows(now, since_start, since_start);
+    let mut rows = match sink {
+        Sink::Tui(ui) => ui.take_rows(),
+        Sink::Json => Vec::new(),
+    };
+    table.rows_into(&mut rows, now, since_start, since_start);
     rows.retain(|r| opts.filter.matches(r));
     let shown = match &sink {
         Sink::Tui(ui) if !since_start => ui.shown_rows(&rows),

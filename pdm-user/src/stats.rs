@@ -106,10 +106,14 @@ impl FlowTable {
     pub fn snapshot_into(&self, out: &mut Vec<(FlowKey, FlowState)>) {
         out.clear();
         for i in 0..self.len {
-            // SAFETY: in bounds; a volatile read of plain data the kernel may be writing.
-            let slot = unsafe { self.slot(i).read_volatile() };
-            if slot.state.flags & FLOW_VALID != 0 {
-                out.push((slot.key, slot.state));
+            let p = self.slot(i);
+            // SAFETY: in bounds; volatile reads of plain data the kernel may be writing.
+            // The flags first: most slots of a roomy table are empty.
+            unsafe {
+                if (&raw const (*p).state.flags).read_volatile() & FLOW_VALID != 0 {
+                    let slot = p.read_volatile();
+                    out.push((slot.key, slot.state));
+                }
             }
         }
     }

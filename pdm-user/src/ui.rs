@@ -871,6 +871,15 @@ impl Ui {
         }
     }
 
+    /// The shown frame's rows, to be refilled for the next frame (saves allocating
+    /// megabytes each refresh). The view shows no rows until the next [`Ui::draw`].
+    pub fn take_rows(&mut self) -> Vec<FlowRow> {
+        self.last
+            .as_mut()
+            .map(|f| std::mem::take(&mut f.rows))
+            .unwrap_or_default()
+    }
+
     /// Shows `frame`, and keeps it to redraw after keys and resizes.
     pub fn draw(&mut self, frame: Frame) -> io::Result<()> {
         self.last = Some(Box::new(frame));
