@@ -6,6 +6,7 @@
 pub mod counters;
 pub mod flow;
 pub mod psn;
+pub mod select;
 pub mod time;
 pub mod wire;
 
@@ -23,4 +24,8 @@ pub mod names {
     pub const FLOW_SET_MASK: &str = "FLOW_SET_MASK";
     /// Global: the flow hash's random seed, chosen at each load.
     pub const FLOW_HASH_SEED: &str = "FLOW_HASH_SEED";
+    /// Global: the `--only` selection rules (no terms: every flow).
+    pub const ONLY: &str = "ONLY";
+    /// The `--only` host terms' addresses.
+    pub const ONLY_HOSTS: &str = "ONLY_HOSTS";
 }

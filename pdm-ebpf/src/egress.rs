@@ -12,7 +12,7 @@ use aya_ebpf::{
 };
 use pdm_common::{
     counters::{Counter, Counters},
-    flow::{FLOW_CLOSED, FlowKey, FlowState, PROBE_TIME_MASK, RX_PSN_VALID},
+    flow::{FLOW_CLOSED, FLOW_SELECTED, FlowKey, FlowState, PROBE_TIME_MASK, RX_PSN_VALID},
     time::encode_delta_ns,
     wire::{IPPROTO_DSTOPTS, IPPROTO_TCP, PDM_HEADER_LEN, PdmFields},
 };
@@ -74,6 +74,10 @@ fn try_egress(ctx: &TcContext, c: Option<*mut Counters>) -> Result<(), Counter> 
     }
     if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
         set_flags(state, FLOW_CLOSED);
+    }
+    // SAFETY: `state` points into a live map value.
+    if unsafe { read_volatile(&raw const (*state).flags) } & FLOW_SELECTED == 0 {
+        return Err(Counter::EgressFiltered);
     }
 
     let flags = adjust_flags(ctx, p, gso_size)?;

@@ -11,9 +11,10 @@ use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use pdm_common::{
     counters::{Counter, Counters},
     flow::{FLOW_SELECTED, FLOW_VALID, FLOW_WAYS, FlowKey, FlowSlot, FlowState},
+    select::HostKey,
 };
 
-use crate::{COUNTERS, FLOW_HASH_SEED, FLOW_SET_MASK, FLOWS};
+use crate::{COUNTERS, FLOW_HASH_SEED, FLOW_SET_MASK, FLOWS, ONLY, ONLY_HOSTS};
 
 /// This CPU's counter block (the per-CPU array lookup is inlined by the verifier).
 #[inline(always)]
@@ -88,6 +89,11 @@ pub fn get_or_create(key: &FlowKey, c: Option<*mut Counters>) -> Option<*mut Flo
     if victim_age != 0 {
         bump(c, Counter::FlowEvictions);
     }
+    let flags = if selected(key) {
+        FLOW_VALID | FLOW_SELECTED
+    } else {
+        FLOW_VALID
+    };
     // SAFETY: helper without preconditions.
     let psn_start = unsafe { bpf_get_prandom_u32() } as u16;
     // SAFETY: `victim` points into the live array map. Invalidate first and validate
@@ -106,9 +112,23 @@ pub fn get_or_create(key: &FlowKey, c: Option<*mut Counters>) -> Option<*mut Flo
         }
         write_volatile(&raw mut (*state).dtls, 0);
         write_volatile(&raw mut (*state).psn_next, psn_start as u32);
-        write_volatile(&raw mut (*state).flags, FLOW_VALID | FLOW_SELECTED);
+        write_volatile(&raw mut (*state).flags, flags);
         Some(state)
     }
+}
+
+/// Whether `--only` selects the flow: decided once, when its entry is created, so the
+/// rules cost nothing per packet. Only the loader's rules decide; nothing a peer sends
+/// (a received PDM included) switches PDM on.
+#[inline(always)]
+fn selected(key: &FlowKey) -> bool {
+    // SAFETY: a global the loader sets before load.
+    let rules = unsafe { read_volatile(&raw const ONLY) };
+    rules.selects(key, |term, addr| {
+        let k = HostKey { term, addr: *addr };
+        // SAFETY: a plain lookup; the value is not used.
+        unsafe { ONLY_HOSTS.get(k) }.is_some()
+    })
 }
 
 /// The u64 word of FlowState that holds `flags` (and `dtls`), left out of the zeroing

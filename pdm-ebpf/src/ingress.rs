@@ -13,8 +13,8 @@ use aya_ebpf::{
 use pdm_common::{
     counters::{Counter, Counters},
     flow::{
-        ECHO_VALID, FLOW_CLOSED, FlowKey, FlowState, NO_SAMPLE, PROBE_TIME_MASK, RX_PSN_VALID,
-        RttSample,
+        ECHO_VALID, FLOW_CLOSED, FLOW_SELECTED, FlowKey, FlowState, NO_SAMPLE, PROBE_TIME_MASK,
+        RX_PSN_VALID, RttSample,
     },
     psn::psn_gt,
     time::{DeltaTime, decode_delta_ns, encode_delta_ns},
@@ -85,19 +85,38 @@ pub fn run(data: usize, data_end: usize, hook: Hook) {
     if p.bad_pdm {
         bump(c, Counter::IngressBadPdm);
     }
-    match record(p, data, data_end, &hook, c) {
-        Ok(()) if p.pdm.is_some() => bump(c, Counter::IngressPdm),
-        Ok(()) => bump(c, Counter::IngressNoPdm),
-        Err(reason) => bump(c, reason),
-    }
+    let selected = match record(p, data, data_end, &hook, c) {
+        Ok(selected) => {
+            bump(
+                c,
+                if p.pdm.is_some() {
+                    Counter::IngressPdm
+                } else {
+                    Counter::IngressNoPdm
+                },
+            );
+            selected
+        }
+        Err(reason) => {
+            bump(c, reason);
+            false
+        }
+    };
     // SAFETY: a global the loader sets before load.
     let clamp = unsafe { read_volatile(&CLAMP_MSS) } != 0;
-    if clamp && p.proto == IPPROTO_TCP && p.tcp_flags & TCP_SYN != 0 && clamp_mss(p, &hook) {
+    // Only flows that get PDM need room for it: `--only` leaves the rest untouched.
+    if clamp
+        && selected
+        && p.proto == IPPROTO_TCP
+        && p.tcp_flags & TCP_SYN != 0
+        && clamp_mss(p, &hook)
+    {
         bump(c, Counter::IngressMssClamped);
     }
 }
 
 /// Updates the flow entry: counters always, reception state when PDM is present.
+/// Returns whether the flow gets PDM (see `--only`).
 #[inline(always)]
 fn record(
     p: &Packet,
@@ -105,7 +124,7 @@ fn record(
     data_end: usize,
     hook: &Hook,
     c: Option<*mut Counters>,
-) -> Result<(), Counter> {
+) -> Result<bool, Counter> {
     // Received: we are the destination.
     let key = FlowKey::new(p.dst, p.src, p.dport, p.sport, p.proto);
     let state = get_or_create(&key, c).ok_or(Counter::IngressFlowMapFull)?;
@@ -137,8 +156,8 @@ fn record(
             sequence(&mut *state, pdm.psn_this, first);
             rtt(&key, &mut *state, &pdm, now, carries_data(p), c);
         }
+        Ok(read_volatile(&raw const (*state).flags) & FLOW_SELECTED != 0)
     }
-    Ok(())
 }
 
 /// Whether the packet carries upper-layer data: a TCP segment with payload, or any

@@ -15,12 +15,13 @@ mod parse;
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, TC_ACT_UNSPEC, xdp_action},
     macros::{classifier, map, xdp},
-    maps::{Array, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::{TcContext, XdpContext},
 };
 use pdm_common::{
     counters::Counters,
     flow::{DEFAULT_MAX_FLOWS, FlowSlot, SAMPLES_RING_BYTES},
+    select::{HostKey, MAX_HOST_ADDRS, Rules},
 };
 
 /// The flow table: one slot per conversation in a set-associative array (see
@@ -51,6 +52,21 @@ static FLOW_SET_MASK: u32 = DEFAULT_MAX_FLOWS / pdm_common::flow::FLOW_WAYS - 1;
 /// Set by the loader: a random seed per load for the flow hash.
 #[unsafe(no_mangle)]
 static FLOW_HASH_SEED: u32 = 0;
+
+/// Set by the loader: `--only`'s rules (no terms: PDM on every flow).
+#[unsafe(no_mangle)]
+static ONLY: Rules = Rules {
+    count: 0,
+    terms: [pdm_common::select::Term {
+        kind: 0,
+        _pad: 0,
+        value: 0,
+    }; pdm_common::select::MAX_TERMS],
+};
+
+/// `--only`'s host-term addresses, filled by the loader before it attaches.
+#[map(name = "ONLY_HOSTS")]
+static ONLY_HOSTS: HashMap<HostKey, u8> = HashMap::with_max_entries(MAX_HOST_ADDRS, 0);
 
 /// Returning TC_ACT_UNSPEC (TCX "next") lets programs after ours still run.
 #[classifier]

@@ -1,15 +1,19 @@
 //! Loading the eBPF object and attaching its programs through bpf_links, so that the
 //! kernel detaches everything when the process ends — however it ends.
 
+use aya::maps::HashMap;
 use aya::{
     Ebpf, EbpfLoader,
     programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, links::FdLink},
 };
 use pdm_common::{
-    flow::{FLOW_WAYS, table_slots},
+    flow::{DEFAULT_MAX_FLOWS, FLOW_WAYS, table_slots},
     names,
+    select::HostKey,
 };
 use thiserror::Error;
+
+use crate::filter::Filter;
 
 #[derive(Debug, Error)]
 pub enum AttachError {
@@ -17,6 +21,10 @@ pub enum AttachError {
     Load(#[source] aya::EbpfError),
     #[error("the eBPF object has no program `{0}`")]
     MissingProgram(&'static str),
+    #[error("the eBPF object has no map `{0}`")]
+    MissingMap(&'static str),
+    #[error("writing the --only addresses: {0}")]
+    OnlyHosts(#[source] aya::maps::MapError),
     #[error("program `{name}`: {source}")]
     Program {
         name: &'static str,
@@ -42,6 +50,18 @@ pub enum Ingress {
 pub struct LoadOptions {
     pub max_flows: u32,
     pub clamp_mss: bool,
+    /// `--only`: the flows that get PDM (default: all).
+    pub only: Filter,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            max_flows: DEFAULT_MAX_FLOWS,
+            clamp_mss: true,
+            only: Filter::default(),
+        }
+    }
 }
 
 /// Loads the object and has the kernel verify every program. Attaches nothing.
@@ -50,13 +70,23 @@ pub fn load(opts: &LoadOptions) -> Result<Ebpf, AttachError> {
     let slots = table_slots(opts.max_flows);
     let set_mask = slots / FLOW_WAYS - 1;
     let seed = random_u32();
+    let (only, only_hosts) = opts.only.kernel_form();
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(names::FLOWS, slots)
         .override_global(names::CLAMP_MSS, &clamp, true)
         .override_global(names::FLOW_SET_MASK, &set_mask, true)
         .override_global(names::FLOW_HASH_SEED, &seed, true)
+        .override_global(names::ONLY, &only, true)
         .load(crate::EBPF_OBJECT)
         .map_err(AttachError::Load)?;
+    let mut hosts: HashMap<_, HostKey, u8> = ebpf
+        .map_mut(names::ONLY_HOSTS)
+        .ok_or(AttachError::MissingMap(names::ONLY_HOSTS))?
+        .try_into()
+        .map_err(AttachError::OnlyHosts)?;
+    for h in only_hosts {
+        hosts.insert(h, 1, 0).map_err(AttachError::OnlyHosts)?;
+    }
     for name in [names::PROG_EGRESS, names::PROG_INGRESS_TC] {
         classifier(&mut ebpf, name)?
             .load()

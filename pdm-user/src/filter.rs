@@ -1,10 +1,17 @@
-//! `--filter`: which flows the view and the JSON output show.
+//! `--filter` (which flows the view and the JSON output show) and `--only` (which
+//! flows get PDM at all).
 //!
 //! A deliberately small language, a subset of what tcpdump users type: terms joined by
 //! `and`, each of which must match. Host names are resolved once, when the filter is
-//! parsed, so matching a row every refresh costs no lookup.
+//! parsed, so matching a row every refresh costs no lookup. A parsed filter is the
+//! kernel's form ([`pdm_common::select`]), so both options mean exactly the same.
 
 use std::net::{IpAddr, Ipv6Addr, ToSocketAddrs as _};
+
+use pdm_common::{
+    flow::FlowKey,
+    select::{HostKey, MAX_HOST_ADDRS, MAX_TERMS, Rules, TERM_HOST, TERM_PORT, TERM_PROTO},
+};
 
 use crate::metrics::FlowRow;
 
@@ -15,7 +22,9 @@ const ACCEPTED: &str =
 /// A parsed `--filter`; the default matches every flow.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Filter {
-    terms: Vec<Term>,
+    rules: Rules,
+    /// The host terms' addresses.
+    hosts: Vec<HostKey>,
 }
 
 /// One condition on a flow.
@@ -50,6 +59,13 @@ pub enum FilterError {
     Unresolvable(String, String),
     #[error("bad filter `host {0}`: `{0}` has no IPv6 address (pdm only sees IPv6 flows)")]
     NoIpv6(String),
+    #[error("bad filter: more than {MAX_TERMS} terms; use fewer")]
+    TooManyTerms,
+    #[error(
+        "bad filter: the host terms name more than {MAX_HOST_ADDRS} addresses together; \
+         name fewer hosts"
+    )]
+    TooManyAddresses,
 }
 
 impl Filter {
@@ -69,38 +85,61 @@ impl Filter {
             };
             terms.push(parse_term(word, &mut words)?);
             match words.next() {
-                None => return Ok(Filter { terms }),
+                None => return Filter::compile(&terms),
                 Some(w) if w.eq_ignore_ascii_case("and") || w == "&&" => {}
                 Some(w) => return Err(FilterError::ExpectedAnd(w.to_owned())),
             }
         }
     }
 
+    fn compile(terms: &[Term]) -> Result<Filter, FilterError> {
+        if terms.len() > MAX_TERMS {
+            return Err(FilterError::TooManyTerms);
+        }
+        let mut f = Filter::default();
+        for (i, term) in terms.iter().enumerate() {
+            let (kind, value) = match term {
+                Term::Host(addrs) => {
+                    f.hosts.extend(addrs.iter().map(|a| HostKey {
+                        term: i as u32,
+                        addr: a.octets(),
+                    }));
+                    (TERM_HOST, 0)
+                }
+                Term::Port(p) => (TERM_PORT, *p),
+                Term::Proto(p) => (TERM_PROTO, u16::from(*p)),
+            };
+            f.rules.terms[i] = pdm_common::select::Term {
+                kind,
+                _pad: 0,
+                value,
+            };
+        }
+        if f.hosts.len() > MAX_HOST_ADDRS as usize {
+            return Err(FilterError::TooManyAddresses);
+        }
+        f.rules.count = terms.len() as u32;
+        Ok(f)
+    }
+
     /// True when every term matches this flow (always, for the empty filter).
     pub fn matches(&self, row: &FlowRow) -> bool {
-        self.terms.iter().all(|t| t.matches(row))
+        let key = FlowKey::new(
+            row.local_addr.octets(),
+            row.remote_addr.octets(),
+            row.local_port,
+            row.remote_port,
+            row.proto,
+        );
+        self.rules.selects(&key, |term, addr| {
+            self.hosts.iter().any(|h| h.term == term && h.addr == *addr)
+        })
     }
-}
 
-impl Term {
-    fn matches(&self, row: &FlowRow) -> bool {
-        match self {
-            Term::Host(addrs) => addrs
-                .iter()
-                .any(|a| *a == row.local_addr || *a == row.remote_addr),
-            // ICMPv6 rows carry the echo identifier in the port fields: a port term must
-            // not select a ping whose identifier happens to be 443.
-            Term::Port(p) => {
-                has_ports(row.proto) && (row.local_port == *p || row.remote_port == *p)
-            }
-            Term::Proto(p) => row.proto == *p,
-        }
+    /// The kernel's form: the rules and the host terms' addresses.
+    pub fn kernel_form(&self) -> (Rules, &[HostKey]) {
+        (self.rules, &self.hosts)
     }
-}
-
-/// Protocols whose flow key holds real ports: TCP, UDP, SCTP, UDP-Lite.
-fn has_ports(proto: u8) -> bool {
-    matches!(proto, 6 | 17 | 132 | 136)
 }
 
 fn parse_term<'a>(

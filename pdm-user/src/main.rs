@@ -61,6 +61,10 @@ struct RunArgs {
     /// the default when stdout is not a terminal.
     #[arg(long)]
     json: bool,
+    /// Add PDM only to matching flows (same syntax as --filter); everything else passes
+    /// untouched. Decided when a flow is first seen; nothing a peer sends changes it.
+    #[arg(long, value_parser = parse_filter, value_name = "FILTER")]
+    only: Option<Filter>,
     /// Show only matching flows, e.g. "host example.org and port 443", "udp".
     #[arg(long, value_parser = parse_filter)]
     filter: Option<Filter>,
@@ -170,6 +174,7 @@ fn demo(a: DemoArgs) -> Result<ExitCode> {
         no_clamp_mss: false,
         max_flows: DEFAULT_MAX_FLOWS,
         json: a.json,
+        only: None,
         filter: None,
         resolve: false,
         log: a.log,
@@ -221,7 +226,7 @@ fn check(max_flows: u32) -> Result<ExitCode> {
     raise_memlock();
     let ebpf = attach::load(&LoadOptions {
         max_flows,
-        clamp_mss: true,
+        ..LoadOptions::default()
     })?;
     let mut progs: Vec<String> = ebpf
         .programs()
@@ -261,6 +266,7 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     let mut ebpf = attach::load(&LoadOptions {
         max_flows: args.max_flows,
         clamp_mss: !args.no_clamp_mss,
+        only: args.only.clone().unwrap_or_default(),
     })?;
     // Offloads go off before attaching so that no GSO packet meets a per-packet run.
     let offloads = if args.per_packet {

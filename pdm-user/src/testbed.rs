@@ -143,10 +143,7 @@ impl ServerPdm {
         let (stop_tx, stop_rx) = mpsc::channel::<()>();
         let thread = std::thread::spawn(move || {
             let attached = enter(SERVER_NS).and_then(|()| {
-                let mut ebpf = crate::attach::load(&crate::attach::LoadOptions {
-                    max_flows: pdm_common::flow::DEFAULT_MAX_FLOWS,
-                    clamp_mss: true,
-                })?;
+                let mut ebpf = crate::attach::load(&crate::attach::LoadOptions::default())?;
                 let links = crate::attach::attach(&mut ebpf, IFACE, crate::attach::Ingress::Tc)?;
                 Ok((ebpf, links))
             });

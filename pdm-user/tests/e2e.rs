@@ -181,6 +181,48 @@ fn traffic_carries_pdm_end_to_end() {
     }
 }
 
+/// `--only port 7001` on host a: its packets on that flow carry PDM, its other packets
+/// leave exactly as sent, although host b (pdm without --only) sends PDM on every flow.
+#[test]
+fn only_gives_pdm_to_selected_flows_alone() {
+    let h = TwoHosts::new("only");
+    let pdm_a = Pdm::start(&h.a, &["--only", "udp and port 7001"]);
+    let pdm_b = Pdm::start(&h.b, &["--ingress", "tc"]);
+    let mut cap = Capture::start(&h.b);
+    udp_exchange(&h, 7001, 10);
+    udp_exchange(&h, 7002, 10);
+    ping(&h, 3);
+    assert_eq!(cap.stop(), 0, "the capture dropped packets");
+    let a = pdm_a.stop();
+    pdm_b.stop();
+
+    let from = |src: &str, filter: &str| {
+        rows(&cap, &format!("ipv6.src == {src} && ({filter})"))
+            .into_iter()
+            .map(|r| r.pdm.is_some())
+            .collect::<Vec<_>>()
+    };
+    // (`udp.port` would also match a UDP header quoted in an ICMPv6 error.)
+    let selected = from(ADDR_A, "udp.dstport == 7001 && !icmpv6");
+    let others = from(
+        ADDR_A,
+        "(udp.dstport == 7002 && !icmpv6) || icmpv6.type == 128",
+    );
+    let peer = from(ADDR_B, ELIGIBLE);
+    assert_eq!(selected.len(), 10, "requests on the selected flow");
+    assert!(selected.iter().all(|&p| p), "selected flow: all with PDM");
+    assert_eq!(others.len(), 13, "requests on the other flows");
+    assert!(
+        others.iter().all(|&p| !p),
+        "other flows: none with PDM, although the peer's PDM arrived on them"
+    );
+    assert!(
+        peer.len() >= 23 && peer.iter().all(|&p| p),
+        "host b: PDM on every flow"
+    );
+    assert!(counter(&a, "egress_skip_filtered") >= 13);
+}
+
 fn offloads(h: &common::Netns) -> (bool, bool) {
     let out = h.run("ethtool", &["-k", IFACE]);
     let on = |key: &str| {

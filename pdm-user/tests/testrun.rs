@@ -38,6 +38,7 @@ use pdm_common::{
 };
 use pdm_user::{
     attach::{self, LoadOptions},
+    filter::Filter,
     stats::{self, Totals},
 };
 
@@ -73,7 +74,7 @@ const MTU: usize = 1500;
 fn load() -> Ebpf {
     attach::load(&LoadOptions {
         max_flows: 1024,
-        clamp_mss: true,
+        ..LoadOptions::default()
     })
     .expect("load and verify the eBPF object (needs root and BPF)")
 }
@@ -1076,7 +1077,7 @@ fn egress_table() {
 fn flow_table_evicts_least_recently_active() {
     let ebpf = attach::load(&LoadOptions {
         max_flows: 4,
-        clamp_mss: true,
+        ..LoadOptions::default()
     })
     .expect("load with a one-set table");
     let evictions = || totals(&ebpf).get(Counter::FlowEvictions);
@@ -1600,6 +1601,64 @@ fn ingress_clamps_mss() {
             },
         );
         assert_passed(&failed);
+    });
+}
+
+/// `--only` (RFC 8250 per-flow enabling): the kernel gives PDM to selected flows alone,
+/// a peer's PDM on another flow switches nothing on (it is still recorded), and SYNs of
+/// other flows keep their MSS.
+#[test]
+fn only_selected_flows_get_pdm() {
+    const C: [u8; 16] = [0xfd, 0x0d, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3];
+    let ns = common::Netns::new("only");
+    let ifindex = veth_1500(&ns);
+    ns.in_ns(|| {
+        let ebpf = attach::load(&LoadOptions {
+            max_flows: 1024,
+            only: Filter::parse("port 7000 and host fd0d::2").expect("filter"),
+            ..LoadOptions::default()
+        })
+        .expect("load with --only");
+        let out = run_egress(&ebpf, &udp(A, B, 40000, 7000, b"selected"));
+        inserted_pdm("selected flow", &out, L3_END, IPPROTO_UDP);
+
+        // The peer opens with PDM on a flow --only does not select.
+        let from_b = with_ext(
+            &udp(B, A, 8000, 40001, b"request"),
+            &[dstopts_pdm(PdmFields {
+                psn_this: 0x4242,
+                ..RX_FIELDS
+            })],
+        );
+        run(&ebpf, Prog::IngressXdp, &from_b, None);
+        for (what, frame) in [
+            (
+                "reply on the peer's PDM flow",
+                udp(A, B, 40001, 8000, b"response"),
+            ),
+            ("another host, selected port", udp(A, C, 40002, 7000, b"x")),
+            ("ping", echo(A, B, true, 7000)),
+        ] {
+            let (out, moved) = counting(&ebpf, || run_egress(&ebpf, &frame));
+            assert_frame_eq(what, &out, &frame);
+            assert_eq!(
+                moved,
+                [(Counter::EgressPackets, 1), (Counter::EgressFiltered, 1)],
+                "{what}: counted as filtered"
+            );
+        }
+        let s = flow(&ebpf, &key(A, B, 40001, 8000, IPPROTO_UDP)).expect("flow entry");
+        assert_eq!(
+            (s.rx_pdm, s.rx_psn, s.tx_packets, s.tx_pdm),
+            (1, RX_PSN_VALID | 0x4242, 1, 0),
+            "the peer's PDM is recorded, ours stays off"
+        );
+
+        for (what, port, mss_out) in [("selected SYN", 7000, 1424), ("other SYN", 8000, 1460)] {
+            let syn = |m| tcp(B, A, port, 50000, Tcp::Syn, &mss(m), b"");
+            let out = run(&ebpf, Prog::IngressTc, &syn(1460), Some(ifindex));
+            assert_frame_eq(what, &out, &syn(mss_out));
+        }
     });
 }
 

@@ -209,6 +209,9 @@ impl Capture {
     /// Stops the capture; returns the number of packets the kernel dropped.
     pub fn stop(&mut self) -> u64 {
         let child = self.child.take().expect("running");
+        // The last packets sit in a ring block the kernel hands to dumpcap only when the
+        // block fills or its timeout expires; stopping at once would lose them.
+        std::thread::sleep(Duration::from_millis(500));
         // SAFETY: signalling our own child.
         unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
         let out = child.wait_with_output().expect("wait dumpcap");
