@@ -37,9 +37,10 @@ pub const RX_PSN_VALID: u32 = 1 << 16;
 /// 2^48, about 78 hours) below; 0 when no probe is outstanding.
 pub const PROBE_TIME_MASK: u64 = (1 << 48) - 1;
 
-/// [`FlowState::echo`]: set once an RTT sample was taken for the probe PSN in the low
-/// 16 bits (further pure ACKs echoing it then add nothing).
+/// [`FlowState::echo`]: set once an RTT sample was taken for the echoed PSN in the low
+/// 16 bits, and once a server-delay sample was.
 pub const ECHO_VALID: u32 = 1 << 16;
+pub const ECHO_DATA_TAKEN: u32 = 1 << 17;
 
 /// [`FlowState::flags`]: the slot holds a flow.
 pub const FLOW_VALID: u32 = 1;

@@ -13,8 +13,8 @@ use aya_ebpf::{
 use pdm_common::{
     counters::{Counter, Counters},
     flow::{
-        ECHO_VALID, FLOW_CLOSED, FLOW_SELECTED, FlowKey, FlowState, NO_SAMPLE, PROBE_TIME_MASK,
-        RX_PSN_VALID, RttSample,
+        ECHO_DATA_TAKEN, ECHO_VALID, FLOW_CLOSED, FLOW_SELECTED, FlowKey, FlowState, NO_SAMPLE,
+        PROBE_TIME_MASK, RX_PSN_VALID, RttSample,
     },
     psn::psn_gt,
     time::{DeltaTime, decode_delta_ns, encode_delta_ns},
@@ -209,12 +209,15 @@ fn sequence(s: &mut FlowState, psn: u16, first: bool) {
     s.rx_lost = s.rx_lost.wrapping_sub(1);
 }
 
-/// An RTT sample when the peer echoes our outstanding probe PSN: reception − its send
-/// time − the peer's DTLR. At most two per probe: the first packet echoing it, and the
-/// first data-carrying one (whose DTLR is the peer application's turnaround: the server
-/// delay; a pure ACK's DTLR is only its stack's), which also retires the probe. An echo
-/// past the probe means its own echo was skipped (the peer acknowledged several packets
-/// at once): the probe is retired without a sample. Egress then arms the next one.
+/// An RTT sample when the peer echoes a PSN whose send time we hold: reception − send
+/// time − the peer's DTLR. Two send times are held: the last packet's (request/response
+/// flows echo it), and an outstanding probe (bulk flows echo older PSNs: the probe is
+/// the first packet sent after the previous probe was answered). At most two samples
+/// per echoed PSN: the first packet echoing it, and the first data-carrying one (whose
+/// DTLR is the peer application's turnaround: the server delay; a pure ACK's DTLR is
+/// only its stack's). An echo past the probe means its own echo was skipped (the peer
+/// acknowledged several packets at once): the probe is retired, and egress arms the
+/// next one.
 #[inline(always)]
 fn rtt(
     key: &FlowKey,
@@ -224,27 +227,38 @@ fn rtt(
     data: bool,
     c: Option<*mut Counters>,
 ) {
-    // SAFETY: `s` is a live map value; egress arms the probe concurrently, but only
-    // while it is 0, and only this side clears it.
-    let probe = unsafe { read_volatile(&raw const s.probe) };
-    if probe == 0 {
-        return;
-    }
     let echoed = pdm.psn_last_recv;
+    if echoed == 0 && pdm.dtlr == 0 && pdm.scale_dtlr == 0 {
+        return; // the peer has not received anything from us yet
+    }
+    // SAFETY: `s` is a live map value that egress writes concurrently. The last send
+    // time is read before the PSN counter: egress takes a PSN and then writes the time,
+    // so a PSN that matches here is never newer than the time read.
+    let (last_send, latest, probe) = unsafe {
+        let last_send = read_volatile(&raw const s.last_send_ns);
+        let latest = (read_volatile(&raw const s.psn_next) as u16).wrapping_sub(1);
+        (last_send, latest, read_volatile(&raw const s.probe))
+    };
     let probe_psn = (probe >> 48) as u16;
-    if probe_psn != echoed {
-        if psn_gt(echoed, probe_psn) {
-            // SAFETY: as above.
-            unsafe { write_volatile(&raw mut s.probe, 0) };
-        }
+    let probe_hit = probe != 0 && probe_psn == echoed;
+    if probe != 0 && psn_gt(echoed, probe_psn) {
+        // SAFETY: as above; egress only arms a probe while it is 0, only we clear it.
+        unsafe { write_volatile(&raw mut s.probe, 0) };
+    }
+    let sent = if latest == echoed && last_send != 0 {
+        last_send
+    } else if probe_hit {
+        probe & PROBE_TIME_MASK
+    } else {
         return;
+    };
+    let seen = s.echo & ECHO_VALID != 0 && s.echo as u16 == echoed;
+    let data_sample = data && !(seen && s.echo & ECHO_DATA_TAKEN != 0);
+    if seen && !data_sample {
+        return; // a further pure ACK, or more data: no new information
     }
-    let seen = s.echo == ECHO_VALID | echoed as u32;
-    if seen && !data {
-        return; // a further pure ACK: no new information
-    }
-    s.echo = ECHO_VALID | echoed as u32;
-    if data {
+    s.echo = ECHO_VALID | echoed as u32 | if data_sample { ECHO_DATA_TAKEN } else { 0 };
+    if probe_hit && data_sample {
         // SAFETY: as above.
         unsafe { write_volatile(&raw mut s.probe, 0) };
     }
@@ -252,12 +266,12 @@ fn rtt(
         delta: pdm.dtlr,
         scale: pdm.scale_dtlr,
     });
-    let elapsed = now.wrapping_sub(probe) & PROBE_TIME_MASK;
+    let elapsed = now.wrapping_sub(sent) & PROBE_TIME_MASK;
     let sample = RttSample {
         key: *key,
         ts_ns: now,
         rtt_ns: elapsed.saturating_sub(dtlr),
-        server_delay_ns: if data { dtlr } else { NO_SAMPLE },
+        server_delay_ns: if data_sample { dtlr } else { NO_SAMPLE },
         psn: echoed,
         _pad: [0; 6],
     };
