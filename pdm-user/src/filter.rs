@@ -293,6 +293,23 @@ mod tests {
     }
 
     #[test]
+    fn the_kernel_form_has_room_for_eight_terms() {
+        let eight = ["udp"; 8].join(" and ");
+        let all_udp = f(&eight);
+        let (rules, hosts) = all_udp.kernel_form();
+        assert_eq!((rules.count, hosts.len()), (8, 0));
+        assert_eq!(
+            Filter::parse(&format!("{eight} and tcp")),
+            Err(FilterError::TooManyTerms)
+        );
+        let host_port = f("host fd00::1 and port 443");
+        let (rules, hosts) = host_port.kernel_form();
+        assert_eq!(rules.count, 2);
+        assert_eq!(hosts.len(), 1);
+        assert_eq!((hosts[0].term, rules.terms[1].value), (0, 443));
+    }
+
+    #[test]
     fn protocols() {
         let udp = test_row(17, "fd00::1", 1, "fd00::2", 2);
         let icmp = test_row(58, "fd00::1", 7, "fd00::2", 7);
