@@ -58,7 +58,7 @@ pub const NO_SAMPLE: u64 = u64::MAX;
 /// Fragments, ESP and other ICMPv6 messages carry no ports: both are 0.
 /// 8-aligned so it can be compared and hashed as five words.
 #[repr(C, align(8))]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct FlowKey {
     pub local_addr: [u8; 16],
     pub remote_addr: [u8; 16],
@@ -90,7 +90,7 @@ impl FlowKey {
     }
 
     #[inline(always)]
-    fn words(&self) -> &[u64; 5] {
+    pub fn words(&self) -> &[u64; 5] {
         // SAFETY: repr(C), 8-aligned, 40 octets with explicit padding, so every octet
         // is initialised and the layout is five u64s.
         unsafe { &*(self as *const Self).cast::<[u64; 5]>() }
@@ -140,6 +140,16 @@ const fn fmix32(mut h: u32) -> u32 {
     h ^= h >> 13;
     h = h.wrapping_mul(0xc2b2_ae35);
     h ^ (h >> 16)
+}
+
+/// As five words: the loader hashes tens of thousands of keys a second, and the derived
+/// impl would feed the hasher eleven small pieces.
+impl core::hash::Hash for FlowKey {
+    fn hash<H: core::hash::Hasher>(&self, state: &mut H) {
+        for w in self.words() {
+            state.write_u64(*w);
+        }
+    }
 }
 
 #[inline(always)]
