@@ -62,7 +62,10 @@ fn target_cpu_v3() {
     // SAFETY: build scripts are single-threaded at this point.
     unsafe {
         std::env::set_var("CARGO_UNSTABLE_PROFILE_RUSTFLAGS", "true");
-        std::env::set_var("CARGO_PROFILE_RELEASE_RUSTFLAGS", "-C target-cpu=v3");
+        std::env::set_var(
+            "CARGO_PROFILE_RELEASE_RUSTFLAGS",
+            "-C target-cpu=v3 -C link-arg=--disable-expand-memcpy-in-order",
+        );
         std::env::set_var("CARGO_PROFILE_RELEASE_BUILD_OVERRIDE_RUSTFLAGS", "");
     }
 }

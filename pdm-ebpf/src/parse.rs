@@ -1,7 +1,7 @@
 //! Bounded walk of the outer IPv6 header chain, shared by egress and ingress.
 //!
-//! The common case (IPv6 straight to TCP/UDP/ICMPv6) reads at constant offsets through
-//! direct packet pointers. Extension headers take a slower path that reads through the
+//! The common cases (IPv6 straight to TCP/UDP/ICMPv6, or with just a PDM header in
+//! between) read at constant offsets through direct packet pointers. Extension headers take a slower path that reads through the
 //! load-bytes helpers: their variable offsets then never become packet-pointer
 //! arithmetic, which the verifier would have to track precisely through every
 //! iteration (it gave up at a million instructions when we tried). Every read is
@@ -19,7 +19,8 @@ use aya_ebpf::{
 };
 use pdm_common::wire::{
     IPPROTO_AH, IPPROTO_DSTOPTS, IPPROTO_ESP, IPPROTO_FRAGMENT, IPPROTO_HOPOPTS, IPPROTO_ICMPV6,
-    IPPROTO_ROUTING, IPPROTO_TCP, IPPROTO_UDP, PDM_OPTION_LEN, PDM_OPTION_TYPE, PdmFields,
+    IPPROTO_ROUTING, IPPROTO_TCP, IPPROTO_UDP, OPT_PADN, PDM_HEADER_LEN, PDM_OPTION_LEN,
+    PDM_OPTION_TYPE, PdmFields,
 };
 
 pub const ETH_HLEN: usize = 14;
@@ -211,7 +212,52 @@ pub fn parse(data: usize, data_end: usize, src: Source) -> Result<&'static mut P
         p.l4_off = ETH_HLEN + IPV6_HLEN;
         return upper_layer(p, h, tcp);
     }
+    if ip[6] == IPPROTO_DSTOPTS
+        && let Some(d) = bytes::<PDM_HEADER_LEN>(data, data_end, ETH_HLEN + IPV6_HLEN)
+    {
+        // SAFETY: bounds-checked above.
+        let d = unsafe { &*d };
+        if is_plain_pdm_header(d) {
+            // Fast path for what a PDM peer sends: IPv6, one Destination Options
+            // header holding just PDM (as pdm and RFC 8250's example lay it out), then
+            // the upper layer at a constant offset.
+            const L4: usize = ETH_HLEN + IPV6_HLEN + PDM_HEADER_LEN;
+            let h = bytes::<8>(data, data_end, L4).ok_or(Skip::Unparsable)?;
+            // SAFETY: bounds-checked above.
+            let h = unsafe { &*h };
+            let tcp = if d[0] == IPPROTO_TCP {
+                // SAFETY: bounds-checked before use.
+                bytes::<20>(data, data_end, L4).map(|t| unsafe { [(*t)[12], (*t)[13]] })
+            } else {
+                None
+            };
+            p.proto = d[0];
+            p.has_dstopts = true;
+            p.pdm = Some(PdmFields {
+                scale_dtlr: d[4],
+                scale_dtls: d[5],
+                psn_this: be16(d, 6),
+                psn_last_recv: be16(d, 8),
+                dtlr: be16(d, 10),
+                dtls: be16(d, 12),
+            });
+            p.l4_off = L4;
+            return upper_layer(p, h, tcp);
+        }
+    }
     walk(p, src)
+}
+
+/// A 16-octet Destination Options header holding exactly one well-formed PDM option
+/// and a 2-octet PadN, in front of TCP, UDP or ICMPv6.
+#[inline(always)]
+fn is_plain_pdm_header(d: &[u8; PDM_HEADER_LEN]) -> bool {
+    d[1] == 1
+        && d[2] == PDM_OPTION_TYPE
+        && d[3] == PDM_OPTION_LEN
+        && d[14] == OPT_PADN
+        && d[15] == 0
+        && matches!(d[0], IPPROTO_TCP | IPPROTO_UDP | IPPROTO_ICMPV6)
 }
 
 /// Per-CPU scratch for the slow path. Loop state lives in map memory on purpose: the
