@@ -86,10 +86,16 @@ pub enum TraceError {
     NoRoute(Ipv6Addr),
     #[error("--port does not apply to --proto icmp")]
     PortWithIcmp,
-    #[error("{what}: {source}")]
+    #[error(
+        "link-local targets are not supported (no interface to send from): use a global or unique-local address"
+    )]
+    LinkLocal,
+    // Not `#[source]`: the message already ends with the cause, and anyhow's `{:#}`
+    // would print it twice.
+    #[error("{what}: {err}")]
     Io {
         what: &'static str,
-        source: std::io::Error,
+        err: std::io::Error,
     },
 }
 
@@ -164,6 +170,9 @@ pub fn run(args: &TraceArgs) -> Result<ExitCode, TraceError> {
         return Err(TraceError::PortWithIcmp);
     }
     let target = resolve(&args.host)?;
+    if target.is_unicast_link_local() {
+        return Err(TraceError::LinkLocal);
+    }
     let prober = probe::Prober::open(probe::Config {
         target,
         proto: args.proto,

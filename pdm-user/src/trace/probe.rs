@@ -12,7 +12,7 @@ use std::{
     mem::{self, MaybeUninit},
     net::Ipv6Addr,
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use libc::c_int;
@@ -29,6 +29,9 @@ const WINDOW: usize = 16;
 
 /// `ICMP6_FILTER` (netinet/icmp6.h; not in the libc crate), at level IPPROTO_ICMPV6.
 const ICMP6_FILTER: c_int = 1;
+/// `SO_TIMESTAMPNS` (asm-generic/socket.h; not in the libc crate for Linux): receive
+/// times as a `struct timespec` in a `SCM_TIMESTAMPNS` control message.
+const SO_TIMESTAMPNS: c_int = 35;
 
 const ICMPV6_DEST_UNREACH: u8 = 1;
 const ICMPV6_PKT_TOOBIG: u8 = 2;
@@ -79,7 +82,7 @@ impl ReplyKind {
     }
 
     /// Only the probed host itself sends these.
-    fn from_destination(self) -> bool {
+    fn only_from_destination(self) -> bool {
         matches!(
             self,
             ReplyKind::EchoReply | ReplyKind::SynAck | ReplyKind::Rst | ReplyKind::UdpReply
@@ -124,11 +127,44 @@ enum Key {
     Echo { id: u16, seq: u16 },
 }
 
+/// One trace in progress.
+struct Run {
+    results: Vec<ProbeResult>,
+    in_flight: Vec<InFlight>,
+    /// No probes beyond this hop: the path ends here.
+    stop_hop: u8,
+}
+
+/// When a probe left, on both clocks: the kernel stamps received packets with the
+/// wall clock; the monotonic one serves the rest.
+#[derive(Clone, Copy)]
+struct Sent {
+    at: Instant,
+    wall: SystemTime,
+}
+
+impl Sent {
+    fn now() -> Sent {
+        Sent {
+            at: Instant::now(),
+            wall: SystemTime::now(),
+        }
+    }
+
+    /// From sending to the kernel's receive stamp if there is one (not delayed by
+    /// this program being busy), else to `noticed`.
+    fn rtt(&self, noticed: Instant, kernel: Option<SystemTime>) -> Duration {
+        kernel
+            .and_then(|k| k.duration_since(self.wall).ok())
+            .unwrap_or_else(|| noticed.saturating_duration_since(self.at))
+    }
+}
+
 /// A probe still waiting for its answer.
 struct InFlight {
     index: usize,
     key: Key,
-    sent: Instant,
+    sent: Sent,
     /// The probe's own UDP/TCP socket, polled for the destination's answer.
     socket: Option<OwnedFd>,
 }
@@ -165,6 +201,8 @@ impl Prober {
             &1 as &c_int,
         )
         .map_err(io_err("asking for received destination options"))?;
+        setsockopt(&icmp, libc::SOL_SOCKET, SO_TIMESTAMPNS, &1 as &c_int)
+            .map_err(io_err("asking for receive times"))?;
         let source = route_source(cfg.target)?;
         Ok(Prober { cfg, icmp, source })
     }
@@ -179,60 +217,72 @@ impl Prober {
         let probes = usize::from(self.cfg.probes);
         let total = usize::from(max_hop) * probes;
         let hop_of = |i: usize| (i / probes + 1) as u8;
-        let mut results: Vec<ProbeResult> = (0..total)
-            .map(|i| ProbeResult {
-                hop: hop_of(i),
-                answer: None,
-            })
-            .collect();
+        let mut run = Run {
+            results: (0..total)
+                .map(|i| ProbeResult {
+                    hop: hop_of(i),
+                    answer: None,
+                })
+                .collect(),
+            in_flight: Vec::new(),
+            stop_hop: max_hop,
+        };
         let sender = Sender::new(&self.cfg, pdm)?;
-        let mut in_flight: Vec<InFlight> = Vec::new();
         let mut next = 0;
-        let mut stop_hop = max_hop;
         self.drain_stale();
         loop {
-            while in_flight.len() < WINDOW && next < total && hop_of(next) <= stop_hop {
-                in_flight.push(sender.send(next, hop_of(next))?);
+            while run.in_flight.len() < WINDOW && next < total && hop_of(next) <= run.stop_hop {
+                run.in_flight.push(sender.send(next, hop_of(next))?);
                 next += 1;
+                // Answers that came while sending are read at once: the time a TCP or
+                // UDP answer is noticed is its receive time.
+                self.collect(&mut run, Duration::ZERO)?;
             }
-            if in_flight.is_empty() {
+            if run.in_flight.is_empty() {
                 break;
             }
-            let oldest = in_flight
+            let oldest = run
+                .in_flight
                 .iter()
-                .map(|f| f.sent)
+                .map(|f| f.sent.at)
                 .min()
                 .unwrap_or_else(Instant::now);
             let timeout = (oldest + self.cfg.wait).saturating_duration_since(Instant::now());
-            let ready = poll(&self.icmp, &in_flight, timeout)?;
-
-            let mut answers: Vec<(usize, Answer)> = Vec::new();
-            if ready.icmp {
-                self.receive_icmp(&in_flight, &mut answers);
-            }
-            for i in ready.sockets {
-                if let Some(a) = self.socket_answer(&mut in_flight[i]) {
-                    answers.push((i, a));
-                }
-            }
-            // Highest position first, so that removing one does not move the others.
-            answers.sort_by_key(|(i, _)| std::cmp::Reverse(*i));
-            answers.dedup_by_key(|(i, _)| *i);
-            for (i, a) in answers {
-                let probe = in_flight.swap_remove(i);
-                let hop = hop_of(probe.index);
-                if a.reached || matches!(a.kind, ReplyKind::Unreachable(_)) {
-                    stop_hop = stop_hop.min(hop);
-                }
-                results[probe.index].answer = Some(a);
-            }
+            self.collect(&mut run, timeout)?;
             let now = Instant::now();
-            in_flight.retain(|f| {
-                now.duration_since(f.sent) < self.cfg.wait && hop_of(f.index) <= stop_hop
-            });
+            let (wait, stop_hop) = (self.cfg.wait, run.stop_hop);
+            run.in_flight
+                .retain(|f| now.duration_since(f.sent.at) < wait && hop_of(f.index) <= stop_hop);
         }
-        results.truncate(usize::from(stop_hop) * probes);
-        Ok(results)
+        run.results.truncate(usize::from(run.stop_hop) * probes);
+        Ok(run.results)
+    }
+
+    /// Waits up to `timeout` for answers and files those that came.
+    fn collect(&self, run: &mut Run, timeout: Duration) -> Result<(), TraceError> {
+        let ready = poll(&self.icmp, &run.in_flight, timeout)?;
+        let mut answers: Vec<(usize, Answer)> = Vec::new();
+        if ready.icmp {
+            self.receive_icmp(&run.in_flight, &mut answers);
+        }
+        for i in ready.sockets {
+            if let Some(a) = self.socket_answer(&mut run.in_flight[i]) {
+                answers.push((i, a));
+            }
+        }
+        // Highest position first, so that removing one does not move the others; an
+        // ICMPv6 answer (it names its sender) wins over its socket's error.
+        answers.sort_by_key(|(i, _)| std::cmp::Reverse(*i));
+        answers.dedup_by_key(|(i, _)| *i);
+        for (i, a) in answers {
+            let probe = run.in_flight.swap_remove(i);
+            let result = &mut run.results[probe.index];
+            if a.reached || matches!(a.kind, ReplyKind::Unreachable(_)) {
+                run.stop_hop = run.stop_hop.min(result.hop);
+            }
+            result.answer = Some(a);
+        }
+        Ok(())
     }
 
     /// Answers to an earlier trace's probes that came after it ended must not be read
@@ -257,9 +307,9 @@ impl Prober {
                 i,
                 Answer {
                     from: msg.from,
-                    rtt: msg.at.saturating_duration_since(in_flight[i].sent),
+                    rtt: in_flight[i].sent.rtt(msg.at, msg.kernel_at),
                     kind: parsed.kind,
-                    reached: msg.from == self.cfg.target || parsed.kind.from_destination(),
+                    reached: msg.from == self.cfg.target || parsed.kind.only_from_destination(),
                     quoted_pdm: parsed.quoted_pdm,
                     reply_pdm: msg.pdm,
                 },
@@ -274,7 +324,7 @@ impl Prober {
         let socket = probe.socket.as_ref()?;
         let reached = |kind| Answer {
             from: self.cfg.target,
-            rtt: now.saturating_duration_since(probe.sent),
+            rtt: probe.sent.rtt(now, None),
             kind,
             reached: true,
             quoted_pdm: None,
@@ -353,7 +403,7 @@ impl<'a> Sender<'a> {
                     .cfg
                     .port
                     .unwrap_or_else(|| UDP_BASE_PORT.wrapping_add(seq));
-                let sent = Instant::now();
+                let sent = Sent::now();
                 send_to(&s, PAYLOAD, target, dport).map_err(send_err(target))?;
                 let sport = local_port(&s).map_err(io_err("reading the probe's port"))?;
                 Ok(InFlight {
@@ -374,7 +424,7 @@ impl<'a> Sender<'a> {
                 setsockopt(&s, libc::SOL_SOCKET, libc::SO_LINGER, &linger)
                     .map_err(io_err("setting SO_LINGER"))?;
                 let dport = self.cfg.port.unwrap_or(TCP_DEFAULT_PORT);
-                let sent = Instant::now();
+                let sent = Sent::now();
                 connect(&s, target, dport).map_err(send_err(target))?;
                 let sport = local_port(&s).map_err(io_err("reading the probe's port"))?;
                 Ok(InFlight {
@@ -393,7 +443,7 @@ impl<'a> Sender<'a> {
                 pkt[4..6].copy_from_slice(&self.echo_id.to_be_bytes());
                 pkt[6..8].copy_from_slice(&seq.to_be_bytes());
                 pkt[8..].copy_from_slice(PAYLOAD);
-                let sent = Instant::now();
+                let sent = Sent::now();
                 send_to(s, &pkt, target, 0).map_err(send_err(target))?;
                 Ok(InFlight {
                     index,
@@ -430,7 +480,7 @@ impl<'a> Sender<'a> {
                 } else {
                     TraceError::Io {
                         what: "setting IPV6_DSTOPTS",
-                        source: e,
+                        err: e,
                     }
                 }
             })?;
@@ -602,6 +652,8 @@ struct Received {
     len: usize,
     from: Ipv6Addr,
     at: Instant,
+    /// The kernel's receive time.
+    kernel_at: Option<SystemTime>,
     /// It carried a Destination Options header with a PDM option.
     pdm: bool,
 }
@@ -629,6 +681,7 @@ fn recv_icmp(s: &OwnedFd, buf: &mut [u8]) -> io::Result<Received> {
     }
     let at = Instant::now();
     let mut pdm = false;
+    let mut kernel_at = None;
     // SAFETY: the kernel filled msg's control buffer; the CMSG macros stay within
     // msg_controllen, and each cmsg's data is read within its cmsg_len.
     unsafe {
@@ -639,6 +692,11 @@ fn recv_icmp(s: &OwnedFd, buf: &mut [u8]) -> io::Result<Received> {
                 let data = std::slice::from_raw_parts(libc::CMSG_DATA(c), data_len);
                 pdm |= wire::decode_dstopts(data).is_ok_and(|h| h.pdm.is_some());
             }
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == SO_TIMESTAMPNS {
+                let ts = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::timespec>());
+                kernel_at = SystemTime::UNIX_EPOCH
+                    .checked_add(Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32));
+            }
             c = libc::CMSG_NXTHDR(&raw const msg, c);
         }
     }
@@ -646,6 +704,7 @@ fn recv_icmp(s: &OwnedFd, buf: &mut [u8]) -> io::Result<Received> {
         len: n as usize,
         from: Ipv6Addr::from(from.sin6_addr.s6_addr),
         at,
+        kernel_at,
         pdm,
     })
 }
@@ -670,7 +729,7 @@ fn socket(ty: c_int, proto: c_int) -> Result<OwnedFd, TraceError> {
             Some(libc::EPERM | libc::EACCES) => TraceError::NotPermitted,
             _ => TraceError::Io {
                 what: "opening a socket",
-                source: e,
+                err: e,
             },
         });
     }
@@ -819,20 +878,23 @@ fn random_u16() -> u16 {
 }
 
 fn io_err(what: &'static str) -> impl Fn(io::Error) -> TraceError {
-    move |source| TraceError::Io { what, source }
+    move |err| TraceError::Io { what, err }
 }
 
 /// Sending or connecting: no route is the user's problem to hear about in one line.
 fn send_err(target: Ipv6Addr) -> impl Fn(io::Error) -> TraceError {
     move |e| match e.raw_os_error() {
-        Some(libc::ENETUNREACH | libc::EHOSTUNREACH) => TraceError::NoRoute(target),
+        // No source address for it (EADDRNOTAVAIL) amounts to the same.
+        Some(libc::ENETUNREACH | libc::EHOSTUNREACH | libc::EADDRNOTAVAIL) => {
+            TraceError::NoRoute(target)
+        }
         Some(libc::EPERM | libc::EACCES) => TraceError::Io {
             what: "sending a probe (a local firewall?)",
-            source: e,
+            err: e,
         },
         _ => TraceError::Io {
             what: "sending a probe",
-            source: e,
+            err: e,
         },
     }
 }
@@ -928,7 +990,7 @@ mod tests {
         let p = parse_icmp(&msg, a(DST)).expect("echo reply");
         assert_eq!(p.key, Key::Echo { id: 0xabcd, seq: 3 });
         assert_eq!(p.kind, ReplyKind::EchoReply);
-        assert!(p.kind.from_destination());
+        assert!(p.kind.only_from_destination());
     }
 
     #[test]
