@@ -247,3 +247,101 @@ fn bad_input_gets_one_clear_line_and_a_non_zero_exit() {
         "pdm: pdm trace needs root or CAP_NET_RAW (run with sudo)"
     );
 }
+
+/// Names for the client's resolver: `ip netns exec` mounts /etc/netns/NS/hosts over
+/// /etc/hosts, so only the client's namespace sees them. Removed on drop.
+struct Hosts(std::path::PathBuf);
+
+impl Hosts {
+    fn new(ns: &Netns, lines: &str) -> Self {
+        let dir = std::path::Path::new("/etc/netns").join(&ns.name);
+        std::fs::create_dir_all(&dir).expect("create /etc/netns/NS");
+        std::fs::write(dir.join("hosts"), lines).expect("write hosts");
+        Hosts(dir)
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn a_router_dropping_in_its_forward_chain_answers_and_is_hop_n_and_names_resolve() {
+    let c = Chain::new("trf");
+    c.drop_dstopts_forwarded_by_r2();
+    let _hosts = Hosts::new(
+        &c.client,
+        &format!("{R2} r2.test\n{R3} r3.test\n{SERVER} server.test\n"),
+    );
+    // By name, and with reverse lookups (no -n).
+    let (code, out, err) = pdm_trace(
+        &c.client,
+        &[
+            "server.test",
+            "--json",
+            "--wait",
+            "200ms",
+            "--max-hops",
+            "6",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(v["host"], "server.test");
+    assert_eq!(v["target"], SERVER);
+    let verdict = &v["verdict"];
+    assert_eq!(verdict["last_pdm_hop"], 2, "{v}");
+    assert_eq!(verdict["last_pdm_responder"], R2, "{v}");
+    assert_eq!(verdict["next_hop"], 3, "{v}");
+    assert_eq!(verdict["next_hop_responder"], R3, "{v}");
+    assert_eq!(verdict["reached_with_pdm"], false, "{v}");
+    let names: Vec<&str> = v["plain"]
+        .as_array()
+        .expect("hops")
+        .iter()
+        .map(|h| h["name"].as_str().unwrap_or("-"))
+        .collect();
+    assert_eq!(names, ["-", "r2.test", "r3.test", "server.test"], "{v}");
+}
+
+/// A server running `pdm run` answers with PDM of its own; the trace notices.
+#[test]
+fn a_pdm_speaking_server_is_recognised() {
+    use std::io::{BufRead as _, BufReader};
+
+    let c = Chain::new("trp");
+    let mut pdm = c
+        .server
+        .cmd(pdm_bin())
+        .args(["run", "--iface", "left", "--json", "--ingress", "tc"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn pdm run");
+    let mut stderr = BufReader::new(pdm.stderr.take().expect("stderr"));
+    let mut attached = 0;
+    let mut seen = Vec::new();
+    while attached < 2 {
+        let mut line = String::new();
+        if stderr.read_line(&mut line).expect("read pdm's stderr") == 0 {
+            panic!("pdm run ended before attaching: {seen:?}");
+        }
+        attached += usize::from(line.contains("attached to"));
+        seen.push(line);
+    }
+    let v = trace_json(&c, &["--proto", "icmp"]);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pdm.id() as i32, libc::SIGTERM) };
+    let _ = pdm.wait();
+    assert_eq!(v["verdict"]["reached_with_pdm"], true, "{v}");
+    for trace in ["plain", "pdm"] {
+        assert_eq!(v[trace][3]["reply"], "echo-reply", "{v}");
+        assert_eq!(v[trace][3]["reply_pdm"], true, "{trace}: {v}");
+        // Routers do not speak PDM.
+        assert_eq!(v[trace][0]["reply_pdm"], false, "{trace}: {v}");
+    }
+    assert_eq!(v["verdict"]["pdm_destination"]["reply_pdm"], true, "{v}");
+}

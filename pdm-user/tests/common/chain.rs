@@ -81,6 +81,15 @@ impl Chain {
         );
     }
 
+    /// r2 drops packets carrying a Destination Options header only when forwarding
+    /// them: a probe whose hop limit expires at r2 still gets its Time Exceeded.
+    pub fn drop_dstopts_forwarded_by_r2(&self) {
+        nft(
+            &self.r2,
+            "table inet t { chain forward { type filter hook forward priority 0; exthdr dst exists drop; }; }",
+        );
+    }
+
     /// The server silently drops everything the client sends it.
     pub fn silence_server(&self) {
         nft(
