@@ -6,8 +6,10 @@
 //! the last answer to a PDM probe came from hop n, hop n+1 of the plain trace is the
 //! likely dropper.
 
+mod icmp;
 mod probe;
 mod report;
+mod sock;
 mod verdict;
 
 use std::{
@@ -17,7 +19,8 @@ use std::{
     time::Duration,
 };
 
-pub use probe::{Answer, ReplyKind};
+pub use icmp::ReplyKind;
+pub use probe::Answer;
 pub use verdict::{Finding, Verdict};
 
 /// What the probes are.

@@ -9,86 +9,26 @@
 
 use std::{
     io,
-    mem::{self, MaybeUninit},
     net::Ipv6Addr,
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
+    os::fd::{AsRawFd as _, OwnedFd},
     time::{Duration, Instant, SystemTime},
 };
 
 use libc::c_int;
-use pdm_common::wire::{
-    self, IPPROTO_DSTOPTS, IPPROTO_FRAGMENT, IPPROTO_HOPOPTS, IPPROTO_ICMPV6, IPPROTO_ROUTING,
-    IPPROTO_TCP, IPPROTO_UDP, PdmFields,
-};
+use pdm_common::wire::{IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, PdmFields};
 
-use super::{Proto, TCP_DEFAULT_PORT, TraceError, UDP_BASE_PORT};
+use super::{
+    Proto, TCP_DEFAULT_PORT, TraceError, UDP_BASE_PORT,
+    icmp::{self, ICMP6_FILTER, Icmp6Filter, Key, ReplyKind},
+    sock::{self, io_err, send_err, setsockopt},
+};
 
 /// Probes in flight at once, as traceroute's default: a silent hop costs one wait for
 /// the whole window, not one per probe.
 const WINDOW: usize = 16;
 
-/// `ICMP6_FILTER` (netinet/icmp6.h; not in the libc crate), at level IPPROTO_ICMPV6.
-const ICMP6_FILTER: c_int = 1;
-/// `SO_TIMESTAMPNS` (asm-generic/socket.h; not in the libc crate for Linux): receive
-/// times as a `struct timespec` in a `SCM_TIMESTAMPNS` control message.
-const SO_TIMESTAMPNS: c_int = 35;
-
-const ICMPV6_DEST_UNREACH: u8 = 1;
-const ICMPV6_PKT_TOOBIG: u8 = 2;
-const ICMPV6_TIME_EXCEED: u8 = 3;
-const ICMPV6_PARAMPROB: u8 = 4;
-const ICMPV6_ECHO_REQUEST: u8 = 128;
-const ICMPV6_ECHO_REPLY: u8 = 129;
-
 /// What is in a UDP probe and an echo request after its header: recognisable in a capture.
 const PAYLOAD: &[u8; 8] = b"pdmtrace";
-
-/// What answered a probe.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReplyKind {
-    /// ICMPv6 Time Exceeded: a router on the way.
-    TimeExceeded,
-    /// ICMPv6 Destination Unreachable with its code (4: port unreachable).
-    Unreachable(u8),
-    PacketTooBig,
-    /// ICMPv6 Parameter Problem with its code (2: unrecognised option).
-    ParamProblem(u8),
-    EchoReply,
-    SynAck,
-    Rst,
-    /// The destination answered a UDP probe with data.
-    UdpReply,
-}
-
-impl ReplyKind {
-    pub fn label(self) -> String {
-        match self {
-            ReplyKind::TimeExceeded => "time-exceeded".into(),
-            ReplyKind::Unreachable(0) => "no-route".into(),
-            ReplyKind::Unreachable(1) => "admin-prohibited".into(),
-            ReplyKind::Unreachable(3) => "address-unreachable".into(),
-            ReplyKind::Unreachable(4) => "port-unreachable".into(),
-            ReplyKind::Unreachable(5) => "source-policy-failed".into(),
-            ReplyKind::Unreachable(6) => "reject-route".into(),
-            ReplyKind::Unreachable(c) => format!("unreachable-code-{c}"),
-            ReplyKind::PacketTooBig => "packet-too-big".into(),
-            ReplyKind::ParamProblem(2) => "parameter-problem-unrecognized-option".into(),
-            ReplyKind::ParamProblem(c) => format!("parameter-problem-code-{c}"),
-            ReplyKind::EchoReply => "echo-reply".into(),
-            ReplyKind::SynAck => "syn-ack".into(),
-            ReplyKind::Rst => "rst".into(),
-            ReplyKind::UdpReply => "udp-reply".into(),
-        }
-    }
-
-    /// Only the probed host itself sends these.
-    fn only_from_destination(self) -> bool {
-        matches!(
-            self,
-            ReplyKind::EchoReply | ReplyKind::SynAck | ReplyKind::Rst | ReplyKind::UdpReply
-        )
-    }
-}
 
 /// The answer to one probe.
 #[derive(Clone, Debug, PartialEq)]
@@ -117,14 +57,6 @@ pub struct Config {
     pub port: Option<u16>,
     pub probes: u8,
     pub wait: Duration,
-}
-
-/// What names a probe in the packet an ICMPv6 error quotes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-enum Key {
-    Udp { sport: u16, dport: u16 },
-    Tcp { sport: u16, dport: u16 },
-    Echo { id: u16, seq: u16 },
 }
 
 /// One trace in progress.
@@ -180,14 +112,14 @@ impl Prober {
     /// Opens the receiving socket (needs CAP_NET_RAW) and finds the source address the
     /// kernel would use towards the target (fails when there is no route).
     pub fn open(cfg: Config) -> Result<Self, TraceError> {
-        let icmp = raw_icmp_socket()?;
+        let icmp = sock::raw_icmp_socket()?;
         let mut filter = Icmp6Filter::block_all();
         for t in [
-            ICMPV6_DEST_UNREACH,
-            ICMPV6_PKT_TOOBIG,
-            ICMPV6_TIME_EXCEED,
-            ICMPV6_PARAMPROB,
-            ICMPV6_ECHO_REPLY,
+            icmp::ICMPV6_DEST_UNREACH,
+            icmp::ICMPV6_PKT_TOOBIG,
+            icmp::ICMPV6_TIME_EXCEED,
+            icmp::ICMPV6_PARAMPROB,
+            icmp::ICMPV6_ECHO_REPLY,
         ] {
             filter.pass(t);
         }
@@ -201,9 +133,9 @@ impl Prober {
             &1 as &c_int,
         )
         .map_err(io_err("asking for received destination options"))?;
-        setsockopt(&icmp, libc::SOL_SOCKET, SO_TIMESTAMPNS, &1 as &c_int)
+        setsockopt(&icmp, libc::SOL_SOCKET, sock::SO_TIMESTAMPNS, &1 as &c_int)
             .map_err(io_err("asking for receive times"))?;
-        let source = route_source(cfg.target)?;
+        let source = sock::route_source(cfg.target)?;
         Ok(Prober { cfg, icmp, source })
     }
 
@@ -289,15 +221,15 @@ impl Prober {
     /// as this one's.
     fn drain_stale(&self) {
         let mut buf = [0u8; 2048];
-        while recv_icmp(&self.icmp, &mut buf).is_ok() {}
+        while sock::recv_icmp(&self.icmp, &mut buf).is_ok() {}
     }
 
     /// Reads every queued ICMPv6 message; those answering a probe in flight go to
     /// `answers` as (position in `in_flight`, answer).
     fn receive_icmp(&self, in_flight: &[InFlight], answers: &mut Vec<(usize, Answer)>) {
         let mut buf = [0u8; 2048];
-        while let Ok(msg) = recv_icmp(&self.icmp, &mut buf) {
-            let Some(parsed) = parse_icmp(&buf[..msg.len], self.cfg.target) else {
+        while let Ok(msg) = sock::recv_icmp(&self.icmp, &mut buf) {
+            let Some(parsed) = icmp::parse(&buf[..msg.len], self.cfg.target) else {
                 continue;
             };
             let Some(i) = in_flight.iter().position(|f| f.key == parsed.key) else {
@@ -332,7 +264,7 @@ impl Prober {
         };
         match probe.key {
             Key::Tcp { .. } => {
-                let kind = match so_error(socket) {
+                let kind = match sock::so_error(socket) {
                     0 => Some(ReplyKind::SynAck),
                     libc::ECONNREFUSED => Some(ReplyKind::Rst),
                     // From an ICMPv6 error, which the raw socket reports with its sender.
@@ -344,10 +276,10 @@ impl Prober {
             Key::Udp { .. } => {
                 let mut buf = [0u8; 512];
                 let mut from_target = false;
-                while let Ok(from) = recv_from(socket, &mut buf) {
+                while let Ok(from) = sock::recv_from(socket, &mut buf) {
                     from_target |= from == self.cfg.target;
                 }
-                let _ = so_error(socket);
+                let _ = sock::so_error(socket);
                 from_target.then(|| reached(ReplyKind::UdpReply))
             }
             Key::Echo { .. } => None,
@@ -370,7 +302,7 @@ impl<'a> Sender<'a> {
     fn new(cfg: &'a Config, pdm: bool) -> Result<Self, TraceError> {
         let echo = match cfg.proto {
             Proto::Icmp => {
-                let s = raw_icmp_socket()?;
+                let s = sock::raw_icmp_socket()?;
                 // Sends only: answers are read from the receiving socket.
                 setsockopt(
                     &s,
@@ -386,9 +318,9 @@ impl<'a> Sender<'a> {
         Ok(Sender {
             cfg,
             pdm,
-            psn_base: random_u16(),
+            psn_base: sock::random_u16(),
             echo,
-            echo_id: random_u16(),
+            echo_id: sock::random_u16(),
         })
     }
 
@@ -397,15 +329,15 @@ impl<'a> Sender<'a> {
         let target = self.cfg.target;
         match self.cfg.proto {
             Proto::Udp => {
-                let s = socket(libc::SOCK_DGRAM, libc::IPPROTO_UDP)?;
+                let s = sock::socket(libc::SOCK_DGRAM, libc::IPPROTO_UDP)?;
                 self.prepare(&s, index, hop, IPPROTO_UDP)?;
                 let dport = self
                     .cfg
                     .port
                     .unwrap_or_else(|| UDP_BASE_PORT.wrapping_add(seq));
                 let sent = Sent::now();
-                send_to(&s, PAYLOAD, target, dport).map_err(send_err(target))?;
-                let sport = local_port(&s).map_err(io_err("reading the probe's port"))?;
+                sock::send_to(&s, PAYLOAD, target, dport).map_err(send_err(target))?;
+                let sport = sock::local_port(&s).map_err(io_err("reading the probe's port"))?;
                 Ok(InFlight {
                     index,
                     key: Key::Udp { sport, dport },
@@ -414,7 +346,7 @@ impl<'a> Sender<'a> {
                 })
             }
             Proto::Tcp => {
-                let s = socket(libc::SOCK_STREAM, libc::IPPROTO_TCP)?;
+                let s = sock::socket(libc::SOCK_STREAM, libc::IPPROTO_TCP)?;
                 self.prepare(&s, index, hop, IPPROTO_TCP)?;
                 // An answered SYN is closed with a RST, not a FIN handshake.
                 let linger = libc::linger {
@@ -425,8 +357,8 @@ impl<'a> Sender<'a> {
                     .map_err(io_err("setting SO_LINGER"))?;
                 let dport = self.cfg.port.unwrap_or(TCP_DEFAULT_PORT);
                 let sent = Sent::now();
-                connect(&s, target, dport).map_err(send_err(target))?;
-                let sport = local_port(&s).map_err(io_err("reading the probe's port"))?;
+                sock::connect(&s, target, dport).map_err(send_err(target))?;
+                let sport = sock::local_port(&s).map_err(io_err("reading the probe's port"))?;
                 Ok(InFlight {
                     index,
                     key: Key::Tcp { sport, dport },
@@ -438,13 +370,13 @@ impl<'a> Sender<'a> {
                 let s = self.echo.as_ref().expect("icmp sender has its socket");
                 self.prepare(s, index, hop, IPPROTO_ICMPV6)?;
                 let mut pkt = [0u8; 8 + PAYLOAD.len()];
-                pkt[0] = ICMPV6_ECHO_REQUEST;
+                pkt[0] = icmp::ICMPV6_ECHO_REQUEST;
                 // Checksum (octets 2-3) left 0: the kernel fills it in on ICMPv6 raw sockets.
                 pkt[4..6].copy_from_slice(&self.echo_id.to_be_bytes());
                 pkt[6..8].copy_from_slice(&seq.to_be_bytes());
                 pkt[8..].copy_from_slice(PAYLOAD);
                 let sent = Sent::now();
-                send_to(s, &pkt, target, 0).map_err(send_err(target))?;
+                sock::send_to(s, &pkt, target, 0).map_err(send_err(target))?;
                 Ok(InFlight {
                     index,
                     key: Key::Echo {
@@ -486,112 +418,6 @@ impl<'a> Sender<'a> {
             })?;
         }
         Ok(())
-    }
-}
-
-/// The probe an ICMPv6 message answers, as far as the message tells.
-#[derive(Debug, PartialEq, Eq)]
-struct Parsed {
-    key: Key,
-    kind: ReplyKind,
-    quoted_pdm: Option<bool>,
-}
-
-/// An ICMPv6 message as a raw socket delivers it (no IPv6 header). Errors count only
-/// when the packet they quote went to `target`.
-fn parse_icmp(msg: &[u8], target: Ipv6Addr) -> Option<Parsed> {
-    let (&ty, rest) = msg.split_first()?;
-    let code = *rest.first()?;
-    let kind = match ty {
-        ICMPV6_ECHO_REPLY => {
-            let id = u16::from_be_bytes([*msg.get(4)?, *msg.get(5)?]);
-            let seq = u16::from_be_bytes([*msg.get(6)?, *msg.get(7)?]);
-            return Some(Parsed {
-                key: Key::Echo { id, seq },
-                kind: ReplyKind::EchoReply,
-                quoted_pdm: None,
-            });
-        }
-        ICMPV6_DEST_UNREACH => ReplyKind::Unreachable(code),
-        ICMPV6_PKT_TOOBIG => ReplyKind::PacketTooBig,
-        ICMPV6_TIME_EXCEED => ReplyKind::TimeExceeded,
-        ICMPV6_PARAMPROB => ReplyKind::ParamProblem(code),
-        _ => return None,
-    };
-    let quoted = parse_quoted(msg.get(8..)?)?;
-    (quoted.dst == target).then_some(Parsed {
-        key: quoted.key,
-        kind,
-        quoted_pdm: Some(quoted.pdm),
-    })
-}
-
-struct Quoted {
-    dst: Ipv6Addr,
-    pdm: bool,
-    key: Key,
-}
-
-/// The invoking packet an ICMPv6 error quotes: IPv6 header, extension headers, and the
-/// start of the upper layer.
-fn parse_quoted(p: &[u8]) -> Option<Quoted> {
-    if p.first()? >> 4 != 6 {
-        return None;
-    }
-    let dst = Ipv6Addr::from(<[u8; 16]>::try_from(p.get(24..40)?).ok()?);
-    let mut next = *p.get(6)?;
-    let mut off = 40;
-    let mut pdm = false;
-    loop {
-        match next {
-            IPPROTO_HOPOPTS | IPPROTO_ROUTING => {
-                next = *p.get(off)?;
-                off += (usize::from(*p.get(off + 1)?) + 1) * 8;
-            }
-            IPPROTO_DSTOPTS => {
-                let h = wire::decode_dstopts(p.get(off..)?).ok()?;
-                pdm |= h.pdm.is_some();
-                next = h.next_header;
-                off += h.len;
-            }
-            IPPROTO_FRAGMENT => {
-                next = *p.get(off)?;
-                off += 8;
-            }
-            _ => break,
-        }
-    }
-    let u = p.get(off..)?;
-    let word = |i: usize| Some(u16::from_be_bytes([*u.get(i)?, *u.get(i + 1)?]));
-    let key = match next {
-        IPPROTO_UDP => Key::Udp {
-            sport: word(0)?,
-            dport: word(2)?,
-        },
-        IPPROTO_TCP => Key::Tcp {
-            sport: word(0)?,
-            dport: word(2)?,
-        },
-        IPPROTO_ICMPV6 if *u.first()? == ICMPV6_ECHO_REQUEST => Key::Echo {
-            id: word(4)?,
-            seq: word(6)?,
-        },
-        _ => return None,
-    };
-    Some(Quoted { dst, pdm, key })
-}
-
-/// The ICMP6_FILTER bitmap: a set bit blocks that message type.
-#[repr(C)]
-struct Icmp6Filter([u32; 8]);
-
-impl Icmp6Filter {
-    fn block_all() -> Self {
-        Icmp6Filter([u32::MAX; 8])
-    }
-
-    fn pass(&mut self, ty: u8) {
-        self.0[usize::from(ty >> 5)] &= !(1 << (ty & 31));
     }
 }
 
@@ -646,382 +472,4 @@ fn poll(icmp: &OwnedFd, in_flight: &[InFlight], timeout: Duration) -> Result<Rea
             .map(|(_, i)| i)
             .collect(),
     })
-}
-
-struct Received {
-    len: usize,
-    from: Ipv6Addr,
-    at: Instant,
-    /// The kernel's receive time.
-    kernel_at: Option<SystemTime>,
-    /// It carried a Destination Options header with a PDM option.
-    pdm: bool,
-}
-
-/// One message from the raw ICMPv6 socket, with its sender and destination options.
-fn recv_icmp(s: &OwnedFd, buf: &mut [u8]) -> io::Result<Received> {
-    let mut from = sockaddr_zeroed();
-    let mut control = [0u64; 64];
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    // SAFETY: msghdr is plain data; all-zero is valid, the pointers are set below.
-    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
-    msg.msg_name = (&raw mut from).cast();
-    msg.msg_namelen = size_of::<libc::sockaddr_in6>() as libc::socklen_t;
-    msg.msg_iov = &raw mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = size_of_val(&control);
-    // SAFETY: every buffer msg points to is live and writable for the lengths given.
-    let n = unsafe { libc::recvmsg(s.as_raw_fd(), &raw mut msg, libc::MSG_DONTWAIT) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let at = Instant::now();
-    let mut pdm = false;
-    let mut kernel_at = None;
-    // SAFETY: the kernel filled msg's control buffer; the CMSG macros stay within
-    // msg_controllen, and each cmsg's data is read within its cmsg_len.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(&raw const msg);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::IPPROTO_IPV6 && (*c).cmsg_type == libc::IPV6_DSTOPTS {
-                let data_len = (*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
-                let data = std::slice::from_raw_parts(libc::CMSG_DATA(c), data_len);
-                pdm |= wire::decode_dstopts(data).is_ok_and(|h| h.pdm.is_some());
-            }
-            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == SO_TIMESTAMPNS {
-                let ts = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::timespec>());
-                kernel_at = SystemTime::UNIX_EPOCH
-                    .checked_add(Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32));
-            }
-            c = libc::CMSG_NXTHDR(&raw const msg, c);
-        }
-    }
-    Ok(Received {
-        len: n as usize,
-        from: Ipv6Addr::from(from.sin6_addr.s6_addr),
-        at,
-        kernel_at,
-        pdm,
-    })
-}
-
-fn raw_icmp_socket() -> Result<OwnedFd, TraceError> {
-    socket(libc::SOCK_RAW, libc::IPPROTO_ICMPV6)
-}
-
-/// A non-blocking IPv6 socket; EPERM is the missing capability.
-fn socket(ty: c_int, proto: c_int) -> Result<OwnedFd, TraceError> {
-    // SAFETY: plain syscall.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_INET6,
-            ty | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            proto,
-        )
-    };
-    if fd < 0 {
-        let e = io::Error::last_os_error();
-        return Err(match e.raw_os_error() {
-            Some(libc::EPERM | libc::EACCES) => TraceError::NotPermitted,
-            _ => TraceError::Io {
-                what: "opening a socket",
-                err: e,
-            },
-        });
-    }
-    // SAFETY: a fresh descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// The source address for `target`, from a connected (never used) UDP socket.
-fn route_source(target: Ipv6Addr) -> Result<Ipv6Addr, TraceError> {
-    let s = socket(libc::SOCK_DGRAM, libc::IPPROTO_UDP)?;
-    connect(&s, target, UDP_BASE_PORT).map_err(send_err(target))?;
-    let mut sa = sockaddr_zeroed();
-    let mut len = size_of::<libc::sockaddr_in6>() as libc::socklen_t;
-    // SAFETY: `sa` is writable for `len` octets.
-    if unsafe { libc::getsockname(s.as_raw_fd(), (&raw mut sa).cast(), &raw mut len) } != 0 {
-        return Err(io_err("reading the source address")(
-            io::Error::last_os_error(),
-        ));
-    }
-    Ok(Ipv6Addr::from(sa.sin6_addr.s6_addr))
-}
-
-fn setsockopt<T: ?Sized>(s: &OwnedFd, level: c_int, name: c_int, value: &T) -> io::Result<()> {
-    // SAFETY: `value` is readable for its size.
-    let r = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            level,
-            name,
-            (value as *const T).cast(),
-            size_of_val(value) as libc::socklen_t,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-/// SO_ERROR: the pending error, cleared by reading it.
-fn so_error(s: &OwnedFd) -> c_int {
-    let mut err: c_int = 0;
-    let mut len = size_of::<c_int>() as libc::socklen_t;
-    // SAFETY: `err` is writable for `len` octets.
-    let r = unsafe {
-        libc::getsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_ERROR,
-            (&raw mut err).cast(),
-            &raw mut len,
-        )
-    };
-    if r == 0 { err } else { -1 }
-}
-
-fn sockaddr_zeroed() -> libc::sockaddr_in6 {
-    // SAFETY: sockaddr_in6 is plain data; all-zero is a valid value.
-    unsafe { MaybeUninit::zeroed().assume_init() }
-}
-
-fn sockaddr(addr: Ipv6Addr, port: u16) -> libc::sockaddr_in6 {
-    let mut sa = sockaddr_zeroed();
-    sa.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-    sa.sin6_port = port.to_be();
-    sa.sin6_addr.s6_addr = addr.octets();
-    sa
-}
-
-fn send_to(s: &OwnedFd, buf: &[u8], addr: Ipv6Addr, port: u16) -> io::Result<()> {
-    let sa = sockaddr(addr, port);
-    // SAFETY: `buf` and `sa` are readable for the lengths given.
-    let n = unsafe {
-        libc::sendto(
-            s.as_raw_fd(),
-            buf.as_ptr().cast(),
-            buf.len(),
-            0,
-            (&raw const sa).cast(),
-            size_of::<libc::sockaddr_in6>() as libc::socklen_t,
-        )
-    };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
-
-/// Non-blocking connect: in progress counts as sent.
-fn connect(s: &OwnedFd, addr: Ipv6Addr, port: u16) -> io::Result<()> {
-    let sa = sockaddr(addr, port);
-    // SAFETY: `sa` is readable for the length given.
-    let r = unsafe {
-        libc::connect(
-            s.as_raw_fd(),
-            (&raw const sa).cast(),
-            size_of::<libc::sockaddr_in6>() as libc::socklen_t,
-        )
-    };
-    let e = io::Error::last_os_error();
-    if r == 0 || e.raw_os_error() == Some(libc::EINPROGRESS) {
-        Ok(())
-    } else {
-        Err(e)
-    }
-}
-
-fn recv_from(s: &OwnedFd, buf: &mut [u8]) -> io::Result<Ipv6Addr> {
-    let mut sa = sockaddr_zeroed();
-    let mut len = size_of::<libc::sockaddr_in6>() as libc::socklen_t;
-    // SAFETY: `buf` and `sa` are writable for the lengths given.
-    let n = unsafe {
-        libc::recvfrom(
-            s.as_raw_fd(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            libc::MSG_DONTWAIT,
-            (&raw mut sa).cast(),
-            &raw mut len,
-        )
-    };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(Ipv6Addr::from(sa.sin6_addr.s6_addr))
-}
-
-fn local_port(s: &OwnedFd) -> io::Result<u16> {
-    let mut sa = sockaddr_zeroed();
-    let mut len = size_of::<libc::sockaddr_in6>() as libc::socklen_t;
-    let fd: RawFd = s.as_raw_fd();
-    // SAFETY: `sa` is writable for `len` octets.
-    if unsafe { libc::getsockname(fd, (&raw mut sa).cast(), &raw mut len) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(u16::from_be(sa.sin6_port))
-}
-
-fn random_u16() -> u16 {
-    let mut b = [0u8; 2];
-    // SAFETY: `b` is writable for its length. On failure the value is only less random.
-    unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
-    u16::from_ne_bytes(b)
-}
-
-fn io_err(what: &'static str) -> impl Fn(io::Error) -> TraceError {
-    move |err| TraceError::Io { what, err }
-}
-
-/// Sending or connecting: no route is the user's problem to hear about in one line.
-fn send_err(target: Ipv6Addr) -> impl Fn(io::Error) -> TraceError {
-    move |e| match e.raw_os_error() {
-        // No source address for it (EADDRNOTAVAIL) amounts to the same.
-        Some(libc::ENETUNREACH | libc::EHOSTUNREACH | libc::EADDRNOTAVAIL) => {
-            TraceError::NoRoute(target)
-        }
-        Some(libc::EPERM | libc::EACCES) => TraceError::Io {
-            what: "sending a probe (a local firewall?)",
-            err: e,
-        },
-        _ => TraceError::Io {
-            what: "sending a probe",
-            err: e,
-        },
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const SRC: &str = "fd10:1::1";
-    const DST: &str = "fd10:4::2";
-
-    fn a(s: &str) -> Ipv6Addr {
-        s.parse().expect("literal")
-    }
-
-    /// An ICMPv6 error of `ty`/`code` quoting an IPv6 packet to DST with optional PDM
-    /// and the given upper layer.
-    fn error(ty: u8, code: u8, pdm: bool, upper: u8, upper_bytes: &[u8]) -> Vec<u8> {
-        let mut quoted = vec![0x60, 0, 0, 0, 0, 0, 0, 1];
-        quoted[6] = if pdm { IPPROTO_DSTOPTS } else { upper };
-        quoted.extend(a(SRC).octets());
-        quoted.extend(a(DST).octets());
-        if pdm {
-            quoted.extend(PdmFields::default().encode_header(upper));
-        }
-        quoted.extend(upper_bytes);
-        let plen = (quoted.len() - 40) as u16;
-        quoted[4..6].copy_from_slice(&plen.to_be_bytes());
-        let mut msg = vec![ty, code, 0, 0, 0, 0, 0, 0];
-        msg.extend(quoted);
-        msg
-    }
-
-    fn udp(sport: u16, dport: u16) -> Vec<u8> {
-        let mut u = Vec::new();
-        u.extend(sport.to_be_bytes());
-        u.extend(dport.to_be_bytes());
-        u.extend([0, 16, 0, 0]);
-        u.extend(PAYLOAD);
-        u
-    }
-
-    #[test]
-    fn time_exceeded_quoting_a_pdm_udp_probe() {
-        let msg = error(3, 0, true, IPPROTO_UDP, &udp(40000, 33435));
-        assert_eq!(
-            parse_icmp(&msg, a(DST)),
-            Some(Parsed {
-                key: Key::Udp {
-                    sport: 40000,
-                    dport: 33435
-                },
-                kind: ReplyKind::TimeExceeded,
-                quoted_pdm: Some(true),
-            })
-        );
-    }
-
-    #[test]
-    fn port_unreachable_quoting_a_plain_probe() {
-        let msg = error(1, 4, false, IPPROTO_UDP, &udp(40000, 33434));
-        let p = parse_icmp(&msg, a(DST)).expect("matches");
-        assert_eq!(p.kind, ReplyKind::Unreachable(4));
-        assert_eq!(p.quoted_pdm, Some(false));
-        assert_eq!(p.kind.label(), "port-unreachable");
-    }
-
-    #[test]
-    fn quoted_tcp_and_echo() {
-        let mut tcp = Vec::new();
-        tcp.extend(51000u16.to_be_bytes());
-        tcp.extend(80u16.to_be_bytes());
-        tcp.extend([0; 16]);
-        let msg = error(3, 0, true, IPPROTO_TCP, &tcp);
-        assert_eq!(
-            parse_icmp(&msg, a(DST)).map(|p| p.key),
-            Some(Key::Tcp {
-                sport: 51000,
-                dport: 80
-            })
-        );
-        let echo = [ICMPV6_ECHO_REQUEST, 0, 0, 0, 0x12, 0x34, 0, 7];
-        let msg = error(3, 0, false, IPPROTO_ICMPV6, &echo);
-        assert_eq!(
-            parse_icmp(&msg, a(DST)).map(|p| p.key),
-            Some(Key::Echo { id: 0x1234, seq: 7 })
-        );
-    }
-
-    #[test]
-    fn echo_reply() {
-        let msg = [ICMPV6_ECHO_REPLY, 0, 0, 0, 0xab, 0xcd, 0, 3, b'x'];
-        let p = parse_icmp(&msg, a(DST)).expect("echo reply");
-        assert_eq!(p.key, Key::Echo { id: 0xabcd, seq: 3 });
-        assert_eq!(p.kind, ReplyKind::EchoReply);
-        assert!(p.kind.only_from_destination());
-    }
-
-    #[test]
-    fn ignores_other_targets_truncation_and_noise() {
-        let msg = error(3, 0, true, IPPROTO_UDP, &udp(1, 2));
-        assert_eq!(parse_icmp(&msg, a("fd99::1")), None);
-        for cut in 0..msg.len() - PAYLOAD.len() - 4 {
-            // Whatever is cut off, no panic; a quote without the ports never matches.
-            let p = parse_icmp(&msg[..cut], a(DST));
-            assert!(p.is_none(), "cut at {cut}: {p:?}");
-        }
-        assert_eq!(parse_icmp(&[135, 0, 0, 0], a(DST)), None);
-        assert_eq!(parse_icmp(&[], a(DST)), None);
-        // An echo request quoted in an error is matched, but a quoted reply is not ours.
-        let msg = error(
-            3,
-            0,
-            false,
-            IPPROTO_ICMPV6,
-            &[ICMPV6_ECHO_REPLY, 0, 0, 0, 0, 1, 0, 1],
-        );
-        assert_eq!(parse_icmp(&msg, a(DST)), None);
-    }
-
-    #[test]
-    fn filter_bits() {
-        let mut f = Icmp6Filter::block_all();
-        f.pass(ICMPV6_TIME_EXCEED);
-        f.pass(ICMPV6_ECHO_REPLY);
-        assert_eq!(f.0[0], !(1 << 3));
-        assert_eq!(f.0[4], !(1 << 1));
-        assert_eq!(f.0[1], u32::MAX);
-    }
 }
