@@ -194,10 +194,10 @@ impl Prober {
     fn collect(&self, run: &mut Run, timeout: Duration) -> Result<(), TraceError> {
         let ready = poll(&self.icmp, &run.in_flight, timeout)?;
         let mut answers: Vec<(usize, Answer)> = Vec::new();
-        if ready.icmp {
-            self.receive_icmp(&run.in_flight, &mut answers);
-        }
-        for i in ready.sockets {
+        // Read even when poll did not report it: an ICMPv6 error that arrived since
+        // must be seen before the error it caused on a probe's own socket.
+        self.receive_icmp(&run.in_flight, &mut answers);
+        for i in ready {
             if let Some(a) = self.socket_answer(&mut run.in_flight[i]) {
                 answers.push((i, a));
             }
@@ -421,13 +421,13 @@ impl<'a> Sender<'a> {
     }
 }
 
-struct Ready {
-    icmp: bool,
-    /// Positions in `in_flight` whose socket has something.
-    sockets: Vec<usize>,
-}
-
-fn poll(icmp: &OwnedFd, in_flight: &[InFlight], timeout: Duration) -> Result<Ready, TraceError> {
+/// Waits until the ICMPv6 socket or a probe's own socket has something, or `timeout`.
+/// Returns the positions in `in_flight` whose socket has something.
+fn poll(
+    icmp: &OwnedFd,
+    in_flight: &[InFlight],
+    timeout: Duration,
+) -> Result<Vec<usize>, TraceError> {
     let mut fds = vec![libc::pollfd {
         fd: icmp.as_raw_fd(),
         events: libc::POLLIN,
@@ -456,20 +456,14 @@ fn poll(icmp: &OwnedFd, in_flight: &[InFlight], timeout: Duration) -> Result<Rea
     if n < 0 {
         let e = io::Error::last_os_error();
         if e.kind() == io::ErrorKind::Interrupted {
-            return Ok(Ready {
-                icmp: false,
-                sockets: Vec::new(),
-            });
+            return Ok(Vec::new());
         }
         return Err(io_err("waiting for answers")(e));
     }
-    Ok(Ready {
-        icmp: fds[0].revents != 0,
-        sockets: fds[1..]
-            .iter()
-            .zip(owners)
-            .filter(|(p, _)| p.revents != 0)
-            .map(|(_, i)| i)
-            .collect(),
-    })
+    Ok(fds[1..]
+        .iter()
+        .zip(owners)
+        .filter(|(p, _)| p.revents != 0)
+        .map(|(_, i)| i)
+        .collect())
 }
