@@ -79,6 +79,17 @@ fn a_router_dropping_dstopts_is_named_as_hop_n_plus_1() {
     // Every PDM probe (4 hops × 3) reached r1 with its PDM option; no plain one did.
     assert_eq!(chain::pdm_seen(&c.r1), 12);
 
+    // The other probe kinds come to the same verdict.
+    for (proto, reply) in [("icmp", "echo-reply"), ("tcp", "rst")] {
+        let v = trace_json(&c, &["--proto", proto]);
+        let verdict = &v["verdict"];
+        assert_eq!(verdict["last_pdm_responder"], R1, "{proto}: {v}");
+        assert_eq!(verdict["next_hop_responder"], R2, "{proto}: {v}");
+        assert_eq!(verdict["reached_plain"], true, "{proto}: {v}");
+        assert_eq!(verdict["reached_with_pdm"], false, "{proto}: {v}");
+        assert_eq!(v["plain"][3]["reply"], reply, "{proto}: {v}");
+    }
+
     // The same as text: both traces side by side, then the verdict.
     let mut args = vec![SERVER];
     args.extend(FAST);
