@@ -275,6 +275,10 @@ impl Hosts {
 impl Drop for Hosts {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+        // /etc/netns itself too, if this made it and nothing else is in it.
+        if let Some(parent) = self.0.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
     }
 }
 
