@@ -2,6 +2,7 @@
 //! maps, and restoring the interface to how it was found.
 
 pub mod attach;
+pub mod duration;
 pub mod filter;
 pub mod iface;
 pub mod live;
@@ -11,6 +12,7 @@ pub mod offload;
 pub mod output;
 pub mod stats;
 pub mod testbed;
+pub mod trace;
 pub mod ui;
 
 /// The eBPF object built from `pdm-ebpf` by build.rs.

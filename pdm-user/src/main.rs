@@ -5,12 +5,13 @@ use std::{io::IsTerminal as _, process::ExitCode, time::Duration};
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 use pdm_common::flow::DEFAULT_MAX_FLOWS;
+use pdm_user::duration::parse as parse_duration;
 use pdm_user::{
     attach::{self, Ingress, LoadOptions},
     filter::Filter,
     iface, live,
     metrics::TableConfig,
-    offload, testbed,
+    offload, testbed, trace,
 };
 
 #[derive(Parser)]
@@ -35,6 +36,8 @@ enum Cmd {
         #[arg(long, default_value_t = DEFAULT_MAX_FLOWS)]
         max_flows: u32,
     },
+    /// Traceroute twice, without and with a PDM header: where do packets carrying PDM stop?
+    Trace(trace::TraceArgs),
 }
 
 #[derive(clap::Args)]
@@ -108,27 +111,6 @@ fn parse_filter(s: &str) -> Result<Filter, String> {
     Filter::parse(s).map_err(|e| e.to_string())
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad =
-        || format!("`{s}` is not a duration: use a number with ms, s, m or h (e.g. 500ms, 10s)");
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().map_err(|_| bad())?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "" | "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(bad()),
-    };
-    if !(secs.is_finite() && secs > 0.0 && secs < 1e9) {
-        return Err(bad());
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp(None)
@@ -139,6 +121,7 @@ fn main() -> ExitCode {
         Cmd::Check { max_flows } => check(max_flows),
         Cmd::Run(args) => block_on(run(args)),
         Cmd::Demo(args) => demo(args),
+        Cmd::Trace(args) => trace::run(&args).map_err(Into::into),
     };
     match result {
         Ok(code) => code,

@@ -116,7 +116,7 @@ fn dns_worker(rx: &Mutex<mpsc::Receiver<Ipv6Addr>>, state: &Mutex<DnsState>) {
 }
 
 /// getnameinfo with NI_NAMEREQD: the name, or None rather than the address spelled out.
-fn reverse_lookup(addr: Ipv6Addr) -> Option<String> {
+pub(crate) fn reverse_lookup(addr: Ipv6Addr) -> Option<String> {
     // SAFETY: sockaddr_in6 is plain data; all-zero is a valid value.
     let mut sa: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
     sa.sin6_family = libc::AF_INET6 as libc::sa_family_t;

@@ -2,6 +2,7 @@
 //! (also when the test panics), and a handle on a running `pdm`.
 #![allow(dead_code)]
 
+pub mod chain;
 pub mod router;
 pub mod traffic;
 
