@@ -34,6 +34,12 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
+    /// Traffic programs the benchmarks run inside their test hosts.
+    #[command(hide = true)]
+    BenchHelper {
+        #[command(subcommand)]
+        helper: bench::helper::Helper,
+    },
     /// The whole suite: formatting, clippy (host and eBPF), unit, kernel and end-to-end tests.
     Test {
         /// Extra arguments passed to `cargo test` after `--` (e.g. a test name filter).
@@ -49,6 +55,7 @@ fn main() {
         Task::Run { args } => tasks::run(&args),
         Task::Test { args } => tasks::test(&args),
         Task::Bench { quick } => bench::run(quick),
+        Task::BenchHelper { helper } => bench::helper::run(helper),
     };
     if let Err(err) = result {
         eprintln!("xtask: error: {err:#}");

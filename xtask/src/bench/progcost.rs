@@ -1,0 +1,94 @@
+//! Run time per packet of each program (`kernel.bpf_stats_enabled`: run_time_ns /
+//! run_cnt over a window), for small UDP datagrams at the highest rate the sender
+//! manages and for TCP bulk; pdm on both hosts, with XDP and with TC ingress; and the
+//! same for programs that return at once (the floor of each hook).
+
+use anyhow::Result;
+use serde_json::{Value, json};
+
+use super::{
+    Cfg,
+    bpf::{self, StatsOn, Window},
+    hosts::{self, ADDR_A, ADDR_B, Hosts, KillOnDrop, NS_A, NS_B, Pdm},
+    throughput,
+};
+
+pub fn run(cfg: &Cfg) -> Result<Value> {
+    let mut out = json!({});
+    for ingress in ["xdp", "tc"] {
+        let _hosts = Hosts::create()?;
+        let _iperf = throughput::iperf_server()?;
+        let a = Pdm::start(&cfg.pdm, NS_A, &["--ingress", ingress])?;
+        let b = Pdm::start(&cfg.pdm, NS_B, &["--ingress", ingress])?;
+        let targets = [bpf::pdm_target("client", &a), bpf::pdm_target("server", &b)];
+        let r = traffic(cfg, &targets)?;
+        out[ingress] = json!({
+            "udp": r.0,
+            "tcp": r.1,
+            "client_counters": a.stop()?["counters"],
+            "server_counters": b.stop()?["counters"],
+        });
+        eprintln!("bench: progcost {ingress}: {}", out[ingress]);
+    }
+    // Floors: a program that returns at once on the same hooks.
+    let mut nulls = json!({});
+    for ingress in ["xdp", "tc-ingress"] {
+        let _hosts = Hosts::create()?;
+        let _iperf = throughput::iperf_server()?;
+        let ea = null_prog(NS_A, "tc-egress")?;
+        let ib = null_prog(NS_B, ingress)?;
+        let targets = [
+            ("client".to_owned(), hosts::fd_ids(ea.pid(), "prog_id")),
+            ("server".to_owned(), hosts::fd_ids(ib.pid(), "prog_id")),
+        ];
+        let r = traffic(cfg, &targets)?;
+        nulls[ingress] = json!({ "udp": r.0, "tcp": r.1 });
+    }
+    out["null"] = nulls;
+    Ok(out)
+}
+
+/// A UDP flood window and a TCP bulk window: per window, the programs' stats and what
+/// the traffic did.
+fn traffic(cfg: &Cfg, targets: &[(String, Vec<u32>)]) -> Result<(Value, Value)> {
+    let secs = cfg.cost_secs.to_string();
+    let udp = {
+        let _on = StatsOn::new()?;
+        let w = Window::start(targets)?;
+        let t = hosts::helper_json(
+            NS_A,
+            &[
+                "udp-flood",
+                "--src",
+                ADDR_A,
+                "--dst",
+                ADDR_B,
+                "--flows",
+                "1",
+                "--secs",
+                &secs,
+            ],
+        )?;
+        json!({ "progs": w.end()?, "traffic": t })
+    };
+    let tcp = {
+        let _on = StatsOn::new()?;
+        let w = Window::start(targets)?;
+        let t = throughput::iperf_client(cfg.cost_secs, 1)?;
+        json!({ "progs": w.end()?, "traffic": t })
+    };
+    Ok((udp, tcp))
+}
+
+/// `bench-helper null-prog` in `ns`, attached.
+pub fn null_prog(ns: &str, hook: &str) -> Result<KillOnDrop> {
+    let mut c = hosts::helper(ns, &["null-prog", "--hook", hook])?;
+    let p = KillOnDrop::spawn(c.stdout(std::process::Stdio::null()))?;
+    let pid = p.pid();
+    hosts::wait_for(
+        &format!("null {hook} program in {ns}"),
+        std::time::Duration::from_secs(10),
+        || hosts::fd_ids(pid, "link_id").len() == 1 || hosts::fd_ids(pid, "prog_id").len() > 1,
+    )?;
+    Ok(p)
+}
