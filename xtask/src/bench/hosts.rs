@@ -46,6 +46,37 @@ impl Hosts {
             ip(&["-n", ns, "link", "set", IFACE, "up"])?;
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
         }
+        // The server drops the flood's datagrams (destination ports 30000-31999) as soon
+        // as they are received, instead of answering each with a port-unreachable.
+        in_ns(NS_B, &["nft", "add", "table", "inet", "pdmbench"])?;
+        in_ns(
+            NS_B,
+            &[
+                "nft",
+                "add",
+                "chain",
+                "inet",
+                "pdmbench",
+                "input",
+                "{ type filter hook input priority 0 ; }",
+            ],
+        )?;
+        in_ns(
+            NS_B,
+            &[
+                "nft",
+                "add",
+                "rule",
+                "inet",
+                "pdmbench",
+                "input",
+                "udp",
+                "dport",
+                "30000-31999",
+                "counter",
+                "drop",
+            ],
+        )?;
         // Resolve the neighbours once, so the first measured packet does not wait (the
         // link may take a moment to come up).
         wait_for("the veth link", Duration::from_secs(10), || {

@@ -12,6 +12,7 @@ mod bpf;
 pub mod helper;
 mod hosts;
 mod loader;
+mod profile;
 mod progcost;
 mod report;
 mod rr;
@@ -63,8 +64,8 @@ impl Cfg {
                 rr_secs: 1.0,
                 scale_secs: 1.0,
                 scale_flows,
-                loader_settle: Duration::from_secs(2),
-                loader_secs: 3,
+                loader_settle: Duration::from_secs(1),
+                loader_secs: 2,
             }
         } else {
             Self {

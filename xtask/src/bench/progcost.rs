@@ -10,7 +10,7 @@ use super::{
     Cfg,
     bpf::{self, StatsOn, Window},
     hosts::{self, ADDR_A, ADDR_B, Hosts, KillOnDrop, NS_A, NS_B, Pdm},
-    throughput,
+    profile, throughput,
 };
 
 pub fn run(cfg: &Cfg) -> Result<Value> {
@@ -22,9 +22,17 @@ pub fn run(cfg: &Cfg) -> Result<Value> {
         let b = Pdm::start(&cfg.pdm, NS_B, &["--ingress", ingress])?;
         let targets = [bpf::pdm_target("client", &a), bpf::pdm_target("server", &b)];
         let r = traffic(cfg, &targets)?;
+        let ours = profile::symbols(&[a.ids("prog_id"), b.ids("prog_id")].concat())?;
+        let profile = json!({
+            "udp": profile::during(cfg.cost_secs, &ours, || flood(cfg))?,
+            "tcp": profile::during(cfg.cost_secs, &ours, || {
+                throughput::iperf_client(cfg.cost_secs, 1)
+            })?,
+        });
         out[ingress] = json!({
             "udp": r.0,
             "tcp": r.1,
+            "profile": profile,
             "client_counters": a.stop()?["counters"],
             "server_counters": b.stop()?["counters"],
         });
@@ -51,24 +59,10 @@ pub fn run(cfg: &Cfg) -> Result<Value> {
 /// A UDP flood window and a TCP bulk window: per window, the programs' stats and what
 /// the traffic did.
 fn traffic(cfg: &Cfg, targets: &[(String, Vec<u32>)]) -> Result<(Value, Value)> {
-    let secs = cfg.cost_secs.to_string();
     let udp = {
         let _on = StatsOn::new()?;
         let w = Window::start(targets)?;
-        let t = hosts::helper_json(
-            NS_A,
-            &[
-                "udp-flood",
-                "--src",
-                ADDR_A,
-                "--dst",
-                ADDR_B,
-                "--flows",
-                "1",
-                "--secs",
-                &secs,
-            ],
-        )?;
+        let t = flood(cfg)?;
         json!({ "progs": w.end()?, "traffic": t })
     };
     let tcp = {
@@ -78,6 +72,25 @@ fn traffic(cfg: &Cfg, targets: &[(String, Vec<u32>)]) -> Result<(Value, Value)> 
         json!({ "progs": w.end()?, "traffic": t })
     };
     Ok((udp, tcp))
+}
+
+/// One UDP flow, as fast as the sender goes, for one window.
+fn flood(cfg: &Cfg) -> Result<Value> {
+    let secs = cfg.cost_secs.to_string();
+    hosts::helper_json(
+        NS_A,
+        &[
+            "udp-flood",
+            "--src",
+            ADDR_A,
+            "--dst",
+            ADDR_B,
+            "--flows",
+            "1",
+            "--secs",
+            &secs,
+        ],
+    )
 }
 
 /// `bench-helper null-prog` in `ns`, attached.

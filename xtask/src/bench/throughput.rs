@@ -255,6 +255,8 @@ pub fn run(cfg: &Cfg) -> Result<Value> {
                 "gbps": stats::summary(&field("gbps")),
                 "cpu_s_per_gb": stats::summary(&field("cpu_s_per_gb")),
                 "retransmits": stats::summary(&field("retransmits")),
+                "pdm_cpu_s_per_gb": stats::summary(&field("pdm_cpu_s_per_gb")),
+                "machine_busy_percent": stats::summary(&field("machine_busy_percent")),
             });
         }
     }
@@ -320,15 +322,33 @@ fn run_mode(cfg: &Cfg, m: &Mode) -> Result<(Value, Value)> {
         )),
         None => None,
     };
+    let pids: Vec<u32> = pdms.iter().flat_map(|(a, b)| [a.pid(), b.pid()]).collect();
+    // Each test with what the pdm loaders and the whole machine used meanwhile.
+    let with_cpu = |f: &mut dyn FnMut() -> Result<Value>| -> Result<Value> {
+        let l0: f64 = pids.iter().map(|&p| hosts::cpu_seconds(p)).sum();
+        let m0 = machine_jiffies();
+        let mut v = f()?;
+        let l1: f64 = pids.iter().map(|&p| hosts::cpu_seconds(p)).sum();
+        let m1 = machine_jiffies();
+        let gb = v["bytes"].as_f64().unwrap_or(0.0) / 1e9;
+        if !pids.is_empty() {
+            v["pdm_cpu_s"] = json!(l1 - l0);
+            v["pdm_cpu_s_per_gb"] = json!((l1 - l0) / gb);
+        }
+        v["machine_busy_percent"] =
+            json!(100.0 * (m1.0 - m0.0) as f64 / (m1.1 - m0.1).max(1) as f64);
+        Ok(v)
+    };
     let mut out = json!({});
     for streams in [1, 8] {
-        out[format!("iperf_{streams}")] = iperf_client(cfg.tcp_secs, streams)?;
+        out[format!("iperf_{streams}")] = with_cpu(&mut || iperf_client(cfg.tcp_secs, streams))?;
     }
     if let Some(sink) = &_sink {
         for streams in [1, 8] {
-            out[format!("pair_{streams}")] = pair(cfg, sink, streams, false)?;
+            out[format!("pair_{streams}")] = with_cpu(&mut || pair(cfg, sink, streams, false))?;
             if m.dstopts {
-                out[format!("dstopts_{streams}")] = pair(cfg, sink, streams, true)?;
+                out[format!("dstopts_{streams}")] =
+                    with_cpu(&mut || pair(cfg, sink, streams, true))?;
             }
         }
     }
@@ -440,4 +460,21 @@ fn pair(cfg: &Cfg, sink: &KillOnDrop, streams: usize, dstopts: bool) -> Result<V
     r["cpu_s_per_gb"] = json!(cpu / gb);
     r["retransmits"] = Value::Null;
     Ok(r)
+}
+
+/// (busy, total) jiffies of all CPUs, from /proc/stat.
+fn machine_jiffies() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let v: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    (total - idle, total)
 }
