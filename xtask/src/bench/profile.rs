@@ -21,28 +21,14 @@ pub fn available() -> bool {
     cmd::on_path("perf")
 }
 
-/// perf's symbol for each of the given programs ("bpf_prog_<tag>_<name>") → name: only
-/// these are attributed, not other pdm instances running on the machine (unless they
-/// run the very same code).
-pub fn symbols(prog_ids: &[u32]) -> Result<HashMap<String, String>> {
-    let mut m = HashMap::new();
-    for &id in prog_ids {
-        let p = super::bpf::prog_info(id)?;
-        let (Some(tag), Some(name)) = (p["tag"].as_str(), p["name"].as_str()) else {
-            continue;
-        };
-        m.insert(format!("bpf_prog_{tag}_{name}"), name.to_owned());
-    }
-    Ok(m)
-}
+/// The programs attributed, by name. perf names a program "bpf_prog_<tag>_<name>" with
+/// the tag of its main function, not the program's tag that bpftool shows, so programs
+/// are matched by name: on a shared machine another pdm's samples would count too.
+pub const PROGRAMS: &[&str] = &["pdm_egress", "pdm_ingress_xdp", "pdm_ingress_tc"];
 
 /// Records the whole machine for `secs` while `traffic` runs (it should last about as
-/// long), and summarises for the programs in `ours` (see [`symbols`]).
-pub fn during(
-    secs: f64,
-    ours: &HashMap<String, String>,
-    traffic: impl FnOnce() -> Result<Value>,
-) -> Result<Value> {
+/// long), and summarises for [`PROGRAMS`].
+pub fn during(secs: f64, traffic: impl FnOnce() -> Result<Value>) -> Result<Value> {
     if !available() {
         return Ok(json!({ "skipped": "perf not installed" }));
     }
@@ -71,7 +57,7 @@ pub fn during(
     )
     .context("perf script");
     let _ = std::fs::remove_file(&data);
-    let mut out = summarise(&script?, ours);
+    let mut out = summarise(&script?);
     out["traffic"] = t;
     Ok(out)
 }
@@ -87,7 +73,7 @@ fn short(sym: &str) -> String {
     }
 }
 
-fn summarise(script: &str, ours: &HashMap<String, String>) -> Value {
+fn summarise(script: &str) -> Value {
     let mut total = 0u64;
     let mut leaf: HashMap<String, u64> = HashMap::new();
     let mut progs: HashMap<&str, (u64, HashMap<String, u64>)> = HashMap::new();
@@ -104,7 +90,10 @@ fn summarise(script: &str, ours: &HashMap<String, String>) -> Value {
         *leaf.entry(short(first)).or_default() += 1;
         // The innermost pdm program on the stack, and what it was running.
         for (i, f) in frames.iter().enumerate() {
-            let Some(p) = ours.get(*f) else {
+            let Some(p) = PROGRAMS
+                .iter()
+                .find(|p| f.starts_with("bpf_prog_") && f.ends_with(&format!("_{p}")))
+            else {
                 continue;
             };
             let callee = if i == 0 {
@@ -112,9 +101,14 @@ fn summarise(script: &str, ours: &HashMap<String, String>) -> Value {
             } else {
                 short(frames[i - 1])
             };
-            let e = progs.entry(p.as_str()).or_default();
+            let e = progs.entry(p).or_default();
             e.0 += 1;
             *e.1.entry(callee).or_default() += 1;
+            // Reallocating the packet's head, wherever below the program.
+            if frames[..i].contains(&"pskb_expand_head") {
+                *e.1.entry("pskb_expand_head (within adjust_room)".into())
+                    .or_default() += 1;
+            }
             break;
         }
     }
@@ -129,10 +123,10 @@ fn summarise(script: &str, ours: &HashMap<String, String>) -> Value {
     };
     let mut programs = json!({});
     for (p, (n, callees)) in &progs {
-        programs[p] = json!({
+        programs[*p] = json!({
             "samples": n,
             "percent_of_all": pct(*n, total),
-            "in": top(callees, *n, 8),
+            "in": top(callees, *n, 9),
         });
     }
     json!({

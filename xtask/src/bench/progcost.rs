@@ -22,10 +22,9 @@ pub fn run(cfg: &Cfg) -> Result<Value> {
         let b = Pdm::start(&cfg.pdm, NS_B, &["--ingress", ingress])?;
         let targets = [bpf::pdm_target("client", &a), bpf::pdm_target("server", &b)];
         let r = traffic(cfg, &targets)?;
-        let ours = profile::symbols(&[a.ids("prog_id"), b.ids("prog_id")].concat())?;
         let profile = json!({
-            "udp": profile::during(cfg.cost_secs, &ours, || flood(cfg))?,
-            "tcp": profile::during(cfg.cost_secs, &ours, || {
+            "udp": profile::during(cfg.cost_secs, || flood(cfg))?,
+            "tcp": profile::during(cfg.cost_secs, || {
                 throughput::iperf_client(cfg.cost_secs, 1)
             })?,
         });
