@@ -10,12 +10,33 @@ use serde_json::{Value, json};
 use super::hosts::{Pdm, Sysctl};
 use crate::cmd;
 
-/// `kernel.bpf_stats_enabled=1` while alive; the old value is put back on drop.
-pub struct StatsOn(#[allow(dead_code)] Sysctl);
+/// `kernel.bpf_stats_enabled=1` while alive; the old value is put back on drop. Also
+/// holds a BPF_ENABLE_STATS file descriptor, so that the statistics stay on for the
+/// whole window even if something else on the machine turns the sysctl off meanwhile
+/// (the kernel counts both), and go off with the process whatever happens.
+pub struct StatsOn {
+    _sysctl: Sysctl,
+    fd: i32,
+}
 
 impl StatsOn {
     pub fn new() -> Result<Self> {
-        Ok(Self(Sysctl::set("kernel.bpf_stats_enabled", "1")?))
+        let sysctl = Sysctl::set("kernel.bpf_stats_enabled", "1")?;
+        // attr.enable_stats.type = BPF_STATS_RUN_TIME (0).
+        let fd = bpf(BPF_ENABLE_STATS, &mut [0u64; 16]).unwrap_or(-1);
+        Ok(Self {
+            _sysctl: sysctl,
+            fd,
+        })
+    }
+}
+
+impl Drop for StatsOn {
+    fn drop(&mut self) {
+        if self.fd >= 0 {
+            // SAFETY: our fd.
+            unsafe { libc::close(self.fd) };
+        }
     }
 }
 
@@ -133,6 +154,7 @@ const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_MAP_GET_FD_BY_ID: libc::c_long = 14;
 const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_ENABLE_STATS: libc::c_long = 32;
 const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
 const BPF_PROG_TYPE_XDP: u32 = 6;
 const BPF_XDP: u32 = 37;

@@ -132,6 +132,16 @@ pub fn run(quick: bool) -> Result<()> {
     Ok(())
 }
 
+/// BENCHMARKS.md again from bench-results.json (after a change to the report only).
+pub fn render() -> Result<()> {
+    let root = tasks::workspace_root();
+    let results: Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("bench-results.json"))?)?;
+    std::fs::write(root.join("BENCHMARKS.md"), report::render(&results))?;
+    eprintln!("bench: wrote BENCHMARKS.md from bench-results.json");
+    Ok(())
+}
+
 /// `pdm check`: verified instruction counts of the programs.
 fn pdm_check(cfg: &Cfg) -> Value {
     let out = crate::cmd::output(Command::new(&cfg.pdm).arg("check")).unwrap_or_default();

@@ -10,7 +10,7 @@ use super::{
     Cfg,
     bpf::{self, StatsOn, Window},
     hosts::{self, ADDR_A, ADDR_B, Hosts, KillOnDrop, NS_A, NS_B, Pdm},
-    profile, throughput,
+    profile, stats, throughput,
 };
 
 pub fn run(cfg: &Cfg) -> Result<Value> {
@@ -55,22 +55,70 @@ pub fn run(cfg: &Cfg) -> Result<Value> {
     Ok(out)
 }
 
-/// A UDP flood window and a TCP bulk window: per window, the programs' stats and what
+/// UDP flood windows and TCP bulk windows, `cfg.reps` of each: per kind, the
+/// programs' stats merged over the repetitions (median ns per run, min–max) and what
 /// the traffic did.
 fn traffic(cfg: &Cfg, targets: &[(String, Vec<u32>)]) -> Result<(Value, Value)> {
-    let udp = {
-        let _on = StatsOn::new()?;
-        let w = Window::start(targets)?;
-        let t = flood(cfg)?;
-        json!({ "progs": w.end()?, "traffic": t })
-    };
-    let tcp = {
-        let _on = StatsOn::new()?;
-        let w = Window::start(targets)?;
-        let t = throughput::iperf_client(cfg.cost_secs, 1)?;
-        json!({ "progs": w.end()?, "traffic": t })
-    };
-    Ok((udp, tcp))
+    let (mut udp, mut tcp) = (Vec::new(), Vec::new());
+    for _ in 0..cfg.reps {
+        udp.push({
+            let _on = StatsOn::new()?;
+            let w = Window::start(targets)?;
+            let t = flood(cfg)?;
+            json!({ "progs": w.end()?, "traffic": t })
+        });
+        tcp.push({
+            let _on = StatsOn::new()?;
+            let w = Window::start(targets)?;
+            let t = throughput::iperf_client(cfg.cost_secs, 1)?;
+            json!({ "progs": w.end()?, "traffic": t })
+        });
+    }
+    Ok((merge(&udp, "pps"), merge(&tcp, "gbps")))
+}
+
+/// One object for several windows: per host and program the runs (summed) and the
+/// ns per run (median, min, max, values); the traffic's `rate` key as a median too.
+fn merge(windows: &[Value], rate: &str) -> Value {
+    let mut progs = json!({});
+    for w in windows {
+        for (host, ps) in w["progs"].as_object().into_iter().flatten() {
+            for (name, p) in ps.as_object().into_iter().flatten() {
+                let e = &mut progs[host][name];
+                if e.is_null() {
+                    *e = json!({ "runs": 0, "values": [] });
+                }
+                e["runs"] =
+                    json!(e["runs"].as_u64().unwrap_or(0) + p["runs"].as_u64().unwrap_or(0));
+                e["values"]
+                    .as_array_mut()
+                    .expect("array")
+                    .push(p["ns_per_run"].clone());
+            }
+        }
+    }
+    for (_, ps) in progs.as_object_mut().into_iter().flatten() {
+        for (_, e) in ps.as_object_mut().into_iter().flatten() {
+            let v: Vec<f64> = e["values"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_f64)
+                .collect();
+            let sm = stats::summary(&v);
+            e["ns_per_run"] = sm["median"].clone();
+            e["ns_min"] = sm["min"].clone();
+            e["ns_max"] = sm["max"].clone();
+        }
+    }
+    let rates: Vec<f64> = windows
+        .iter()
+        .filter_map(|w| w["traffic"][rate].as_f64())
+        .collect();
+    let mut traffic =
+        json!({ "windows": windows.iter().map(|w| w["traffic"].clone()).collect::<Vec<_>>() });
+    traffic[rate] = stats::summary(&rates)["median"].clone();
+    json!({ "progs": progs, "traffic": traffic })
 }
 
 /// One UDP flow, as fast as the sender goes, for one window.
