@@ -5,8 +5,11 @@
 //! One file per benchmark: [`progcost`] (BPF run time per packet), [`throughput`] (TCP
 //! with iperf3 and with our own sender, against the kernel's IPV6_DSTOPTS insertion),
 //! [`rr`] (UDP request/response), [`scaling`] (flows), [`loader`] (pdm's own CPU).
-//! [`hosts`] makes the hosts and undoes every change; [`helper`] is the traffic the
-//! hosts run; [`report`] writes the tables.
+//! [`profile`] adds a perf profile of each program. [`hosts`] makes the hosts and undoes
+//! every change (also on Ctrl-C); [`helper`] is the traffic the hosts run (hidden
+//! `cargo xtask bench-helper` subcommands); [`bpf`] reads the kernel's statistics;
+//! [`report`] writes the tables (`cargo xtask bench --render` rewrites BENCHMARKS.md
+//! from bench-results.json).
 
 mod bpf;
 pub mod helper;

@@ -231,7 +231,7 @@ fn progcost(s: &mut String, p: &Value) {
     }
     let _ = writeln!(
         s,
-        "`kernel.bpf_stats_enabled=1` only during each window (restored after; a BPF_ENABLE_STATS descriptor is held too, so nothing else turning the sysctl off can cut a window short); run_time_ns / run_cnt of each program as deltas over the window, median (min–max) over the repetitions' windows, programs identified by the ids the pdm process holds. Small UDP: one flow, 18-byte payload, sendmmsg as fast as the sender goes (rate in the last column). TCP bulk: iperf3, 1 stream. Egress runs on TCP see GSO super-packets (one run for up to 64 KB). bpf_stats itself adds roughly 2 × 20 ns to every run; the null programs (return at once, attached the same way) show that floor, and “− floor” is a program's small-UDP run time less its hook's null program. Without pdm there is no program: n/a.\n"
+        "`kernel.bpf_stats_enabled=1` only during each window (restored after; a BPF_ENABLE_STATS descriptor is held too, so nothing else turning the sysctl off can cut a window short); run_time_ns / run_cnt of each program as deltas over the window, median (min–max) over the repetitions' windows, programs identified by the ids the pdm process holds. Small UDP: one flow, 18-byte payload, sendmmsg as fast as the sender goes (rates in the table below). TCP bulk: iperf3, 1 stream. Egress runs on TCP see GSO super-packets (one run for up to 64 KB). bpf_stats itself adds roughly 2 × 20 ns to every run; the null programs (return at once, attached the same way) show that floor, and “− floor” is a program's small-UDP run time less its hook's null program. Without pdm there is no program: n/a.\n"
     );
     let _ = writeln!(
         s,
