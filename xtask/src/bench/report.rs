@@ -696,13 +696,17 @@ fn limits(s: &mut String, r: &Value) {
     );
     let _ = writeln!(
         s,
-        "- **TCP with TC ingress**: {} of no PDM with iperf3 (1 stream), {} of the kernel's IPV6_DSTOPTS insertion with the same sender ({} with 8 streams). In the TCP bulk window the four pdm programs (egress and ingress on both hosts) took {} % of one core at {} Gb/s; both hosts share the machine's {} cores with the senders, the receivers and both pdm loaders, and the machine was nearly fully busy during the transfers (last column of the throughput table): the CPU pdm's programs and loaders take comes straight out of the transfer. The per-GSO-packet cost is what to reduce (see the perf split above).",
+        "- **TCP with TC ingress**: {} of no PDM with iperf3 (1 stream), {} of the kernel's IPV6_DSTOPTS insertion with the same sender ({} with 8 streams). In the TCP bulk window the four pdm programs (egress and ingress on both hosts) took {} % of one core at {} Gb/s; both hosts share the machine's {} cores with the senders, the receivers and both pdm loaders, and the machine was {} % busy (median, iperf3 1 stream with pdm; last column of the throughput table): what CPU is left idle bounds how much pdm's programs and loaders can take without taking it from the transfer. The per-GSO-packet cost is what to reduce (see the perf split above).",
         ratio("pdm --ingress tc vs no PDM, iperf3 1 stream"),
         ratio("pdm --ingress tc vs kernel IPV6_DSTOPTS, pair 1 stream"),
         ratio("pdm --ingress tc vs kernel IPV6_DSTOPTS, pair 8 streams"),
         num(&progs_core_percent(&p["tc"]["tcp"]), 1),
         num(&p["tc"]["tcp"]["traffic"]["gbps"], 1),
         r["machine"]["cores"],
+        num(
+            &r["throughput"]["summary"]["pdm_tc"]["iperf_1"]["machine_busy_percent"]["median"],
+            0
+        ),
     );
     let pp = &r["throughput"]["summary"]["pdm_per_packet"]["iperf_1"];
     let _ = writeln!(
