@@ -398,6 +398,17 @@ pub fn clean_up_on_signal() {
                 .status();
         }
         remove_hosts();
+        // pdm's output files and perf's data of this run.
+        let prefix = format!("pdm-bench-{}", std::process::id());
+        for e in std::fs::read_dir(std::env::temp_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
         std::process::exit(130);
     });
 }
