@@ -33,6 +33,15 @@ enum Task {
         /// Fewer and shorter repetitions (under 2 minutes).
         #[arg(long)]
         quick: bool,
+        /// Only write BENCHMARKS.md again from the existing bench-results.json.
+        #[arg(long)]
+        render: bool,
+    },
+    /// Traffic programs the benchmarks run inside their test hosts.
+    #[command(hide = true)]
+    BenchHelper {
+        #[command(subcommand)]
+        helper: bench::helper::Helper,
     },
     /// The whole suite: formatting, clippy (host and eBPF), unit, kernel and end-to-end tests.
     Test {
@@ -48,7 +57,14 @@ fn main() {
         Task::Setup => setup::run().map(|_| ()),
         Task::Run { args } => tasks::run(&args),
         Task::Test { args } => tasks::test(&args),
-        Task::Bench { quick } => bench::run(quick),
+        Task::Bench { quick, render } => {
+            if render {
+                bench::render()
+            } else {
+                bench::run(quick)
+            }
+        }
+        Task::BenchHelper { helper } => bench::helper::run(helper),
     };
     if let Err(err) = result {
         eprintln!("xtask: error: {err:#}");

@@ -1,0 +1,254 @@
+//! BPF run-time statistics, map accounting, and two tiny programs made directly with the
+//! bpf(2) system call: a "null" TC/XDP program (return at once) as the floor for a hook,
+//! and a map entry count.
+
+use std::{collections::BTreeMap, process::Command};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::{Value, json};
+
+use super::hosts::{Pdm, Sysctl};
+use crate::cmd;
+
+/// `kernel.bpf_stats_enabled=1` while alive; the old value is put back on drop. Also
+/// holds a BPF_ENABLE_STATS file descriptor, so that the statistics stay on for the
+/// whole window even if something else on the machine turns the sysctl off meanwhile
+/// (the kernel counts both), and go off with the process whatever happens.
+pub struct StatsOn {
+    _sysctl: Sysctl,
+    fd: i32,
+}
+
+impl StatsOn {
+    pub fn new() -> Result<Self> {
+        let sysctl = Sysctl::set("kernel.bpf_stats_enabled", "1")?;
+        // attr.enable_stats.type = BPF_STATS_RUN_TIME (0).
+        let fd = bpf(BPF_ENABLE_STATS, &mut [0u64; 16]).unwrap_or(-1);
+        Ok(Self {
+            _sysctl: sysctl,
+            fd,
+        })
+    }
+}
+
+impl Drop for StatsOn {
+    fn drop(&mut self) {
+        if self.fd >= 0 {
+            // SAFETY: our fd.
+            unsafe { libc::close(self.fd) };
+        }
+    }
+}
+
+/// run_time_ns and run_cnt of one program.
+#[derive(Clone, Copy, Default, Debug)]
+pub struct RunStats {
+    pub ns: u64,
+    pub cnt: u64,
+}
+
+pub fn prog_info(id: u32) -> Result<Value> {
+    let out =
+        cmd::output(Command::new("bpftool").args(["-j", "prog", "show", "id", &id.to_string()]))?;
+    Ok(serde_json::from_str(&out)?)
+}
+
+pub fn map_info(id: u32) -> Result<Value> {
+    let out =
+        cmd::output(Command::new("bpftool").args(["-j", "map", "show", "id", &id.to_string()]))?;
+    Ok(serde_json::from_str(&out)?)
+}
+
+/// Program name → (id, stats).
+type Snapshot = BTreeMap<String, (u32, RunStats)>;
+
+/// Program name → (id, stats) for the given ids.
+pub fn snapshot(ids: &[u32]) -> Result<Snapshot> {
+    let mut m = BTreeMap::new();
+    for &id in ids {
+        let p = prog_info(id)?;
+        let name = p["name"].as_str().unwrap_or("?").to_owned();
+        let s = RunStats {
+            ns: p["run_time_ns"].as_u64().unwrap_or(0),
+            cnt: p["run_cnt"].as_u64().unwrap_or(0),
+        };
+        m.insert(name, (id, s));
+    }
+    Ok(m)
+}
+
+/// Measures the programs of several pdm instances (and optional extra program ids)
+/// around `f`: per program, runs and ns per run over that window.
+pub struct Window {
+    before: Vec<(String, Snapshot)>,
+}
+
+impl Window {
+    pub fn start(targets: &[(String, Vec<u32>)]) -> Result<Self> {
+        let mut before = Vec::new();
+        for (label, ids) in targets {
+            before.push((label.clone(), snapshot(ids)?));
+        }
+        Ok(Self { before })
+    }
+
+    /// `{ "<label>": { "<prog>": { "runs": .., "ns_per_run": .. } } }`, programs that did
+    /// not run left out.
+    pub fn end(self) -> Result<Value> {
+        let mut out = json!({});
+        for (label, before) in self.before {
+            let ids: Vec<u32> = before.values().map(|(id, _)| *id).collect();
+            let after = snapshot(&ids)?;
+            let mut progs = json!({});
+            for (name, (_, b)) in &before {
+                let Some((_, a)) = after.get(name) else {
+                    continue;
+                };
+                let cnt = a.cnt.saturating_sub(b.cnt);
+                if cnt == 0 {
+                    continue;
+                }
+                let ns = a.ns.saturating_sub(b.ns);
+                progs[name] = json!({ "runs": cnt, "ns_per_run": ns as f64 / cnt as f64 });
+            }
+            out[label] = progs;
+        }
+        Ok(out)
+    }
+}
+
+/// The pdm programs (by name, for the window) of a running pdm.
+pub fn pdm_target(label: &str, pdm: &Pdm) -> (String, Vec<u32>) {
+    (label.to_owned(), pdm.ids("prog_id"))
+}
+
+/// The map named `name` held by a running pdm: its `bpftool map show` object.
+pub fn pdm_map(pdm: &Pdm, name: &str) -> Result<Value> {
+    for id in pdm.ids("map_id") {
+        let m = map_info(id)?;
+        if m["name"].as_str() == Some(name) {
+            return Ok(m);
+        }
+    }
+    bail!("pdm in {} holds no map named {name}", pdm.ns)
+}
+
+fn bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> std::io::Result<i32> {
+    // SAFETY: attr is a zero-padded bpf_attr of 128 bytes, as the kernel expects.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr.as_mut_ptr().cast::<libc::c_void>(),
+            std::mem::size_of_val(attr) as u32,
+        )
+    };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(r as i32)
+    }
+}
+
+const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_MAP_GET_FD_BY_ID: libc::c_long = 14;
+const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_ENABLE_STATS: libc::c_long = 32;
+const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+const BPF_PROG_TYPE_XDP: u32 = 6;
+const BPF_XDP: u32 = 37;
+const BPF_TCX_INGRESS: u32 = 46;
+const BPF_TCX_EGRESS: u32 = 47;
+
+fn set_u32(attr: &mut [u64; 16], offset: usize, v: u32) {
+    // SAFETY: offset is within the 128 bytes and 4-aligned.
+    unsafe {
+        attr.as_mut_ptr()
+            .cast::<u8>()
+            .add(offset)
+            .cast::<u32>()
+            .write(v)
+    };
+}
+
+/// Loads a program that returns `ret` at once and attaches it with a bpf_link to
+/// `ifindex` (in the calling thread's namespace) at `hook` ("tc-egress", "tc-ingress",
+/// "xdp"). Returns the link's fd: the program stays attached while it is open.
+pub fn attach_null(hook: &str, ifindex: u32) -> Result<i32> {
+    let (prog_type, attach_type, ret, name): (u32, u32, i32, &[u8]) = match hook {
+        "tc-egress" => (
+            BPF_PROG_TYPE_SCHED_CLS,
+            BPF_TCX_EGRESS,
+            -1,
+            b"null_tc_egress",
+        ),
+        "tc-ingress" => (
+            BPF_PROG_TYPE_SCHED_CLS,
+            BPF_TCX_INGRESS,
+            -1,
+            b"null_tc_ingress",
+        ),
+        "xdp" => (BPF_PROG_TYPE_XDP, BPF_XDP, 2, b"null_xdp"),
+        _ => bail!("unknown hook {hook}"),
+    };
+    // r0 = ret (BPF_ALU64 | BPF_MOV | BPF_K = 0xb7); exit (0x95).
+    let insns: [u64; 2] = [0xb7 | ((ret as u32 as u64) << 32), 0x95];
+    let license = b"GPL\0";
+    let mut attr = [0u64; 16];
+    set_u32(&mut attr, 0, prog_type);
+    set_u32(&mut attr, 4, insns.len() as u32);
+    attr[1] = insns.as_ptr() as u64;
+    attr[2] = license.as_ptr() as u64;
+    // prog_name at offset 48 (16 bytes, NUL-terminated).
+    let mut pname = [0u8; 16];
+    pname[..name.len()].copy_from_slice(name);
+    attr[6] = u64::from_le_bytes(pname[..8].try_into().expect("8 bytes"));
+    attr[7] = u64::from_le_bytes(pname[8..].try_into().expect("8 bytes"));
+    if prog_type == BPF_PROG_TYPE_XDP {
+        set_u32(&mut attr, 68, BPF_XDP);
+    }
+    let prog = bpf(BPF_PROG_LOAD, &mut attr).context("loading the null program")?;
+    let mut attr = [0u64; 16];
+    set_u32(&mut attr, 0, prog as u32);
+    set_u32(&mut attr, 4, ifindex);
+    set_u32(&mut attr, 8, attach_type);
+    let link = bpf(BPF_LINK_CREATE, &mut attr).context("attaching the null program")?;
+    Ok(link)
+}
+
+/// Number of entries in map `id` (walks its keys; `key_size` bytes each).
+pub fn count_entries(id: u32, key_size: usize) -> Result<u64> {
+    let mut attr = [0u64; 16];
+    set_u32(&mut attr, 0, id);
+    let fd = bpf(BPF_MAP_GET_FD_BY_ID, &mut attr).context("opening the map")?;
+    let mut key = vec![0u8; key_size];
+    let mut next = vec![0u8; key_size];
+    let mut n = 0u64;
+    let mut first = true;
+    loop {
+        let mut attr = [0u64; 16];
+        set_u32(&mut attr, 0, fd as u32);
+        attr[1] = if first { 0 } else { key.as_ptr() as u64 };
+        attr[2] = next.as_mut_ptr() as u64;
+        match bpf(BPF_MAP_GET_NEXT_KEY, &mut attr) {
+            Ok(_) => {
+                n += 1;
+                first = false;
+                std::mem::swap(&mut key, &mut next);
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
+            Err(e) => {
+                // SAFETY: our fd.
+                unsafe { libc::close(fd) };
+                bail!("walking map {id}: {e}");
+            }
+        }
+        if n > 100_000_000 {
+            break;
+        }
+    }
+    // SAFETY: our fd.
+    unsafe { libc::close(fd) };
+    Ok(n)
+}

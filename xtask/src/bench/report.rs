@@ -1,0 +1,741 @@
+//! BENCHMARKS.md from the results object.
+
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+use super::{rr, throughput};
+
+/// A number with `p` decimals, or "–".
+fn num(v: &Value, p: usize) -> String {
+    match v.as_f64() {
+        Some(x) if x.is_finite() => format!("{x:.p$}"),
+        _ => "–".into(),
+    }
+}
+
+/// "median (min–max)" of a summary; just the median when there is one value.
+fn spread(s: &Value, p: usize) -> String {
+    let n = s["values"].as_array().map_or(0, Vec::len);
+    if s["median"].is_null() {
+        return "–".into();
+    }
+    if n <= 1 {
+        return num(&s["median"], p);
+    }
+    format!(
+        "{} ({}–{})",
+        num(&s["median"], p),
+        num(&s["min"], p),
+        num(&s["max"], p)
+    )
+}
+
+fn mark(met: &Value) -> &'static str {
+    match met.as_bool() {
+        Some(true) => "✓",
+        Some(false) => "✗",
+        None => "",
+    }
+}
+
+/// "median (min–max)" ns per run over the windows, and the runs in all of them.
+fn ns_run(progs: &Value, host: &str, prog: &str) -> (String, String) {
+    let p = &progs[host][prog];
+    if p.is_null() {
+        return ("–".into(), "0".into());
+    }
+    let n = p["values"].as_array().map_or(0, Vec::len);
+    let v = if n > 1 {
+        format!(
+            "{} ({}–{})",
+            num(&p["ns_per_run"], 1),
+            num(&p["ns_min"], 1),
+            num(&p["ns_max"], 1)
+        )
+    } else {
+        num(&p["ns_per_run"], 1)
+    };
+    (v, p["runs"].to_string())
+}
+
+pub fn render(r: &Value) -> String {
+    let mut s = String::new();
+    let quick = r["quick"].as_bool().unwrap_or(false);
+    let m = &r["machine"];
+    let cmdline = if quick {
+        "cargo xtask bench --quick"
+    } else {
+        "cargo xtask bench"
+    };
+    let _ = writeln!(s, "# pdm benchmarks\n");
+    if quick {
+        let _ = writeln!(
+            s,
+            "> **Quick run** (`--quick`: one repetition, 1 s transfers): checks the harness; the figures are indicative only. The full run (`cargo xtask bench`: 3 repetitions, 10 s transfers) replaces this file.\n"
+        );
+    }
+    let _ = writeln!(
+        s,
+        "Written by `{cmdline}` on test hosts it creates: two network namespaces (`pdm-bench-client`, `pdm-bench-server`) joined by a veth pair, addresses fd0b::1 and fd0b::2, MTU 1500. Figures are measured, never asserted by tests. Raw data: `bench-results.json`.\n"
+    );
+    let _ = writeln!(
+        s,
+        "Machine: {} ({} cores), kernel {}; load average at start {}; {}; {}; {}. Wall time {} s.\n",
+        m["cpu"].as_str().unwrap_or("?"),
+        m["cores"],
+        m["kernel"].as_str().unwrap_or("?"),
+        m["loadavg_at_start"].as_str().unwrap_or("?"),
+        m["iperf3"].as_str().unwrap_or("?"),
+        m["bpftool"].as_str().unwrap_or("?"),
+        m["date"].as_str().unwrap_or("?"),
+        num(&r["wall_secs"]["total"], 0),
+    );
+    let _ = writeln!(s, "`pdm check`: {}\n", r["check"].as_str().unwrap_or("?"));
+
+    targets(&mut s, r);
+    progcost(&mut s, &r["progcost"]);
+    profile(&mut s, &r["progcost"]);
+    throughput(&mut s, &r["throughput"]);
+    rr_section(&mut s, &r["rr"]);
+    scaling(&mut s, &r["scaling"]);
+    loader(&mut s, &r["loader_cpu"]);
+    limits(&mut s, r);
+    commands(&mut s, r);
+    s
+}
+
+fn error(s: &mut String, v: &Value) -> bool {
+    if let Some(e) = v["error"].as_str() {
+        let _ = writeln!(s, "**This benchmark failed:** `{e}`\n");
+        return true;
+    }
+    v.is_null()
+}
+
+/// Median of the egress / ingress ns per run over the small-UDP windows.
+fn udp_cost(r: &Value, host: &str, prog: &str, modes: &[&str]) -> Value {
+    let mut v: Vec<f64> = modes
+        .iter()
+        .filter_map(|m| r["progcost"][*m]["udp"]["progs"][host][prog]["ns_per_run"].as_f64())
+        .collect();
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        Value::Null
+    } else {
+        super::stats::quantile_sorted(&v, 0.5).into()
+    }
+}
+
+/// Share of one core the programs of a (merged) window took: Σ runs × ns per run over
+/// the windows' time.
+fn progs_core_percent(w: &Value) -> Value {
+    let mut ns = 0.0;
+    for (_, ps) in w["progs"].as_object().into_iter().flatten() {
+        for (_, p) in ps.as_object().into_iter().flatten() {
+            ns += p["runs"].as_f64().unwrap_or(0.0) * p["ns_per_run"].as_f64().unwrap_or(0.0);
+        }
+    }
+    let secs: f64 = match w["traffic"]["windows"].as_array() {
+        Some(ws) => ws.iter().filter_map(|t| t["secs"].as_f64()).sum(),
+        None => w["traffic"]["secs"].as_f64().unwrap_or(f64::NAN),
+    };
+    (100.0 * ns / 1e9 / secs).into()
+}
+
+fn targets(s: &mut String, r: &Value) {
+    let _ = writeln!(s, "## Targets\n");
+    let _ = writeln!(
+        s,
+        "For context, published figures: an eBPF PDM (draft-elkins-ebpf-pdm-ebpf, 2024) added 1.28 µs per packet on egress and cost 4.1 % of TCP throughput; an out-of-tree kernel PDM took 0.707 µs per insert and 1.5 % of throughput.\n"
+    );
+    let _ = writeln!(s, "| target | measured | met |\n|---|---|---|");
+    let egress = udp_cost(r, "client", "pdm_egress", &["xdp", "tc"]);
+    let xdp = udp_cost(r, "server", "pdm_ingress_xdp", &["xdp"]);
+    let tc = udp_cost(r, "server", "pdm_ingress_tc", &["tc"]);
+    let le = |v: &Value, t: f64| Value::from(v.as_f64().map(|x| x <= t));
+    let _ = writeln!(
+        s,
+        "| egress program ≤ 150 ns per packet (small UDP) | {} ns | {} |",
+        num(&egress, 1),
+        mark(&le(&egress, 150.0))
+    );
+    let _ = writeln!(
+        s,
+        "| ingress program ≤ 80 ns per packet (small UDP), XDP | {} ns | {} |",
+        num(&xdp, 1),
+        mark(&le(&xdp, 80.0))
+    );
+    let _ = writeln!(
+        s,
+        "| ingress program ≤ 80 ns per packet (small UDP), TC | {} ns | {} |",
+        num(&tc, 1),
+        mark(&le(&tc, 80.0))
+    );
+    for q in r["throughput"]["ratios"].as_array().into_iter().flatten() {
+        if q["target"].is_null() {
+            continue;
+        }
+        let _ = writeln!(
+            s,
+            "| TCP throughput ≥ 95 %: {} | {} % | {} |",
+            q["label"].as_str().unwrap_or("?"),
+            num(&(q["ratio"].as_f64().unwrap_or(f64::NAN) * 100.0).into(), 1),
+            mark(&q["met"])
+        );
+    }
+    if let Some(p) = r["scaling"]["points"]
+        .as_array()
+        .and_then(|a| a.iter().max_by_key(|p| p["flows"].as_u64().unwrap_or(0)))
+    {
+        let errs = map_errors(p);
+        let _ = writeln!(
+            s,
+            "| {} flows with no map errors | {} errors, {} entries in the client's map | {} |",
+            p["flows"],
+            errs,
+            p["maps"]["client"]["entries"],
+            mark(&Value::from(
+                errs == 0
+                    && p["maps"]["client"]["entries"].as_u64().unwrap_or(0)
+                        >= p["flows"].as_u64().unwrap_or(u64::MAX)
+            ))
+        );
+        for host in ["client", "server"] {
+            let b = &p["maps"][host]["bytes_per_live_flow"];
+            let _ = writeln!(
+                s,
+                "| ≤ 128 bytes of map memory per flow ({host}, {} flows) | {} B per live flow ({} B per slot) | {} |",
+                p["flows"],
+                num(b, 1),
+                num(&p["maps"][host]["bytes_per_slot"], 1),
+                mark(&Value::from(b.as_f64().map(|x| x <= 128.0)))
+            );
+        }
+    }
+    let _ = writeln!(s);
+}
+
+fn map_errors(p: &Value) -> u64 {
+    let c = |h: &str, k: &str| p[h]["counters"][k].as_u64().unwrap_or(0);
+    c("client_counters", "egress_skip_flow_map_full")
+        + c("client_counters", "ingress_skip_flow_map_full")
+        + c("server_counters", "egress_skip_flow_map_full")
+        + c("server_counters", "ingress_skip_flow_map_full")
+}
+
+fn progcost(s: &mut String, p: &Value) {
+    let _ = writeln!(s, "## Run time per packet of each program\n");
+    if error(s, p) {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "`kernel.bpf_stats_enabled=1` only during each window (restored after; a BPF_ENABLE_STATS descriptor is held too, so nothing else turning the sysctl off can cut a window short); run_time_ns / run_cnt of each program as deltas over the window, median (min–max) over the repetitions' windows, programs identified by the ids the pdm process holds. Small UDP: one flow, 18-byte payload, sendmmsg as fast as the sender goes (rates in the table below). TCP bulk: iperf3, 1 stream. Egress runs on TCP see GSO super-packets (one run for up to 64 KB). bpf_stats itself adds roughly 2 × 20 ns to every run; the null programs (return at once, attached the same way) show that floor, and “− floor” is a program's small-UDP run time less its hook's null program. Without pdm there is no program: n/a.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| setup | program (host) | small UDP: ns/run | − floor | runs | TCP bulk: ns/run | runs |\n|---|---|---|---|---|---|---|"
+    );
+    let _ = writeln!(s, "| no PDM (baseline) | – | n/a | | | n/a | |");
+    // The same hook's null program on small UDP: the hook's and bpf_stats' own cost.
+    let floor = |prog: &str| -> f64 {
+        let (key, host, null) = match prog {
+            "pdm_egress" => ("xdp", "client", "null_tc_egress"),
+            "pdm_ingress_xdp" => ("xdp", "server", "null_xdp"),
+            _ => ("tc-ingress", "server", "null_tc_ingress"),
+        };
+        p["null"][key]["udp"]["progs"][host][null]["ns_per_run"]
+            .as_f64()
+            .unwrap_or(f64::NAN)
+    };
+    type Rows<'a> = &'a [(&'a str, &'a str, &'a [(&'a str, &'a str, &'a str)])];
+    let rows: Rows = &[
+        (
+            "pdm default (XDP ingress)",
+            "xdp",
+            &[
+                ("client", "pdm_egress", "egress (client, data)"),
+                ("server", "pdm_ingress_xdp", "XDP ingress (server, data)"),
+                ("server", "pdm_egress", "egress (server, ACKs/errors)"),
+                (
+                    "client",
+                    "pdm_ingress_xdp",
+                    "XDP ingress (client, ACKs/errors)",
+                ),
+            ],
+        ),
+        (
+            "pdm --ingress tc",
+            "tc",
+            &[
+                ("client", "pdm_egress", "egress (client, data)"),
+                ("server", "pdm_ingress_tc", "TC ingress (server, data)"),
+                ("server", "pdm_egress", "egress (server, ACKs/errors)"),
+                (
+                    "client",
+                    "pdm_ingress_tc",
+                    "TC ingress (client, ACKs/errors)",
+                ),
+            ],
+        ),
+    ];
+    for (setup, key, progs) in rows {
+        for (host, prog, label) in *progs {
+            let (u, un) = ns_run(&p[*key]["udp"]["progs"], host, prog);
+            let (t, tn) = ns_run(&p[*key]["tcp"]["progs"], host, prog);
+            let net = num(
+                &(p[*key]["udp"]["progs"][*host][*prog]["ns_per_run"]
+                    .as_f64()
+                    .unwrap_or(f64::NAN)
+                    - floor(prog))
+                .into(),
+                1,
+            );
+            let _ = writeln!(s, "| {setup} | {label} | {u} | {net} | {un} | {t} | {tn} |");
+        }
+    }
+    for (key, prog, label) in [
+        ("xdp", "null_tc_egress", "null TC egress (client)"),
+        ("xdp", "null_xdp", "null XDP (server)"),
+        ("tc-ingress", "null_tc_ingress", "null TC ingress (server)"),
+    ] {
+        let host = if prog == "null_tc_egress" {
+            "client"
+        } else {
+            "server"
+        };
+        let (u, un) = ns_run(&p["null"][key]["udp"]["progs"], host, prog);
+        let (t, tn) = ns_run(&p["null"][key]["tcp"]["progs"], host, prog);
+        let _ = writeln!(
+            s,
+            "| reference: return at once | {label} | {u} | | {un} | {t} | {tn} |"
+        );
+    }
+    let _ = writeln!(s, "\nTraffic in each window:\n");
+    let _ = writeln!(
+        s,
+        "| setup | small UDP: packets/s sent | programs' CPU (% of one core) | TCP bulk: Gb/s | programs' CPU (% of one core) |\n|---|---|---|---|---|"
+    );
+    for (label, v) in [
+        ("pdm default (XDP ingress)", &p["xdp"]),
+        ("pdm --ingress tc", &p["tc"]),
+        ("null programs, XDP", &p["null"]["xdp"]),
+        ("null programs, TC ingress", &p["null"]["tc-ingress"]),
+    ] {
+        let _ = writeln!(
+            s,
+            "| {label} | {} | {} | {} | {} |",
+            num(&v["udp"]["traffic"]["pps"], 0),
+            num(&progs_core_percent(&v["udp"]), 1),
+            num(&v["tcp"]["traffic"]["gbps"], 2),
+            num(&progs_core_percent(&v["tcp"]), 1)
+        );
+    }
+    let _ = writeln!(s);
+}
+
+fn throughput(s: &mut String, t: &Value) {
+    let _ = writeln!(s, "## TCP throughput and CPU per GB\n");
+    if error(s, t) {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "Client → server, fresh hosts for every mode; repetitions go round all modes in turn. iperf3: `iperf3 -c fd0b::2 -t T -P 1|8 -J`, CPU = iperf3's own sender + receiver process CPU (user + system, which includes the softirq work done in their context) per GB received. Pair: our bulk sender (`cargo xtask bench-helper tcp-send`, 128 KiB writes) and sink, CPU = sender + sink process CPU; `dstopts` = the same sender with the sticky `IPV6_DSTOPTS` option carrying a 16-octet PDM-shaped header, which the kernel inserts itself with the MSS accounted (the floor for adding these 16 octets). Median (min–max over repetitions).\n"
+    );
+    let _ = writeln!(s, "Modes:\n");
+    for m in throughput::MODES {
+        let _ = writeln!(s, "- `{}`: {}", m.name, m.what);
+    }
+    let _ = writeln!(
+        s,
+        "\n| mode | test | Gb/s | CPU s per GB | retransmits | pdm loaders' CPU s per GB | machine busy % |\n|---|---|---|---|---|---|---|"
+    );
+    for m in throughput::MODES {
+        for test in throughput::TESTS {
+            let v = &t["summary"][m.name][*test];
+            if v.is_null() {
+                continue;
+            }
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                m.name,
+                test.replace('_', " × "),
+                spread(&v["gbps"], 2),
+                spread(&v["cpu_s_per_gb"], 3),
+                spread(&v["retransmits"], 0),
+                spread(&v["pdm_cpu_s_per_gb"], 3),
+                spread(&v["machine_busy_percent"], 0)
+            );
+        }
+    }
+    let _ = writeln!(
+        s,
+        "\nRatios of medians measured in this run (per-repetition ratios min–max):\n"
+    );
+    let _ = writeln!(
+        s,
+        "| comparison | ratio | per repetition | target | met |\n|---|---|---|---|---|"
+    );
+    for q in t["ratios"].as_array().into_iter().flatten() {
+        let pct = |v: &Value| num(&(v.as_f64().unwrap_or(f64::NAN) * 100.0).into(), 1);
+        let per = &q["per_rep"];
+        let per_s = if per["values"].as_array().map_or(0, Vec::len) > 1 {
+            format!("{}–{} %", pct(&per["min"]), pct(&per["max"]))
+        } else {
+            "–".into()
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} % | {} | {} | {} |",
+            q["label"].as_str().unwrap_or("?"),
+            pct(&q["ratio"]),
+            per_s,
+            q["target"]
+                .as_f64()
+                .map_or(String::new(), |x| format!("≥ {:.0} %", x * 100.0)),
+            mark(&q["met"])
+        );
+    }
+    let c = &t["pdm_counters_last_rep"];
+    let _ = writeln!(
+        s,
+        "\npdm's counters in the last repetition (client / server): packets sent without PDM because too big: {}; adjust failures: {}; SYNs with MSS clamped: {}.\n",
+        ["pdm_xdp", "pdm_tc", "pdm_per_packet"]
+            .iter()
+            .map(|m| format!(
+                "{m} {}/{}",
+                c[*m]["client"]["egress_skip_too_big"], c[*m]["server"]["egress_skip_too_big"]
+            ))
+            .collect::<Vec<_>>()
+            .join(", "),
+        ["pdm_xdp", "pdm_tc", "pdm_per_packet"]
+            .iter()
+            .map(|m| format!(
+                "{m} {}/{}",
+                c[*m]["client"]["egress_skip_adjust_failed"],
+                c[*m]["server"]["egress_skip_adjust_failed"]
+            ))
+            .collect::<Vec<_>>()
+            .join(", "),
+        ["pdm_xdp", "pdm_tc", "pdm_per_packet"]
+            .iter()
+            .map(|m| format!(
+                "{m} {}/{}",
+                c[*m]["client"]["ingress_mss_clamped"], c[*m]["server"]["ingress_mss_clamped"]
+            ))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+}
+
+fn rr_section(s: &mut String, r: &Value) {
+    let _ = writeln!(s, "## UDP request/response\n");
+    if error(s, r) {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "One 32-byte datagram from the client, echoed by the server, the next sent when the echo arrives (`bench-helper udp-rr`, first 50 exchanges not counted); pdm on both hosts or on neither, alternating within each repetition. Median (min–max over repetitions) of each repetition's p50 and p99; added = pdm − no PDM, per repetition.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| mode | p50 µs | p99 µs | added p50 µs | added p99 µs |\n|---|---|---|---|---|"
+    );
+    for (name, _) in rr::MODES {
+        let v = &r["summary"][*name];
+        let _ = writeln!(
+            s,
+            "| {name} | {} | {} | {} | {} |",
+            spread(&v["p50_us"], 2),
+            spread(&v["p99_us"], 2),
+            spread(&v["added_p50_us"], 2),
+            spread(&v["added_p99_us"], 2)
+        );
+    }
+    let _ = writeln!(s);
+}
+
+fn scaling(s: &mut String, sc: &Value) {
+    let _ = writeln!(s, "## Flow scaling\n");
+    if error(s, sc) {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "The client sends small UDP datagrams cycling through N distinct 5-tuples (source ports 20000.. × destination ports 30000..), sendmmsg, pdm (default, XDP ingress) on both hosts with `--max-flows` = N rounded up to a power of two (at least 65536). ns/packet from bpf_stats: first pass (every packet creates an entry) and steady (a window of the same cycle once every entry exists). Entries: counted by walking the kernel's map. Memory: `bytes_memlock` of the FLOWS map (`bpftool map show`, the kernel's own accounting) per slot (÷ max_entries) and per live flow (÷ entries). Map errors: pdm's `*_flow_map_full` counters on both hosts.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| flows | max_flows | egress ns/pkt: create | steady | ingress (XDP) ns/pkt: create | steady | entries client / server | map bytes per slot | per live flow | map errors | packets/s |\n|---|---|---|---|---|---|---|---|---|---|---|"
+    );
+    for p in sc["points"].as_array().into_iter().flatten() {
+        let e = |phase: &str, host: &str, prog: &str| {
+            num(&p[phase]["progs"][host][prog]["ns_per_run"], 1)
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} / {} | {} | {} | {} | {} |",
+            p["flows"],
+            p["max_flows"],
+            e("create", "client", "pdm_egress"),
+            e("steady", "client", "pdm_egress"),
+            e("create", "server", "pdm_ingress_xdp"),
+            e("steady", "server", "pdm_ingress_xdp"),
+            p["maps"]["client"]["entries"],
+            p["maps"]["server"]["entries"],
+            num(&p["maps"]["client"]["bytes_per_slot"], 1),
+            num(&p["maps"]["client"]["bytes_per_live_flow"], 1),
+            map_errors(p),
+            num(&p["steady"]["traffic"]["pps"], 0)
+        );
+    }
+    if let Some(p) = sc["points"].as_array().and_then(|a| a.last()) {
+        let m = &p["maps"]["client"]["map"];
+        let _ = writeln!(
+            s,
+            "\nFLOWS map: type {}, key {} B, value {} B, flags {}.\n",
+            m["type"], m["bytes_key"], m["bytes_value"], m["flags"]
+        );
+    }
+}
+
+fn loader(s: &mut String, l: &Value) {
+    let _ = writeln!(s, "## Loader CPU with many active flows\n");
+    if error(s, l) {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "{} UDP flows from the client, one request per second each, answered by an echo server on the server host; pdm on both hosts (TC ingress), refreshing every second. CPU of the client-side loader over {} s, from /proc/PID/stat (target: under 2 % of one core).\n",
+        l["flows"], l["seconds"]
+    );
+    let _ = writeln!(s, "| output | CPU (% of one core) | RSS |\n|---|---|---|");
+    for (mode, name) in [
+        ("view", "live view (tmux)"),
+        ("json", "NDJSON to /dev/null"),
+    ] {
+        let _ = writeln!(
+            s,
+            "| {name} | {} | {} KiB |",
+            num(&l[mode]["cpu_percent_of_one_core"], 2),
+            l[mode]["rss_kib"]
+        );
+    }
+    let _ = writeln!(s);
+}
+
+fn commands(s: &mut String, r: &Value) {
+    let _ = writeln!(s, "## How it was run\n");
+    let c = &r["config"];
+    let _ = writeln!(
+        s,
+        "```sh\n{}\n```\n",
+        if r["quick"].as_bool().unwrap_or(false) {
+            "cargo xtask bench --quick"
+        } else {
+            "cargo xtask bench"
+        }
+    );
+    let _ = writeln!(
+        s,
+        "{} repetition(s); TCP transfers {} s; BPF run-time windows {} s; {} round trips per request/response repetition; flow-scaling steady windows {} s; loader measured over {} s. Wall time per benchmark (s): {}.\n",
+        c["reps"],
+        c["tcp_secs"],
+        c["cost_secs"],
+        c["rr_count"],
+        c["scale_secs"],
+        c["loader_secs"],
+        r["wall_secs"]
+            .as_object()
+            .map(|o| o
+                .iter()
+                .map(|(k, v)| format!("{k} {}", num(v, 0)))
+                .collect::<Vec<_>>()
+                .join(", "))
+            .unwrap_or_default()
+    );
+    let _ = writeln!(
+        s,
+        "Inside the hosts (`ip netns exec pdm-bench-client|pdm-bench-server ...`): `target/release/pdm run --iface bench0 --json [--ingress tc] [--per-packet] [--max-flows N]`; `iperf3 -s -B fd0b::2` / `iperf3 -6 -c fd0b::2 -t T -P 1|8 -J`; `cargo xtask bench-helper tcp-sink|tcp-send [--dstopts]|udp-echo|udp-rr|udp-flood|null-prog` (the xtask binary itself). Offloads for the `offloads_off` baseline: `ethtool -K bench0 tso off gso off` and `ip link set bench0 gso_max_segs 1` on both hosts, as `pdm --per-packet` does. Program statistics: `sysctl kernel.bpf_stats_enabled=1` during each window, `bpftool -j prog show id ID`; map memory `bpftool -j map show id ID`."
+    );
+}
+
+/// Share (percent of the program's samples) of `callee` in a profile.
+fn share_in(prof: &Value, prog: &str, callee: &str) -> Option<f64> {
+    prof["programs"][prog]["in"]
+        .as_array()?
+        .iter()
+        .find(|e| e[0].as_str() == Some(callee))
+        .and_then(|e| e[1].as_f64())
+}
+
+fn profile(s: &mut String, p: &Value) {
+    let _ = writeln!(s, "## Where the time goes (perf)\n");
+    if p["xdp"]["profile"].is_null() && p["tc"]["profile"].is_null() {
+        let _ = writeln!(s, "No profile (the benchmark failed).\n");
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "`perf record -a -g` over one more window of the same traffic (bpf_stats off), pdm on both hosts. Per program: its share of all CPU samples on the machine (inclusive of the helpers it calls), and how its own samples split between its own code and the kernel helpers / BPF subprograms it called. Programs are matched by name (perf labels them with their main function's tag, not bpftool's), so on a shared machine another pdm's samples count too. `bpftool prog profile` is not available (Debian's bpftool is built without it).\n"
+    );
+    let _ = writeln!(
+        s,
+        "| setup | traffic | program | % of all samples | split of the program's samples |\n|---|---|---|---|---|"
+    );
+    for (key, setup) in [("xdp", "pdm default"), ("tc", "pdm --ingress tc")] {
+        for (t, traffic) in [("udp", "small UDP"), ("tcp", "TCP bulk")] {
+            let prof = &p[key]["profile"][t];
+            if let Some(skip) = prof["skipped"].as_str() {
+                let _ = writeln!(s, "| {setup} | {traffic} | – | {skip} | |");
+                continue;
+            }
+            for prog in ["pdm_egress", "pdm_ingress_xdp", "pdm_ingress_tc"] {
+                let e = &prof["programs"][prog];
+                if e.is_null() {
+                    continue;
+                }
+                let split = e["in"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|c| format!("{} {} %", c[0].as_str().unwrap_or("?"), num(&c[1], 0)))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let _ = writeln!(
+                    s,
+                    "| {setup} | {traffic} | {prog} | {} | {split} |",
+                    num(&e["percent_of_all"], 1)
+                );
+            }
+        }
+    }
+    let _ = writeln!(
+        s,
+        "\nHottest functions of the whole machine (self time, % of all samples; on a shared machine this includes whatever else runs):\n"
+    );
+    for (key, setup) in [("xdp", "pdm default"), ("tc", "pdm --ingress tc")] {
+        for (t, traffic) in [("udp", "small UDP"), ("tcp", "TCP bulk")] {
+            let hot = p[key]["profile"][t]["hottest"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .take(8)
+                .map(|c| format!("{} {}", c[0].as_str().unwrap_or("?"), num(&c[1], 1)))
+                .collect::<Vec<_>>()
+                .join(", ");
+            if !hot.is_empty() {
+                let _ = writeln!(s, "- {setup}, {traffic}: {hot}");
+            }
+        }
+    }
+    let _ = writeln!(s);
+}
+
+/// The "where the limit is" paragraph, from this run's figures.
+fn limits(s: &mut String, r: &Value) {
+    let _ = writeln!(s, "## Where the limit is\n");
+    let p = &r["progcost"];
+    let ns = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+    let egress = ns(&udp_cost(r, "client", "pdm_egress", &["xdp", "tc"]));
+    let floor_e = ns(&p["null"]["xdp"]["udp"]["progs"]["client"]["null_tc_egress"]["ns_per_run"]);
+    let xdp = ns(&udp_cost(r, "server", "pdm_ingress_xdp", &["xdp"]));
+    let floor_x = ns(&p["null"]["xdp"]["udp"]["progs"]["server"]["null_xdp"]["ns_per_run"]);
+    let tc = ns(&udp_cost(r, "server", "pdm_ingress_tc", &["tc"]));
+    let floor_t =
+        ns(&p["null"]["tc-ingress"]["udp"]["progs"]["server"]["null_tc_ingress"]["ns_per_run"]);
+    let prof = &p["tc"]["profile"]["udp"];
+    let adj = share_in(prof, "pdm_egress", "bpf_skb_adjust_room");
+    let own_e = share_in(prof, "pdm_egress", "its own code");
+    let expand =
+        share_in(prof, "pdm_egress", "pskb_expand_head (within adjust_room)").unwrap_or(0.0);
+    let adj_tcp = share_in(
+        &p["tc"]["profile"]["tcp"],
+        "pdm_egress",
+        "bpf_skb_adjust_room",
+    );
+    let _ = writeln!(
+        s,
+        "- **Egress, per packet**: {egress:.0} ns per small UDP packet against {floor_e:.0} ns for a TC egress program that returns at once (the hook plus bpf_stats' own ~40 ns). perf: {} % of pdm_egress's samples are inside `bpf_skb_adjust_room` (the kernel opening 16 octets; {expand:.0} % of all its samples in `pskb_expand_head`, reallocating and copying the packet's head when it lacks the room), {} % in the program's own code; the rest in map lookups, the clock and BPF subprograms (`memmove`/`memset` the compiler emitted as BPF functions). On TCP, whose packets are built with generous headroom, `bpf_skb_adjust_room` is only {} % of the egress samples: small UDP packets carry just enough headroom for the link header, so every one is reallocated. The kernel's own IPV6_DSTOPTS insertion reserves the room when it builds the packet, so it pays none of this. Lowering the egress cost below the target needs changes in pdm-ebpf (fewer copies and lookups per packet), outside this benchmark's scope.",
+        adj.map_or("–".into(), |v| format!("{v:.0}")),
+        own_e.map_or("–".into(), |v| format!("{v:.0}")),
+        adj_tcp.map_or("–".into(), |v| format!("{v:.0}")),
+    );
+    let walk = |prof: &Value, prog: &str| {
+        ["scan_step (BPF)", "walk_step (BPF)"]
+            .iter()
+            .filter_map(|c| share_in(prof, prog, c))
+            .sum::<f64>()
+    };
+    let xprof = &p["xdp"]["profile"]["udp"];
+    let _ = writeln!(
+        s,
+        "- **Ingress, per packet**: XDP {xdp:.0} ns (floor {floor_x:.0} ns), TC {tc:.0} ns (floor {floor_t:.0} ns). perf: the header walk (`scan_step`/`walk_step` BPF subprograms) takes {:.0} % of pdm_ingress_xdp's samples and `memset` {:.0} %, the clock {:.0} %, the flow lookup {:.0} %, its own code {:.0} %: the cost is spread over the parse, the per-packet state update and the sample, not one call; bringing it to 80 ns needs a leaner program (pdm-ebpf), not a different hook.",
+        walk(xprof, "pdm_ingress_xdp"),
+        share_in(xprof, "pdm_ingress_xdp", "memset (BPF)").unwrap_or(0.0),
+        share_in(xprof, "pdm_ingress_xdp", "ktime_get_mono_fast_ns").unwrap_or(0.0),
+        share_in(xprof, "pdm_ingress_xdp", "__htab_map_lookup_elem").unwrap_or(0.0)
+            + share_in(xprof, "pdm_ingress_xdp", "lookup_nulls_elem_raw").unwrap_or(0.0),
+        share_in(xprof, "pdm_ingress_xdp", "its own code").unwrap_or(0.0),
+    );
+    let ratio = |label: &str| {
+        r["throughput"]["ratios"]
+            .as_array()
+            .and_then(|a| a.iter().find(|q| q["label"].as_str() == Some(label)))
+            .and_then(|q| q["ratio"].as_f64())
+            .map_or("–".into(), |v| format!("{:.0} %", v * 100.0))
+    };
+    let _ = writeln!(
+        s,
+        "- **TCP with XDP ingress on veth**: pdm default reaches {} of the no-PDM throughput (1 stream), and a program that only returns XDP_PASS reaches {}: attaching any native XDP program to a veth makes the peer hand over every segment separately instead of one GSO packet (see the shared design notes), so the limit is the XDP attachment on veth, not PDM. On a physical NIC this cost does not exist; on veth use `--ingress tc`.",
+        ratio("pdm default vs no PDM, iperf3 1 stream"),
+        ratio("XDP_PASS-only program vs no PDM, iperf3 1 stream"),
+    );
+    let _ = writeln!(
+        s,
+        "- **TCP with TC ingress**: {} of no PDM with iperf3 (1 stream), {} of the kernel's IPV6_DSTOPTS insertion with the same sender ({} with 8 streams). In the TCP bulk window the four pdm programs (egress and ingress on both hosts) took {} % of one core at {} Gb/s; both hosts share the machine's {} cores with the senders, the receivers and both pdm loaders, and the machine was {} % busy (median, iperf3 1 stream with pdm; last column of the throughput table): what CPU is left idle bounds how much pdm's programs and loaders can take without taking it from the transfer. The per-GSO-packet cost is what to reduce (see the perf split above).",
+        ratio("pdm --ingress tc vs no PDM, iperf3 1 stream"),
+        ratio("pdm --ingress tc vs kernel IPV6_DSTOPTS, pair 1 stream"),
+        ratio("pdm --ingress tc vs kernel IPV6_DSTOPTS, pair 8 streams"),
+        num(&progs_core_percent(&p["tc"]["tcp"]), 1),
+        num(&p["tc"]["tcp"]["traffic"]["gbps"], 1),
+        r["machine"]["cores"],
+        num(
+            &r["throughput"]["summary"]["pdm_tc"]["iperf_1"]["machine_busy_percent"]["median"],
+            0
+        ),
+    );
+    let pp = &r["throughput"]["summary"]["pdm_per_packet"]["iperf_1"];
+    let _ = writeln!(
+        s,
+        "- **`--per-packet`**: {} of the same-offload baseline with iperf3 (1 stream). Without segmentation offload every wire packet runs both programs on both hosts (about {} ns egress + {} ns ingress per packet, small-UDP figures), and the loaders, handling the RTT samples, took {} CPU s per GB (median) against {} for the whole transfer.",
+        ratio("pdm --per-packet vs no PDM (offloads off), iperf3 1 stream"),
+        num(&udp_cost(r, "client", "pdm_egress", &["xdp", "tc"]), 0),
+        num(&udp_cost(r, "server", "pdm_ingress_xdp", &["xdp"]), 0),
+        num(&pp["pdm_cpu_s_per_gb"]["median"], 3),
+        num(&pp["cpu_s_per_gb"]["median"], 3),
+    );
+    if let Some(p) = r["scaling"]["points"]
+        .as_array()
+        .and_then(|a| a.iter().max_by_key(|p| p["flows"].as_u64().unwrap_or(0)))
+    {
+        let m = &p["maps"]["client"]["map"];
+        let (k, v) = (
+            m["bytes_key"].as_f64().unwrap_or(f64::NAN),
+            m["bytes_value"].as_f64().unwrap_or(f64::NAN),
+        );
+        let slot = p["maps"]["client"]["bytes_per_slot"]
+            .as_f64()
+            .unwrap_or(f64::NAN);
+        let _ = writeln!(
+            s,
+            "- **Map memory per flow**: {slot:.0} B per slot = key {k:.0} B + value {v:.0} B + {:.0} B the kernel adds to every element of an LRU hash (hash-list and LRU-list nodes, hash, alignment), all preallocated for `--max-flows` slots. With that overhead fixed, 128 B per flow needs an entry (key + value) of about {:.0} B: a smaller flow-state entry in pdm-common/pdm-ebpf, not something the benchmark can change. The per-packet cost grows with the number of flows (see the scaling table), presumably as the table outgrows the CPU caches.",
+            slot - k - v,
+            128.0 - (slot - k - v)
+        );
+    }
+    let _ = writeln!(s);
+}
