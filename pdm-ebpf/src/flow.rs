@@ -41,7 +41,8 @@ pub fn now_ns() -> u64 {
 }
 
 /// The flow's entry, created (with a random first PSN) if it does not exist yet: in an
-/// empty slot of its two sets, else in place of their least recently active flow.
+/// empty slot of whichever of its two sets has more room, else in place of the least
+/// recently active of their eight flows.
 ///
 /// Two CPUs creating flows in one set at the same moment may pick the same slot; the
 /// later write wins and the other flow is created again by its next packet. That costs
@@ -58,35 +59,46 @@ pub fn get_or_create(key: &FlowKey, c: Option<*mut Counters>) -> Option<*mut Flo
     let (first, second) = key.set_bases(seed, mask);
     let mut victim: *mut FlowSlot = core::ptr::null_mut();
     let mut victim_age = u64::MAX;
+    // Empty slots per set, and the first empty one of each: a new flow goes to the set
+    // with more room (at 95 % load that halves how often both sets are full).
+    let mut empty = [0u32; 2];
+    let mut first_empty: [*mut FlowSlot; 2] = [core::ptr::null_mut(); 2];
     for way in 0..2 * FLOW_WAYS {
-        let index = if way < FLOW_WAYS {
-            first + way
+        let (set, index) = if way < FLOW_WAYS {
+            (0, first + way)
         } else {
-            second + way - FLOW_WAYS
+            (1, second + way - FLOW_WAYS)
         };
         let slot = FLOWS.get_ptr_mut(index)?;
         // SAFETY: `slot` points into the live array map; other CPUs write it
         // concurrently, and a stale read only misplaces one packet's accounting.
         unsafe {
             let flags = read_volatile(&raw const (*slot).state.flags);
-            let age = if flags & FLOW_VALID == 0 {
-                0
-            } else if (*slot).key.same(key) {
+            if flags & FLOW_VALID == 0 {
+                if empty[set] == 0 {
+                    first_empty[set] = slot;
+                }
+                empty[set] += 1;
+                continue;
+            }
+            if (*slot).key.same(key) {
                 return Some(&raw mut (*slot).state);
-            } else {
-                1 + (*slot).state.last_pdm_ns()
-            };
-            // Strictly older: the first empty slot wins, in the first set if it can.
+            }
+            let age = (*slot).state.last_pdm_ns();
             if age < victim_age {
                 victim = slot;
                 victim_age = age;
             }
         }
     }
+    let evicting = empty == [0, 0];
+    if !evicting {
+        victim = first_empty[(empty[1] > empty[0]) as usize];
+    }
     if victim.is_null() {
         return None;
     }
-    if victim_age != 0 {
+    if evicting {
         bump(c, Counter::FlowEvictions);
     }
     let flags = if selected(key) {

@@ -150,7 +150,6 @@ fn bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> std::io::Result<i32> {
     }
 }
 
-const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_MAP_GET_FD_BY_ID: libc::c_long = 14;
 const BPF_LINK_CREATE: libc::c_long = 28;
@@ -217,38 +216,44 @@ pub fn attach_null(hook: &str, ifindex: u32) -> Result<i32> {
     Ok(link)
 }
 
-/// Number of entries in map `id` (walks its keys; `key_size` bytes each).
-pub fn count_entries(id: u32, key_size: usize) -> Result<u64> {
+/// Live flows in pdm's flow table, map `id` of `slots` slots: the array always has every
+/// slot, so this maps it (it is mmapable) and counts the slots marked valid.
+pub fn count_flows(id: u32, slots: usize) -> Result<u64> {
+    use pdm_common::flow::{FLOW_VALID, FlowSlot, FlowState};
     let mut attr = [0u64; 16];
     set_u32(&mut attr, 0, id);
     let fd = bpf(BPF_MAP_GET_FD_BY_ID, &mut attr).context("opening the map")?;
-    let mut key = vec![0u8; key_size];
-    let mut next = vec![0u8; key_size];
-    let mut n = 0u64;
-    let mut first = true;
-    loop {
-        let mut attr = [0u64; 16];
-        set_u32(&mut attr, 0, fd as u32);
-        attr[1] = if first { 0 } else { key.as_ptr() as u64 };
-        attr[2] = next.as_mut_ptr() as u64;
-        match bpf(BPF_MAP_GET_NEXT_KEY, &mut attr) {
-            Ok(_) => {
-                n += 1;
-                first = false;
-                std::mem::swap(&mut key, &mut next);
-            }
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
-            Err(e) => {
-                // SAFETY: our fd.
-                unsafe { libc::close(fd) };
-                bail!("walking map {id}: {e}");
-            }
-        }
-        if n > 100_000_000 {
-            break;
-        }
-    }
-    // SAFETY: our fd.
+    let len = slots * size_of::<FlowSlot>();
+    // SAFETY: mapping the whole mmapable array read-only; unmapped below.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        )
+    };
+    // SAFETY: our fd; the mapping stays valid without it.
     unsafe { libc::close(fd) };
+    if ptr == libc::MAP_FAILED {
+        bail!("mapping map {id}: {}", std::io::Error::last_os_error());
+    }
+    let flags_at = std::mem::offset_of!(FlowSlot, state) + std::mem::offset_of!(FlowState, flags);
+    let n = (0..slots)
+        .filter(|i| {
+            // SAFETY: inside the mapping; a 4-aligned u32 in each 128-octet slot.
+            let flags = unsafe {
+                ptr.cast::<u8>()
+                    .add(i * size_of::<FlowSlot>() + flags_at)
+                    .cast::<u32>()
+                    .read_volatile()
+            };
+            flags & FLOW_VALID != 0
+        })
+        .count() as u64;
+    // SAFETY: unmapping what we mapped.
+    unsafe { libc::munmap(ptr, len) };
     Ok(n)
 }

@@ -73,10 +73,9 @@ fn point(cfg: &Cfg, flows: usize) -> Result<Value> {
     for (label, p) in [("client", &a), ("server", &b)] {
         let m = bpf::pdm_map(p, "FLOWS")?;
         let id = m["id"].as_u64().unwrap_or(0) as u32;
-        let key = m["bytes_key"].as_u64().unwrap_or(0) as usize;
-        let entries = bpf::count_entries(id, key)?;
-        let mem = m["bytes_memlock"].as_f64().unwrap_or(f64::NAN);
         let slots = m["max_entries"].as_f64().unwrap_or(f64::NAN);
+        let entries = bpf::count_flows(id, slots as usize)?;
+        let mem = m["bytes_memlock"].as_f64().unwrap_or(f64::NAN);
         maps[label] = json!({
             "map": m,
             "entries": entries,
