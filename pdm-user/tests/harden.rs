@@ -716,3 +716,158 @@ fn common_now() -> f64 {
         .expect("clock")
         .as_secs_f64()
 }
+
+/// `tc filter show dev IFACE DIR` in `ns`.
+fn tc_filters(ns: &Netns, dir: &str) -> String {
+    ns.run("tc", &["filter", "show", "dev", IFACE, dir])
+}
+
+fn tc_qdiscs(ns: &Netns) -> String {
+    ns.run("tc", &["qdisc", "show", "dev", IFACE])
+}
+
+fn tcx_programs(ns: &Netns) -> usize {
+    use aya::programs::{SchedClassifier, TcAttachType};
+    ns.in_ns(|| {
+        [TcAttachType::Ingress, TcAttachType::Egress]
+            .into_iter()
+            .map(|at| {
+                SchedClassifier::query_tcx(IFACE, at)
+                    .expect("query tcx")
+                    .1
+                    .len()
+            })
+            .sum()
+    })
+}
+
+/// pdm's files in /run/pdm for this namespace's interface (lock, offload or tc state).
+fn run_state(ns: &Netns) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let ino = std::fs::metadata(format!("/run/netns/{}", ns.name))
+        .expect("netns file")
+        .ino();
+    let prefix = format!("{ino}-{IFACE}.");
+    std::fs::read_dir(pdm_user::RUN_DIR)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&prefix))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Nothing of pdm's is left on the interface or in /run/pdm.
+fn nothing_left(ns: &Netns, when: &str) {
+    for dir in ["egress", "ingress"] {
+        let f = tc_filters(ns, dir);
+        assert!(!f.contains("pdm_"), "{when}: tc filter left on {dir}:\n{f}");
+    }
+    let q = tc_qdiscs(ns);
+    assert!(!q.contains("clsact"), "{when}: clsact qdisc left:\n{q}");
+    assert_eq!(tcx_programs(ns), 0, "{when}: TCX programs left");
+    let link = ns.ip(&["-d", "link", "show", IFACE]);
+    assert!(!link.contains("prog/xdp"), "{when}: XDP left:\n{link}");
+    assert_eq!(
+        run_state(ns),
+        Vec::<String>::new(),
+        "{when}: state left in /run/pdm"
+    );
+}
+
+#[test]
+fn netlink_attach_carries_pdm_and_is_removed_on_exit_and_after_sigkill() {
+    use common::traffic::{Capture, ping, tcp_transfer, udp_exchange};
+    let h = TwoHosts::new("nl");
+    let _peer = Pdm::start(&h.b, &["--ingress", "tc"]);
+    let mut cap = Capture::start(&h.b);
+    let pdm = Pdm::start(&h.a, &["--attach", "netlink", "--ingress", "tc"]);
+    assert!(
+        pdm.stderr_lines
+            .iter()
+            .any(|l| l.contains("pdm_egress: tc egress (netlink filter, clsact)")),
+        "{:?}",
+        pdm.stderr_lines
+    );
+    let egress = tc_filters(&h.a, "egress");
+    let ingress = tc_filters(&h.a, "ingress");
+    assert!(egress.contains("pdm_egress"), "egress filter: {egress}");
+    assert!(
+        ingress.contains("pdm_ingress_tc"),
+        "ingress filter: {ingress}"
+    );
+    assert!(tc_qdiscs(&h.a).contains("clsact"));
+    assert_eq!(tcx_programs(&h.a), 0, "netlink mode attaches no TCX link");
+
+    ping(&h, 5);
+    udp_exchange(&h, 7301, 10);
+    // dumpcap writes in blocks: give it the last packets before stopping it.
+    std::thread::sleep(Duration::from_millis(1000));
+    let dropped = cap.stop();
+    let lines = pdm.stop();
+    assert_eq!(dropped, 0, "the capture dropped packets");
+    // On the wire: a's packets carry PDM, as tshark decodes it.
+    let with_pdm = cap.fields(
+        &["ipv6.opt.pdm.psn_this_pkt"],
+        &format!("ipv6.src == {ADDR_A} && (icmpv6.type == 128 || udp)"),
+    );
+    assert!(with_pdm.len() >= 15, "too few packets from a: {with_pdm:?}");
+    assert!(
+        with_pdm.iter().all(|f| !f[0].is_empty()),
+        "a packet from a without PDM: {with_pdm:?}"
+    );
+    let last = lines.last().expect("a report");
+    assert!(
+        counter(last, "egress_pdm_inserted") >= 15 && counter(last, "ingress_pdm") >= 15,
+        "{last}"
+    );
+    nothing_left(&h.a, "after a clean exit");
+
+    // SIGKILL under traffic: the legacy filters outlive the process (that is what the
+    // next start cleans up), traffic keeps flowing.
+    let pdm = Pdm::start(&h.a, &["--attach", "netlink", "--ingress", "tc"]);
+    std::thread::scope(|s| {
+        let transfer = s.spawn(|| tcp_transfer(&h, 7302, 50 << 20));
+        std::thread::sleep(Duration::from_millis(200));
+        pdm.kill();
+        transfer
+            .join()
+            .expect("the transfer completes after pdm was killed");
+    });
+    assert!(
+        tc_filters(&h.a, "egress").contains("pdm_egress"),
+        "a killed netlink run leaves its filter (nothing else could remove it)"
+    );
+    // The next start (in the default TCX mode) removes them, and its exit removes itself.
+    let again = Pdm::start(&h.a, &["--ingress", "tc"]);
+    assert!(
+        again
+            .stderr_lines
+            .iter()
+            .any(|l| l.contains("removed tc filter pdm_egress") && l.contains("clsact qdisc")),
+        "restart did not report removing the stale filters: {:?}",
+        again.stderr_lines
+    );
+    for dir in ["egress", "ingress"] {
+        let f = tc_filters(&h.a, dir);
+        assert!(!f.contains("pdm_"), "stale {dir} filter still there: {f}");
+    }
+    assert_eq!(tcx_programs(&h.a), 2, "the restart attached through TCX");
+    ping(&h, 3);
+    let lines = again.stop();
+    assert!(counter(lines.last().expect("report"), "egress_pdm_inserted") >= 3);
+    nothing_left(&h.a, "after SIGKILL and a restart");
+
+    // A clsact qdisc that was there before pdm is used and left in place.
+    h.a.run("tc", &["qdisc", "add", "dev", IFACE, "clsact"]);
+    let pdm = Pdm::start(&h.a, &["--attach", "netlink"]);
+    assert!(tc_filters(&h.a, "egress").contains("pdm_egress"));
+    pdm.stop();
+    assert!(
+        tc_qdiscs(&h.a).contains("clsact"),
+        "pdm removed a clsact qdisc it did not add"
+    );
+    assert!(!tc_filters(&h.a, "egress").contains("pdm_"));
+    assert_eq!(run_state(&h.a), Vec::<String>::new());
+}
