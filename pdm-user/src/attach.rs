@@ -308,6 +308,11 @@ impl Clsact {
     }
 
     fn remove(self) {
+        if iface::index(&self.iface).is_err() {
+            // The interface is gone, and its qdisc with it.
+            let _ = fs::remove_file(&self.path);
+            return;
+        }
         match remove_clsact_if_unused(&self.iface) {
             Ok(true) => log::debug!("removed the clsact qdisc pdm added to {}", self.iface),
             Ok(false) => log::info!(

@@ -340,31 +340,54 @@ fn a_second_instance_refuses_and_the_first_keeps_working() {
 
 #[test]
 fn interface_removed_while_attached_exits_non_zero() {
-    let h = TwoHosts::new("gone");
-    let mut child =
-        h.a.cmd(pdm_bin())
-            .args(["run", "--iface", IFACE, "--json", "--interval", "200ms"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn");
-    std::thread::sleep(Duration::from_millis(1500));
-    h.a.ip(&["link", "del", IFACE]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
+    // TCX links and XDP (the default), and the legacy netlink filters.
+    for mode in [
+        &["--ingress", "xdp"][..],
+        &["--attach", "netlink", "--ingress", "tc"],
+    ] {
+        let h = TwoHosts::new("gone");
+        clear_stale_state(&h.a);
+        let mut child =
+            h.a.cmd(pdm_bin())
+                .args(["run", "--iface", IFACE, "--json", "--interval", "200ms"])
+                .args(mode)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn");
+        std::thread::sleep(Duration::from_millis(1500));
+        h.a.ip(&["link", "del", IFACE]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(s) = child.try_wait().expect("wait") {
+                break s;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                panic!("{mode:?}: pdm did not notice the interface went away");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().expect("stderr"), &mut err)
+            .expect("stderr");
+        assert_eq!(status.code(), Some(3), "{mode:?}: {err}");
         assert!(
-            Instant::now() < deadline,
-            "pdm did not notice the interface went away"
+            err.contains("pdm: interface pdm0 disappeared; detached and exiting"),
+            "{mode:?}: {err}"
         );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut err = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().expect("stderr"), &mut err)
-        .expect("stderr");
-    assert_eq!(status.code(), Some(3), "{err}");
-    assert!(err.contains("disappeared"), "{err}");
+        // Nothing but the start-up lines and that one.
+        for l in err.lines() {
+            assert!(
+                l.contains("attached to") || l.contains("disappeared"),
+                "{mode:?}: unexpected line `{l}` in:\n{err}"
+            );
+        }
+        assert_eq!(
+            run_state(&h.a),
+            Vec::<String>::new(),
+            "{mode:?}: state left"
+        );
+    }
 }
