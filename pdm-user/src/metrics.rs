@@ -293,6 +293,38 @@ struct Flow {
     rate: (f64, f64),
     first_seen_ns: u64,
     last_active_ns: u64,
+    /// Counters of the flow's earlier kernel entries (see [`Table::refresh`]).
+    earlier: Earlier,
+}
+
+/// What the kernel entries a flow had before its current one counted: under a flood of
+/// new 5-tuples the kernel's LRU can evict a live flow, whose next packet creates a new
+/// entry counting from zero (with a new PSN start).
+#[derive(Clone, Copy, Debug, Default)]
+struct Earlier {
+    tx_packets: u64,
+    rx_packets: u64,
+    tx_bytes: u64,
+    rx_bytes: u64,
+    tx_pdm: u64,
+    rx_pdm: u64,
+    rx_lost: u64,
+    rx_reordered: u64,
+    rx_duplicate: u64,
+}
+
+impl Earlier {
+    fn add(&mut self, s: &FlowState) {
+        self.tx_packets += s.tx_packets;
+        self.rx_packets += s.rx_packets;
+        self.tx_bytes += s.tx_bytes;
+        self.rx_bytes += s.rx_bytes;
+        self.tx_pdm += s.tx_pdm;
+        self.rx_pdm += s.rx_pdm;
+        self.rx_lost += u64::from(s.rx_lost);
+        self.rx_reordered += u64::from(s.rx_reordered);
+        self.rx_duplicate += u64::from(s.rx_duplicate);
+    }
 }
 
 /// Settings of the flow table.
@@ -315,6 +347,9 @@ impl Default for TableConfig {
         }
     }
 }
+
+/// Refreshes a flow that carried PDM stays known after the kernel's table lost it.
+const PDM_FLOW_GRACE: u64 = 2;
 
 /// Every flow pdm knows about, fed by samples and kernel snapshots.
 #[derive(Debug, Default)]
@@ -366,6 +401,10 @@ impl Table {
         // evicted them to make room. Flows known only from a sample get one refresh to
         // show up in the table. Dropped before the new flows go in, so that under a
         // flood of new 5-tuples the map never holds the old and the new table at once.
+        // A flow that carried PDM is kept for [`PDM_FLOW_GRACE`] refreshes: under a
+        // flood the LRU can evict a live measured flow, whose next packet brings it
+        // back, and its record should carry on (see `earlier`) rather than restart.
+        // Flood entries never carry PDM, so they are not kept.
         for (key, _) in kernel {
             if let Some(f) = self.flows.get_mut(key) {
                 f.seen = generation;
@@ -373,13 +412,15 @@ impl Table {
         }
         let mut evicted = 0;
         self.flows.retain(|_, f| {
-            let keep = f.seen == generation || (f.prev.is_none() && generation - f.seen <= 1);
+            let had_pdm = f.state.tx_pdm != 0 || f.state.rx_pdm != 0;
+            let keep = f.seen == generation
+                || (f.prev.is_none() && generation - f.seen <= 1)
+                || (had_pdm && generation - f.seen <= PDM_FLOW_GRACE);
             if !keep && f.prev.is_some() {
                 evicted += 1;
             }
             keep
         });
-        self.evicted += evicted;
         let mut remove = Vec::new();
         for (key, state) in kernel {
             let f = self.flows.entry(*key).or_default();
@@ -391,7 +432,17 @@ impl Table {
                     .max(state.last_send_ns)
                     .max(state.last_recv_ns);
             }
-            let packets = (state.tx_packets, state.rx_packets);
+            if f.state.first_seen_ns != 0 && state.first_seen_ns != f.state.first_seen_ns {
+                // A new kernel entry for a flow we knew: the LRU evicted it and its next
+                // packet created it again, between two snapshots. Counted as an eviction,
+                // and its totals carry on.
+                f.earlier.add(&f.state);
+                evicted += 1;
+            }
+            let packets = (
+                f.earlier.tx_packets + state.tx_packets,
+                f.earlier.rx_packets + state.rx_packets,
+            );
             match f.prev {
                 Some((t, tx, rx)) if now_ns > t => {
                     let secs = (now_ns - t) as f64 / 1e9;
@@ -418,6 +469,7 @@ impl Table {
                 remove.push(*key);
             }
         }
+        self.evicted += evicted;
         for key in &remove {
             self.flows.remove(key);
         }
@@ -468,12 +520,12 @@ impl Table {
                         local_port: k.local_port,
                         remote_addr: Ipv6Addr::from(k.remote_addr),
                         remote_port: k.remote_port,
-                        tx_packets: s.tx_packets,
-                        rx_packets: s.rx_packets,
-                        tx_bytes: s.tx_bytes,
-                        rx_bytes: s.rx_bytes,
-                        tx_pdm: s.tx_pdm,
-                        rx_pdm: s.rx_pdm,
+                        tx_packets: f.earlier.tx_packets + s.tx_packets,
+                        rx_packets: f.earlier.rx_packets + s.rx_packets,
+                        tx_bytes: f.earlier.tx_bytes + s.tx_bytes,
+                        rx_bytes: f.earlier.rx_bytes + s.rx_bytes,
+                        tx_pdm: f.earlier.tx_pdm + s.tx_pdm,
+                        rx_pdm: f.earlier.rx_pdm + s.rx_pdm,
                         tx_pps: f.rate.0,
                         rx_pps: f.rate.1,
                         rtt: if windows {
@@ -496,9 +548,9 @@ impl Table {
                         } else {
                             Summary::default()
                         },
-                        rx_lost: s.rx_lost as u64,
-                        rx_reordered: s.rx_reordered as u64,
-                        rx_duplicate: s.rx_duplicate as u64,
+                        rx_lost: f.earlier.rx_lost + s.rx_lost as u64,
+                        rx_reordered: f.earlier.rx_reordered + s.rx_reordered as u64,
+                        rx_duplicate: f.earlier.rx_duplicate + s.rx_duplicate as u64,
                         age: Duration::from_nanos(now_ns.saturating_sub(f.first_seen_ns)),
                         idle: Duration::from_nanos(now_ns.saturating_sub(f.last_active_ns)),
                         closed: s.flags & FLOW_CLOSED != 0,
@@ -523,6 +575,63 @@ pub fn monotonic_ns() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_flow_whose_kernel_entry_was_recreated_keeps_its_totals_and_counts_an_eviction() {
+        let key = FlowKey {
+            local_addr: [1; 16],
+            remote_addr: [2; 16],
+            local_port: 1,
+            remote_port: 2,
+            proto: 6,
+            _pad: [0; 3],
+        };
+        let state = |first_seen_ns, tx_bytes, tx_packets| FlowState {
+            first_seen_ns,
+            tx_bytes,
+            tx_packets,
+            ..FlowState::default()
+        };
+        let mut t = Table::new(TableConfig::default());
+        let s = 1_000_000_000;
+        t.refresh(&[(key, state(s, 1000, 10))], s);
+        t.refresh(&[(key, state(s, 1500, 15))], 2 * s);
+        assert_eq!(t.evicted, 0);
+        // Evicted by the LRU and created again by the next packet.
+        t.refresh(&[(key, state(2 * s + 1, 100, 1))], 3 * s);
+        assert_eq!(t.evicted, 1);
+        let rows = t.rows(3 * s, false, false);
+        assert_eq!((rows[0].tx_bytes, rows[0].tx_packets), (1600, 16));
+        t.refresh(&[(key, state(2 * s + 1, 300, 3))], 4 * s);
+        assert_eq!(t.evicted, 1);
+        let rows = t.rows(4 * s, false, false);
+        assert_eq!((rows[0].tx_bytes, rows[0].tx_packets), (1800, 18));
+        assert_eq!(rows[0].tx_pps, 2.0);
+
+        // Missing from a snapshot (evicted, not back yet) and then back: one eviction,
+        // totals kept, as long as it carried PDM.
+        let with_pdm = |first_seen_ns, tx_bytes, tx_packets| FlowState {
+            tx_pdm: tx_packets,
+            ..state(first_seen_ns, tx_bytes, tx_packets)
+        };
+        t.refresh(&[(key, with_pdm(2 * s + 1, 400, 4))], 5 * s);
+        t.refresh(&[], 6 * s);
+        assert_eq!(t.rows(6 * s, false, false).len(), 1, "kept for a while");
+        t.refresh(&[(key, with_pdm(6 * s, 50, 1))], 7 * s);
+        assert_eq!(t.evicted, 2);
+        let rows = t.rows(7 * s, false, false);
+        assert_eq!((rows[0].tx_bytes, rows[0].tx_packets), (1950, 20));
+        // Gone for good: dropped after the grace, counted once.
+        for i in 8..8 + PDM_FLOW_GRACE + 1 {
+            t.refresh(&[], i * s);
+        }
+        assert!(t.is_empty());
+        assert_eq!(t.evicted, 3);
+        // A flow that never carried PDM (a flood entry) goes at once.
+        t.refresh(&[(key, state(20 * s, 10, 1))], 20 * s);
+        t.refresh(&[], 21 * s);
+        assert!(t.is_empty());
+    }
 
     #[test]
     fn histogram_percentiles_are_within_one_sixty_fourth() {
