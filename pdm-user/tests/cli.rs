@@ -334,8 +334,21 @@ fn a_second_instance_refuses_and_the_first_keeps_working() {
         .rev()
         .find(|l| l["type"] == "flow" && l["proto"] == "icmpv6")
         .expect("the ping flow in the first pdm's output");
+    let icmp: Vec<String> = lines
+        .iter()
+        .filter(|l| l["type"] == "flow" && l["proto"] == "icmpv6")
+        .map(|l| {
+            format!(
+                "ts {} port {} tx {} rx {} age {}",
+                l["ts"], l["local_port"], l["tx_packets"], l["rx_packets"], l["age_s"]
+            )
+        })
+        .collect();
     assert!(ping_flow["ts"].as_f64() > Some(refused_at), "{ping_flow}");
-    assert!(ping_flow["tx_pdm"].as_u64() >= Some(3), "{ping_flow}");
+    assert!(
+        ping_flow["tx_pdm"].as_u64() >= Some(3),
+        "refused at {refused_at}: {icmp:#?}"
+    );
 }
 
 #[test]

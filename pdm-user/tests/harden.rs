@@ -11,7 +11,7 @@ use std::{
     process::{Child, Stdio},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, Ordering},
         mpsc,
     },
     time::{Duration, Instant},
@@ -273,7 +273,6 @@ fn flood(
     src_mac: [u8; 6],
     dst: [u8; 16],
     stop: &AtomicBool,
-    sent_so_far: &AtomicU64,
     max_frames: u64,
     max_time: Duration,
 ) -> FloodReport {
@@ -366,7 +365,6 @@ fn flood(
             continue;
         }
         next += n as u64;
-        sent_so_far.store(next, Ordering::Relaxed);
     }
     if errors > 0 {
         eprintln!("flood: sendmmsg refused a batch {errors} times (device busy)");
@@ -544,7 +542,6 @@ fn flood_of_spoofed_flows_keeps_the_real_flow_measured() {
 
     let stream_stop = AtomicBool::new(false);
     let flood_stop = AtomicBool::new(false);
-    let flood_sent = AtomicU64::new(0);
     let mut rss = Vec::new(); // (phase, KiB)
     let (bytes, flood_report, flood_window, base_no_pdm) = std::thread::scope(|s| {
         // Whatever happens here (a failed assertion included), the helper threads stop.
@@ -580,7 +577,6 @@ fn flood_of_spoofed_flows_keeps_the_real_flow_measured() {
                 src_mac,
                 dst,
                 &flood_stop,
-                &flood_sent,
                 4 * FLOOD_FLOWS,
                 Duration::from_secs(25),
             )
