@@ -1,19 +1,30 @@
 //! Loading the eBPF object and attaching its programs through bpf_links, so that the
 //! kernel detaches everything when the process ends — however it ends.
+//!
+//! A hidden test switch (`pdm run --attach netlink`) attaches the TC programs the legacy
+//! way instead, as filters of a clsact qdisc (what kernels before 6.6 offer). Those stay
+//! attached when the process dies, so that path has its own clean-up: filters (and the
+//! qdisc, when pdm added it) are removed on exit, a state file in [`crate::RUN_DIR`]
+//! records a qdisc pdm added, and every start removes filters a killed run left behind
+//! ([`recover_tc`]).
 
-use aya::maps::HashMap;
-use aya::{
-    Ebpf, EbpfLoader,
-    programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, links::FdLink},
+use std::{fs, os::fd::AsRawFd as _, os::fd::FromRawFd as _, path::PathBuf};
+
+use aya::programs::{
+    SchedClassifier, TcAttachType, Xdp, XdpMode,
+    links::FdLink,
+    tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions},
 };
+use aya::{Ebpf, EbpfLoader, maps::HashMap};
 use pdm_common::{
     flow::{DEFAULT_MAX_FLOWS, FLOW_WAYS, table_slots},
     names,
     select::HostKey,
 };
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::filter::Filter;
+use crate::{filter::Filter, iface};
 
 #[derive(Debug, Error)]
 pub enum AttachError {
@@ -36,6 +47,29 @@ pub enum AttachError {
          would stay attached if pdm were killed"
     )]
     NotALink(&'static str),
+    #[error("adding a clsact qdisc to `{iface}`: {source}")]
+    Clsact {
+        iface: String,
+        #[source]
+        source: tc::TcError,
+    },
+    #[error("tc state file {path}: {source}")]
+    State {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How the TC programs are attached.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum TcMode {
+    /// TCX bpf_links (kernel >= 6.6): detached by the kernel when pdm dies.
+    #[default]
+    Tcx,
+    /// Legacy netlink filters on a clsact qdisc, removed by pdm itself (on exit, or by
+    /// the next start after a crash).
+    Netlink,
 }
 
 /// How received packets are read.
@@ -129,24 +163,76 @@ pub fn xdp(ebpf: &mut Ebpf) -> Result<&mut Xdp, AttachError> {
 pub struct Attached {
     /// Human-readable description of each attachment, for the start-up message.
     pub description: Vec<String>,
-    // Declared before nothing else that matters: dropping a link detaches its program.
-    _links: Vec<FdLink>,
+    // Dropping a link detaches its program.
+    links: Vec<FdLink>,
+    /// Netlink filters (`--attach netlink`): dropping one deletes the filter.
+    filters: Vec<SchedClassifierLink>,
+    /// The clsact qdisc pdm added (`--attach netlink`), removed after the filters.
+    qdisc: Option<Clsact>,
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        self.links.clear();
+        self.filters.clear();
+        if let Some(q) = self.qdisc.take() {
+            q.remove();
+        }
+    }
 }
 
 /// Attaches egress (TC, TCX link) and ingress (XDP native → generic, or TC) to `iface`.
 pub fn attach(ebpf: &mut Ebpf, iface: &str, ingress: Ingress) -> Result<Attached, AttachError> {
-    let mut links = Vec::new();
-    let mut description = Vec::new();
+    attach_with(ebpf, iface, ingress, TcMode::Tcx)
+}
 
-    let name = names::PROG_EGRESS;
-    links.push(attach_tc(ebpf, name, iface, TcAttachType::Egress)?);
-    description.push(format!("{name}: tc egress (tcx link)"));
+/// As [`attach`], with the TC programs attached the way `mode` says.
+pub fn attach_with(
+    ebpf: &mut Ebpf,
+    iface: &str,
+    ingress: Ingress,
+    mode: TcMode,
+) -> Result<Attached, AttachError> {
+    let mut out = Attached {
+        description: Vec::new(),
+        links: Vec::new(),
+        filters: Vec::new(),
+        qdisc: None,
+    };
+    if mode == TcMode::Netlink {
+        out.qdisc = Clsact::ensure(iface)?;
+    }
+    // On an error below, dropping `out` undoes what was attached so far.
+    let mut tc_attach = |out: &mut Attached,
+                         name: &'static str,
+                         at: TcAttachType,
+                         what: &str|
+     -> Result<(), AttachError> {
+        match mode {
+            TcMode::Tcx => {
+                out.links.push(attach_tc(ebpf, name, iface, at)?);
+                out.description
+                    .push(format!("{name}: tc {what} (tcx link)"));
+            }
+            TcMode::Netlink => {
+                out.filters.push(attach_tc_netlink(ebpf, name, iface, at)?);
+                out.description
+                    .push(format!("{name}: tc {what} (netlink filter, clsact)"));
+            }
+        }
+        Ok(())
+    };
+
+    tc_attach(&mut out, names::PROG_EGRESS, TcAttachType::Egress, "egress")?;
 
     match ingress {
         Ingress::Tc => {
-            let name = names::PROG_INGRESS_TC;
-            links.push(attach_tc(ebpf, name, iface, TcAttachType::Ingress)?);
-            description.push(format!("{name}: tc ingress (tcx link)"));
+            tc_attach(
+                &mut out,
+                names::PROG_INGRESS_TC,
+                TcAttachType::Ingress,
+                "ingress",
+            )?;
         }
         Ingress::Xdp => {
             let name = names::PROG_INGRESS_XDP;
@@ -166,14 +252,13 @@ pub fn attach(ebpf: &mut Ebpf, iface: &str, ingress: Ingress) -> Result<Attached
             let link = prog
                 .take_link(id)
                 .map_err(|source| AttachError::Program { name, source })?;
-            links.push(FdLink::try_from(link).map_err(|_| AttachError::NotALink(name))?);
-            description.push(format!("{name}: xdp {mode} (bpf_link)"));
+            out.links
+                .push(FdLink::try_from(link).map_err(|_| AttachError::NotALink(name))?);
+            out.description
+                .push(format!("{name}: xdp {mode} (bpf_link)"));
         }
     }
-    Ok(Attached {
-        description,
-        _links: links,
-    })
+    Ok(out)
 }
 
 fn attach_tc(
@@ -190,4 +275,247 @@ fn attach_tc(
         .take_link(id)
         .map_err(|source| AttachError::Program { name, source })?;
     FdLink::try_from(link).map_err(|_| AttachError::NotALink(name))
+}
+
+fn attach_tc_netlink(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    iface: &str,
+    at: TcAttachType,
+) -> Result<SchedClassifierLink, AttachError> {
+    let prog = classifier(ebpf, name)?;
+    let id = prog
+        .attach_with_options(iface, at, TcAttachOptions::Netlink(NlOptions::default()))
+        .map_err(|source| AttachError::Program { name, source })?;
+    prog.take_link(id)
+        .map_err(|source| AttachError::Program { name, source })
+}
+
+/// What a netlink-mode run records so that the next start can undo it after a crash.
+#[derive(Serialize, Deserialize)]
+struct TcState {
+    ifindex: u32,
+    /// pdm added the clsact qdisc (so it removes it too).
+    added_clsact: bool,
+}
+
+fn tc_state_file(iface_name: &str) -> PathBuf {
+    iface::state_path(iface_name, "tc")
+}
+
+/// A clsact qdisc pdm added; [`Clsact::remove`] deletes it (if no filter of anyone
+/// else's is left on it) and its state file.
+struct Clsact {
+    iface: String,
+    path: PathBuf,
+}
+
+impl Clsact {
+    /// Adds the clsact qdisc unless the interface has one; returns the guard when pdm
+    /// added it. The state file is written first, so a crash at any point is undone.
+    fn ensure(iface_name: &str) -> Result<Option<Clsact>, AttachError> {
+        let path = tc_state_file(iface_name);
+        let state_err = |source| AttachError::State {
+            path: path.display().to_string(),
+            source,
+        };
+        let ifindex = iface::index(iface_name).map_err(|e| AttachError::State {
+            path: path.display().to_string(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let state = serde_json::to_vec(&TcState {
+            ifindex,
+            added_clsact: true,
+        })
+        .expect("plain struct serialises");
+        fs::create_dir_all(crate::RUN_DIR).map_err(state_err)?;
+        fs::write(&path, state).map_err(state_err)?;
+        match tc::qdisc_add_clsact(iface_name) {
+            Ok(()) => Ok(Some(Clsact {
+                iface: iface_name.into(),
+                path,
+            })),
+            Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {
+                // Someone else's qdisc: used, never removed.
+                let _ = fs::remove_file(&path);
+                Ok(None)
+            }
+            Err(source) => {
+                let _ = fs::remove_file(&path);
+                Err(AttachError::Clsact {
+                    iface: iface_name.into(),
+                    source,
+                })
+            }
+        }
+    }
+
+    fn remove(self) {
+        if iface::index(&self.iface).is_err() {
+            // The interface is gone, and its qdisc with it.
+            let _ = fs::remove_file(&self.path);
+            return;
+        }
+        match remove_clsact_if_unused(&self.iface) {
+            Ok(true) => log::debug!("removed the clsact qdisc pdm added to {}", self.iface),
+            Ok(false) => log::info!(
+                "left the clsact qdisc on {}: it holds filters pdm did not add",
+                self.iface
+            ),
+            Err(e) => log::warn!("could not remove the clsact qdisc from {}: {e}", self.iface),
+        }
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// Deletes the clsact qdisc of `iface` if neither direction has a filter left.
+/// Returns whether it did.
+fn remove_clsact_if_unused(iface_name: &str) -> std::io::Result<bool> {
+    let ifindex = iface::index(iface_name).map_err(|e| std::io::Error::other(e.to_string()))?;
+    for at in [TcAttachType::Ingress, TcAttachType::Egress] {
+        if count_filters(ifindex, at)? > 0 {
+            return Ok(false);
+        }
+    }
+    del_clsact(ifindex)?;
+    Ok(true)
+}
+
+/// Removes what a killed `--attach netlink` run left on `iface`: pdm's TC filters, and
+/// the clsact qdisc if that run added it and nothing else uses it. Call with the
+/// interface lock held (so no other pdm owns those filters). Returns what was removed,
+/// for the start-up message.
+pub fn recover_tc(iface_name: &str, ifindex: u32) -> Vec<String> {
+    let mut removed = Vec::new();
+    for (at, name) in [
+        (TcAttachType::Egress, names::PROG_EGRESS),
+        (TcAttachType::Ingress, names::PROG_INGRESS_TC),
+    ] {
+        match tc::qdisc_detach_program(iface_name, at, name) {
+            Ok(()) => removed.push(format!("tc filter {name}")),
+            // None found (or no clsact qdisc at all): nothing to do.
+            Err(e) => log::debug!("no stale {name} filter on {iface_name}: {e}"),
+        }
+    }
+    let path = tc_state_file(iface_name);
+    if let Ok(bytes) = fs::read(&path) {
+        let state: Option<TcState> = serde_json::from_slice(&bytes).ok();
+        // Same interface (not a new one that reuses the name).
+        if state.is_some_and(|s| s.ifindex == ifindex && s.added_clsact) {
+            match remove_clsact_if_unused(iface_name) {
+                Ok(true) => removed.push("clsact qdisc".into()),
+                Ok(false) => {}
+                Err(e) => log::debug!("clsact qdisc on {iface_name}: {e}"),
+            }
+        }
+        let _ = fs::remove_file(&path);
+    }
+    removed
+}
+
+const TC_H_CLSACT: u32 = 0xFFFF_FFF1;
+const TC_H_MIN_INGRESS: u32 = 0xFFF2;
+const TC_H_MIN_EGRESS: u32 = 0xFFF3;
+const RTM_DELQDISC: u16 = 37;
+const RTM_GETTFILTER: u16 = 46;
+const RTM_NEWTFILTER: u16 = 44;
+
+/// nlmsghdr (16) + tcmsg (20) of one rtnetlink TC request.
+fn tc_request(msg_type: u16, flags: u16, ifindex: u32, handle: u32, parent: u32) -> [u8; 36] {
+    let mut m = [0u8; 36];
+    m[0..4].copy_from_slice(&36u32.to_ne_bytes());
+    m[4..6].copy_from_slice(&msg_type.to_ne_bytes());
+    m[6..8].copy_from_slice(&flags.to_ne_bytes());
+    m[8..12].copy_from_slice(&1u32.to_ne_bytes());
+    m[16] = libc::AF_UNSPEC as u8;
+    m[20..24].copy_from_slice(&(ifindex as i32).to_ne_bytes());
+    m[24..28].copy_from_slice(&handle.to_ne_bytes());
+    m[28..32].copy_from_slice(&parent.to_ne_bytes());
+    m
+}
+
+/// Sends one request and walks the replies until NLMSG_DONE or the ACK/error; returns
+/// the number of messages of type `count_type`.
+fn rtnl_exchange(req: &[u8], count_type: u16) -> std::io::Result<usize> {
+    // SAFETY: a plain socket; the OwnedFd closes it on every path.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh socket we own.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    // SAFETY: sending a buffer we own.
+    if unsafe { libc::send(fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut count = 0;
+    // Bounded: a dump of a qdisc's filters is a handful of datagrams.
+    for _ in 0..1024 {
+        // SAFETY: receiving into a buffer we own.
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let data = &buf[..n as usize];
+        let mut off = 0;
+        while off + 16 <= data.len() {
+            let len = u32::from_ne_bytes(data[off..off + 4].try_into().expect("4")) as usize;
+            let ty = u16::from_ne_bytes([data[off + 4], data[off + 5]]);
+            if len < 16 || off + len > data.len() {
+                break;
+            }
+            if ty == libc::NLMSG_DONE as u16 {
+                return Ok(count);
+            }
+            if ty == libc::NLMSG_ERROR as u16 {
+                let code = i32::from_ne_bytes(data[off + 16..off + 20].try_into().expect("4"));
+                return if code == 0 {
+                    Ok(count)
+                } else {
+                    Err(std::io::Error::from_raw_os_error(-code))
+                };
+            }
+            if ty == count_type {
+                count += 1;
+            }
+            off += len.div_ceil(4) * 4;
+        }
+    }
+    Err(std::io::Error::other("rtnetlink reply did not end"))
+}
+
+/// Number of TC filters on the clsact qdisc's `at` side (`tc filter show dev X egress`).
+fn count_filters(ifindex: u32, at: TcAttachType) -> std::io::Result<usize> {
+    let minor = match at {
+        TcAttachType::Ingress => TC_H_MIN_INGRESS,
+        _ => TC_H_MIN_EGRESS,
+    };
+    let parent = (TC_H_CLSACT & 0xFFFF_0000) | minor;
+    let req = tc_request(
+        RTM_GETTFILTER,
+        (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16,
+        ifindex,
+        0,
+        parent,
+    );
+    rtnl_exchange(&req, RTM_NEWTFILTER)
+}
+
+/// `tc qdisc del dev X clsact`.
+fn del_clsact(ifindex: u32) -> std::io::Result<()> {
+    let req = tc_request(
+        RTM_DELQDISC,
+        (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16,
+        ifindex,
+        TC_H_CLSACT & 0xFFFF_0000,
+        TC_H_CLSACT,
+    );
+    rtnl_exchange(&req, 0).map(drop)
 }

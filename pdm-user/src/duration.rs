@@ -7,6 +7,11 @@ use std::time::Duration;
 pub fn parse(s: &str) -> Result<Duration, String> {
     let bad =
         || format!("`{s}` is not a duration: use a number with ms, s, m or h (e.g. 500ms, 10s)");
+    if s.starts_with('-') {
+        return Err(format!(
+            "`{s}` is not a duration: it must be positive (e.g. 500ms, 10s)"
+        ));
+    }
     let split = s
         .find(|c: char| !c.is_ascii_digit() && c != '.')
         .unwrap_or(s.len());
@@ -19,6 +24,11 @@ pub fn parse(s: &str) -> Result<Duration, String> {
         "h" => n * 3600.0,
         _ => return Err(bad()),
     };
+    if secs == 0.0 {
+        return Err(format!(
+            "`{s}` is not a duration pdm can use: it must be more than zero (e.g. 500ms, 10s)"
+        ));
+    }
     if !(secs.is_finite() && secs > 0.0 && secs < 1e9) {
         return Err(bad());
     }

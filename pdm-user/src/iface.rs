@@ -103,34 +103,59 @@ pub fn state_path(iface: &str, ext: &str) -> PathBuf {
 }
 
 /// An exclusive lock on an interface, held for the life of the value (and released by
-/// the kernel if the process dies).
+/// the kernel if the process dies). The lock file is removed on drop, so a clean exit
+/// leaves nothing in [`crate::RUN_DIR`].
 pub struct IfaceLock {
-    _file: File,
+    file: File,
+    path: PathBuf,
 }
 
 impl IfaceLock {
     pub fn acquire(iface: &str) -> Result<Self, IfaceError> {
         fs::create_dir_all(crate::RUN_DIR).map_err(io(format!("creating {}", crate::RUN_DIR)))?;
         let path = state_path(iface, "lock");
-        let mut file = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io(format!("opening {}", path.display())))?;
-        // SAFETY: valid fd.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let mut pid = String::new();
-            let _ = file.read_to_string(&mut pid);
-            return Err(IfaceError::Busy {
-                iface: iface.into(),
-                pid: pid.trim().to_owned(),
-            });
+        // A holder that exits removes the file after we opened it: then our lock is on
+        // a file nobody else will see, so try again with the new one (bounded).
+        for _ in 0..8 {
+            let mut file = fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .map_err(io(format!("opening {}", path.display())))?;
+            // SAFETY: valid fd.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+                let mut pid = String::new();
+                let _ = file.read_to_string(&mut pid);
+                return Err(IfaceError::Busy {
+                    iface: iface.into(),
+                    pid: pid.trim().to_owned(),
+                });
+            }
+            let same = match (file.metadata(), fs::metadata(&path)) {
+                (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+                _ => false,
+            };
+            if !same {
+                continue;
+            }
+            let _ = file.set_len(0);
+            let _ = file.rewind();
+            let _ = write!(file, "{}", std::process::id());
+            return Ok(Self { file, path });
         }
-        let _ = file.set_len(0);
-        let _ = file.rewind();
-        let _ = write!(file, "{}", std::process::id());
-        Ok(Self { _file: file })
+        Err(IfaceError::Io {
+            what: format!("locking {}", path.display()),
+            source: std::io::Error::other("the lock file keeps being replaced"),
+        })
+    }
+}
+
+impl Drop for IfaceLock {
+    fn drop(&mut self) {
+        // Removed while still locked; the lock goes when the file is closed.
+        let _ = fs::remove_file(&self.path);
+        let _ = &self.file;
     }
 }

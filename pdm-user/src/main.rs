@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use pdm_common::flow::DEFAULT_MAX_FLOWS;
 use pdm_user::duration::parse as parse_duration;
 use pdm_user::{
-    attach::{self, Ingress, LoadOptions},
+    attach::{self, Ingress, LoadOptions, TcMode},
     filter::Filter,
     iface, live,
     metrics::TableConfig,
@@ -78,29 +78,33 @@ struct RunArgs {
     #[arg(long, value_name = "FILE")]
     log: Option<std::path::PathBuf>,
     /// Span of the sliding window for RTT and server-delay distributions.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = parse_duration, allow_hyphen_values = true)]
     window: Duration,
     /// Forget flows without a packet for this long (TCP FIN/RST end them sooner).
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = parse_duration, allow_hyphen_values = true)]
     idle_timeout: Duration,
     /// Reporting interval (e.g. 1s, 500ms).
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = parse_duration, allow_hyphen_values = true)]
     interval: Duration,
     /// Detach and exit after this long (e.g. 30s, 5m); default: until Ctrl-C / SIGTERM.
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
     duration: Option<Duration>,
+    /// Test switch: attach the TC programs as legacy netlink filters on a clsact qdisc
+    /// instead of TCX links.
+    #[arg(long, value_enum, default_value_t = TcMode::Tcx, hide = true)]
+    attach: TcMode,
 }
 
 #[derive(clap::Args)]
 struct DemoArgs {
     /// The demo server's processing time per request (what server delay should show).
-    #[arg(long, default_value = "5ms", value_parser = parse_duration)]
+    #[arg(long, default_value = "5ms", value_parser = parse_duration, allow_hyphen_values = true)]
     processing_time: Duration,
     /// NDJSON instead of the live view.
     #[arg(long)]
     json: bool,
     /// Stop after this long.
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
     duration: Option<Duration>,
     /// Also append the NDJSON lines to FILE.
     #[arg(long, value_name = "FILE")]
@@ -116,7 +120,10 @@ fn main() -> ExitCode {
         .format_timestamp(None)
         .format_target(false)
         .init();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     let result = match cli.cmd {
         Cmd::Check { max_flows } => check(max_flows),
         Cmd::Run(args) => block_on(run(args)),
@@ -130,6 +137,35 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Bad command-line input: one line saying what is wrong and where to look, exit
+/// code 2. (clap's own rendering spreads it over a usage block and a hint.)
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    let rendered = e.render().to_string();
+    let what: Vec<&str> = rendered
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .filter(|l| !l.is_empty())
+        .collect();
+    let what = what.join(" ");
+    let what = what.strip_prefix("error: ").unwrap_or(&what);
+    let help = match std::env::args().nth(1).as_deref() {
+        Some(sub @ ("run" | "demo" | "check")) => format!("pdm {sub} --help"),
+        _ => "pdm --help".into(),
+    };
+    eprintln!("pdm: {what} (see `{help}`)");
+    ExitCode::from(2)
 }
 
 fn block_on(f: impl Future<Output = Result<ExitCode>>) -> Result<ExitCode> {
@@ -165,6 +201,7 @@ fn demo(a: DemoArgs) -> Result<ExitCode> {
         idle_timeout: Duration::from_secs(60),
         interval: Duration::from_secs(1),
         duration: a.duration,
+        attach: TcMode::Tcx,
     }));
     drop(traffic);
     drop(server_pdm);
@@ -172,10 +209,12 @@ fn demo(a: DemoArgs) -> Result<ExitCode> {
     result
 }
 
-/// Fails early, with what to do, when the process cannot load BPF programs.
+/// Fails early, with what to do, when the process cannot load BPF programs: before
+/// anything is read from or changed on the interface.
 fn check_privileges() -> Result<()> {
     const CAP_NET_ADMIN: u32 = 12;
     const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_PERFMON: u32 = 38;
     const CAP_BPF: u32 = 39;
     let status =
         std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
@@ -185,9 +224,20 @@ fn check_privileges() -> Result<()> {
         .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
         .unwrap_or(0);
     let has = |cap: u32| eff & (1 << cap) != 0;
-    if !(has(CAP_NET_ADMIN) && (has(CAP_BPF) || has(CAP_SYS_ADMIN))) {
+    // CAP_SYS_ADMIN stands in for CAP_BPF and CAP_PERFMON (kernels before 5.8 had only it).
+    let missing: Vec<&str> = [
+        ("CAP_BPF", has(CAP_BPF) || has(CAP_SYS_ADMIN)),
+        ("CAP_NET_ADMIN", has(CAP_NET_ADMIN)),
+        ("CAP_PERFMON", has(CAP_PERFMON) || has(CAP_SYS_ADMIN)),
+    ]
+    .into_iter()
+    .filter(|(_, ok)| !ok)
+    .map(|(name, _)| name)
+    .collect();
+    if !missing.is_empty() {
         bail!(
-            "needs root (or CAP_BPF and CAP_NET_ADMIN) to load and attach eBPF programs; run it with sudo"
+            "not allowed to load eBPF programs (missing {}): run as root or grant CAP_BPF,CAP_NET_ADMIN,CAP_PERFMON",
+            missing.join(", ")
         );
     }
     Ok(())
@@ -231,11 +281,18 @@ fn check(max_flows: u32) -> Result<ExitCode> {
 }
 
 async fn run(args: RunArgs) -> Result<ExitCode> {
+    check_privileges()?;
     let name = args.iface.as_str();
     let ifindex = iface::index(name)?;
     iface::check_ipv6(name)?;
-    check_privileges()?;
     let _lock = iface::IfaceLock::acquire(name)?;
+    let stale = attach::recover_tc(name, ifindex);
+    if !stale.is_empty() {
+        log::info!(
+            "removed {} from {name}, left attached by a previous run",
+            stale.join(" and ")
+        );
+    }
     if let Some(o) = offload::recover(name, ifindex)? {
         let (tso, gso) = o.tso_gso();
         log::info!(
@@ -264,7 +321,7 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     } else {
         None
     };
-    let attached = attach::attach(&mut ebpf, name, args.ingress)?;
+    let attached = attach::attach_with(&mut ebpf, name, args.ingress, args.attach)?;
     for d in &attached.description {
         log::info!(
             "attached to {name} (ifindex {ifindex}, MTU {}): {d}",

@@ -336,6 +336,8 @@ struct Flow {
 /// second is far more often than the fastest of them can wrap (2^32 packets).
 #[derive(Clone, Copy, Debug, Default)]
 struct Widened {
+    tx_bytes: u64,
+    rx_bytes: u64,
     tx_packets: u64,
     rx_packets: u64,
     tx_pdm: u64,
@@ -348,14 +350,18 @@ struct Widened {
 
 impl Widened {
     /// Adds the movement from `prev` (the entry at the last refresh, if any) to `now`.
-    fn update(&mut self, prev: Option<&FlowState>, now: &FlowState) {
-        // Octet counters are 64-bit and never wrap: if they went back, the slot was
-        // taken by another flow and then by this one again (evicted and re-created),
-        // and its counters restarted from 0.
+    /// True when `now` is a new kernel entry for the flow: its octet counters (64-bit,
+    /// they never wrap) went back, so the table evicted the flow and its next packet
+    /// created it again, counting from zero. Its totals carry on.
+    fn update(&mut self, prev: Option<&FlowState>, now: &FlowState) -> bool {
+        let recreated =
+            prev.is_some_and(|p| now.tx_bytes < p.tx_bytes || now.rx_bytes < p.rx_bytes);
         let prev = match prev {
-            Some(p) if now.tx_bytes >= p.tx_bytes && now.rx_bytes >= p.rx_bytes => *p,
+            Some(p) if !recreated => *p,
             _ => FlowState::default(),
         };
+        self.tx_bytes += now.tx_bytes - prev.tx_bytes;
+        self.rx_bytes += now.rx_bytes - prev.rx_bytes;
         self.tx_packets += u64::from(now.tx_packets.wrapping_sub(prev.tx_packets));
         self.rx_packets += u64::from(now.rx_packets.wrapping_sub(prev.rx_packets));
         self.tx_pdm += u64::from(now.tx_pdm.wrapping_sub(prev.tx_pdm));
@@ -363,6 +369,7 @@ impl Widened {
         self.rx_lost += i64::from(now.rx_lost.wrapping_sub(prev.rx_lost) as i16);
         self.rx_reordered += u64::from(now.rx_reordered.wrapping_sub(prev.rx_reordered));
         self.rx_duplicate += u64::from(now.rx_duplicate.wrapping_sub(prev.rx_duplicate));
+        recreated
     }
 }
 
@@ -387,14 +394,21 @@ impl Default for TableConfig {
     }
 }
 
+/// Refreshes a flow that carried PDM stays known after the kernel's table lost it.
+const PDM_FLOW_GRACE: u64 = 2;
+
 /// Every flow pdm knows about, fed by samples and kernel snapshots.
 #[derive(Debug, Default)]
 pub struct Table {
     config: TableConfig,
-    flows: FlowMap<Flow>,
+    /// Boxed: a flow is about 450 octets, and the map keeps up to twice its peak in
+    /// buckets, most of them empty; with the flows inline, a flood of new 5-tuples
+    /// through a 65 536-flow kernel table cost the loader ~200 MB (measured by the
+    /// flood test in tests/harden.rs), boxed about half that.
+    flows: FlowMap<Box<Flow>>,
     /// Number of refreshes so far.
     generation: u64,
-    /// Flows the kernel's LRU dropped before we expired them.
+    /// Flows the kernel's table evicted before we expired them.
     pub evicted: u64,
     /// Flows expired (idle or closed) by us.
     pub expired: u64,
@@ -429,6 +443,7 @@ impl Table {
         let span = self.config.window.as_nanos() as u64;
         self.generation += 1;
         let generation = self.generation;
+        let mut evicted = 0;
         let mut remove = Vec::new();
         for (key, state) in kernel {
             let f = self.flows.entry(*key).or_default();
@@ -437,7 +452,9 @@ impl Table {
                 f.first_seen_ns = now_ns;
                 f.last_active_ns = now_ns;
             }
-            f.wide.update(f.prev.is_some().then_some(&f.state), state);
+            if f.wide.update(f.prev.is_some().then_some(&f.state), state) {
+                evicted += 1;
+            }
             let packets = (f.wide.tx_packets, f.wide.rx_packets);
             match f.prev {
                 Some((t, tx, rx)) if now_ns > t => {
@@ -465,12 +482,16 @@ impl Table {
                 remove.push(*key);
             }
         }
-        // Known flows the kernel no longer has, and that we did not remove: the LRU
+        // Known flows the kernel no longer has, and that we did not remove: the table
         // evicted them to make room. Flows known only from a sample get one refresh to
-        // show up in the table.
-        let mut evicted = 0;
+        // show up. A flow that carried PDM is kept for [`PDM_FLOW_GRACE`] refreshes:
+        // should its next packet bring it back, its record carries on rather than
+        // restarting. Flood entries never carry PDM, so they are not kept.
         self.flows.retain(|_, f| {
-            let keep = f.seen == generation || (f.prev.is_none() && generation - f.seen <= 1);
+            let had_pdm = f.wide.tx_pdm + f.wide.rx_pdm != 0;
+            let keep = f.seen == generation
+                || (f.prev.is_none() && generation - f.seen <= 1)
+                || (had_pdm && generation - f.seen <= PDM_FLOW_GRACE);
             if !keep && f.prev.is_some() {
                 evicted += 1;
             }
@@ -544,8 +565,8 @@ impl Table {
                         remote_port: k.remote_port,
                         tx_packets: w.tx_packets,
                         rx_packets: w.rx_packets,
-                        tx_bytes: s.tx_bytes,
-                        rx_bytes: s.rx_bytes,
+                        tx_bytes: w.tx_bytes,
+                        rx_bytes: w.rx_bytes,
                         tx_pdm: w.tx_pdm,
                         rx_pdm: w.rx_pdm,
                         tx_pps: f.rate.0,
@@ -609,6 +630,62 @@ mod tests {
             buckets.insert(b.hash_one(key) & 0xffff);
         }
         assert!(buckets.len() > 3900, "{} distinct buckets", buckets.len());
+    }
+
+    #[test]
+    fn a_flow_whose_kernel_entry_was_recreated_keeps_its_totals_and_counts_an_eviction() {
+        let key = FlowKey {
+            local_addr: [1; 16],
+            remote_addr: [2; 16],
+            local_port: 1,
+            remote_port: 2,
+            proto: 6,
+            _pad: [0; 3],
+        };
+        let state = |tx_bytes, tx_packets| FlowState {
+            tx_bytes,
+            tx_packets,
+            ..FlowState::default()
+        };
+        let mut t = Table::new(TableConfig::default());
+        let s = 1_000_000_000;
+        t.refresh(&[(key, state(1000, 10))], s);
+        t.refresh(&[(key, state(1500, 15))], 2 * s);
+        assert_eq!(t.evicted, 0);
+        // Evicted by the kernel's table and created again by the next packet.
+        t.refresh(&[(key, state(100, 1))], 3 * s);
+        assert_eq!(t.evicted, 1);
+        let rows = t.rows(3 * s, false, false);
+        assert_eq!((rows[0].tx_bytes, rows[0].tx_packets), (1600, 16));
+        t.refresh(&[(key, state(300, 3))], 4 * s);
+        assert_eq!(t.evicted, 1);
+        let rows = t.rows(4 * s, false, false);
+        assert_eq!((rows[0].tx_bytes, rows[0].tx_packets), (1800, 18));
+        assert_eq!(rows[0].tx_pps, 2.0);
+
+        // Missing from a snapshot (evicted, not back yet) and then back: one eviction,
+        // totals kept, as long as it carried PDM.
+        let with_pdm = |tx_bytes, tx_packets| FlowState {
+            tx_pdm: tx_packets,
+            ..state(tx_bytes, tx_packets)
+        };
+        t.refresh(&[(key, with_pdm(400, 4))], 5 * s);
+        t.refresh(&[], 6 * s);
+        assert_eq!(t.rows(6 * s, false, false).len(), 1, "kept for a while");
+        t.refresh(&[(key, with_pdm(50, 1))], 7 * s);
+        assert_eq!(t.evicted, 2);
+        let rows = t.rows(7 * s, false, false);
+        assert_eq!((rows[0].tx_bytes, rows[0].tx_packets), (1950, 20));
+        // Gone for good: dropped after the grace, counted once.
+        for i in 8..8 + PDM_FLOW_GRACE + 1 {
+            t.refresh(&[], i * s);
+        }
+        assert!(t.is_empty());
+        assert_eq!(t.evicted, 3);
+        // A flow that never carried PDM (a flood entry) goes at once.
+        t.refresh(&[(key, state(10, 1))], 20 * s);
+        t.refresh(&[], 21 * s);
+        assert!(t.is_empty());
     }
 
     #[test]

@@ -237,6 +237,20 @@ fn offloads(h: &common::Netns) -> (bool, bool) {
     )
 }
 
+/// All of `ethtool -k` and the gso_max_segs of the test interface: what `--per-packet`
+/// changes and must put back.
+fn offload_settings(ns: &common::Netns) -> String {
+    let ethtool = ns.run("ethtool", &["-k", IFACE]);
+    let link = ns.ip(&["-d", "link", "show", IFACE]);
+    let segs = link
+        .split_whitespace()
+        .skip_while(|w| *w != "gso_max_segs")
+        .nth(1)
+        .expect("gso_max_segs in ip -d link")
+        .to_owned();
+    format!("{ethtool}gso_max_segs {segs}")
+}
+
 /// (retransmitted segments, tail-loss probes) so far.
 fn retransmissions(ns: &common::Netns) -> (u64, u64) {
     (ns.nstat("TcpRetransSegs"), ns.nstat("TcpExtTCPLossProbes"))
@@ -371,6 +385,7 @@ fn attached_programs(ns: &common::Netns) -> String {
 #[test]
 fn sigkill_leaves_nothing_attached_and_restart_restores_offloads() {
     let h = TwoHosts::new("kill");
+    let original = offload_settings(&h.a);
     let pdm = Pdm::start(&h.a, &["--per-packet"]);
     let _peer = Pdm::start(&h.b, &["--ingress", "tc"]);
     assert!(
@@ -411,7 +426,13 @@ fn sigkill_leaves_nothing_attached_and_restart_restores_offloads() {
         again.stderr_lines
     );
     assert_eq!(offloads(&h.a), (true, true), "restart restored TSO/GSO");
+    assert_eq!(
+        offload_settings(&h.a),
+        original,
+        "restart restored every setting (ethtool -k, gso_max_segs) to what it was"
+    );
     again.stop();
+    assert_eq!(offload_settings(&h.a), original);
     assert!(
         !attached_programs(&h.a).contains("pdm_"),
         "clean exit detaches"
