@@ -473,7 +473,7 @@ fn scaling(s: &mut String, sc: &Value) {
     }
     let _ = writeln!(
         s,
-        "The client sends small UDP datagrams cycling through N distinct 5-tuples (source ports 20000.. × destination ports 30000..), sendmmsg, pdm (default, XDP ingress) on both hosts with `--max-flows` = N rounded up to a power of two (at least 65536). ns/packet from bpf_stats: first pass (every packet creates an entry) and steady (a window of the same cycle once every entry exists). Entries: counted by walking the kernel's map. Memory: `bytes_memlock` of the FLOWS map (`bpftool map show`, the kernel's own accounting) per slot (÷ max_entries) and per live flow (÷ entries). Map errors: pdm's `*_flow_map_full` counters on both hosts.\n"
+        "The client sends small UDP datagrams cycling through N distinct 5-tuples (source ports 20000.. × destination ports 30000..), sendmmsg, pdm (default, XDP ingress) on both hosts with `--max-flows` = N rounded up to a power of two (at least 65536). ns/packet from bpf_stats: first pass (every packet creates an entry) and steady (a window of the same cycle once every entry exists). Entries: the flows in the kernel's table (it is mapped and its valid slots counted). Memory: `bytes_memlock` of the FLOWS map (`bpftool map show`, the kernel's own accounting) per slot (÷ max_entries) and per live flow (÷ entries). Map errors: pdm's `*_flow_map_full` counters on both hosts.\n"
     );
     let _ = writeln!(
         s,
