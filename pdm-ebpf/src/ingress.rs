@@ -320,7 +320,14 @@ fn clamp_mss(p: &Packet, hook: &Hook) -> bool {
                 let Some(c) = src.load::<2>(l4 + 16) else {
                     return false;
                 };
-                let csum = csum_replace(u16::from_be_bytes(c), mss, limit);
+                // The checksum sums 16-bit words from the start of the TCP header: a
+                // value at an odd offset straddles two of them, byte-swapped.
+                let (old, new) = if (o + 2 - l4) % 2 == 1 {
+                    (mss.swap_bytes(), limit.swap_bytes())
+                } else {
+                    (mss, limit)
+                };
+                let csum = csum_replace(u16::from_be_bytes(c), old, new);
                 return src.store(o + 2, &limit.to_be_bytes()).is_some()
                     && src.store(l4 + 16, &csum.to_be_bytes()).is_some();
             }

@@ -1567,6 +1567,18 @@ fn ingress_clamps_mss() {
             LIMIT,
         ),
         ("SYN-ACK, MSS 1460 last", Tcp::SynAck, mss_last, 1460, LIMIT),
+        (
+            "SYN, NOP then MSS: the value at an odd offset",
+            Tcp::Syn,
+            |m| {
+                vec![
+                    TcpOptionElement::Noop,
+                    TcpOptionElement::MaximumSegmentSize(m),
+                ]
+            },
+            1460,
+            LIMIT,
+        ),
         ("SYN, MSS 1200", Tcp::Syn, |m| mss(m).to_vec(), 1200, 1200),
         ("SYN, MSS 1424", Tcp::Syn, linux_opts, LIMIT, LIMIT),
     ];
