@@ -6,7 +6,7 @@ mod common;
 
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::TcpStream,
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     process::{Child, Stdio},
     sync::{
@@ -17,7 +17,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{ADDR_A, ADDR_B, IFACE, Netns, Pdm, TwoHosts, pdm_bin};
+use common::{
+    ADDR_A, ADDR_B, IFACE, Netns, Pdm, TwoHosts, pdm_bin,
+    traffic::{checking_sink, pattern, sock},
+};
 use serde_json::Value;
 
 /// A `pdm run --json` whose NDJSON is read while it runs (Pdm::start only hands it
@@ -375,48 +378,12 @@ fn flood(
     }
 }
 
-/// Byte `i` of the TCP stream: position-dependent, so a lost, duplicated or reordered
-/// byte shows.
-fn pattern(i: u64) -> u8 {
-    (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8
-}
-
-fn sock(addr: &str, port: u16) -> SocketAddr {
-    format!("[{addr}]:{port}").parse().expect("socket address")
-}
-
 /// A TCP stream from a to b, paced to `rate` octets/s, until `stop`; b checks every
 /// byte. Returns (bytes sent, bytes b received and checked).
 fn tcp_stream_until(h: &TwoHosts, port: u16, rate: u64, stop: &AtomicBool) -> (u64, u64) {
     let (ready_tx, ready_rx) = mpsc::channel();
     std::thread::scope(|s| {
-        let server = s.spawn(|| {
-            h.b.enter();
-            let l = TcpListener::bind(sock(ADDR_B, port)).expect("bind");
-            ready_tx.send(()).expect("ready");
-            let (mut c, _) = l.accept().expect("accept");
-            c.set_read_timeout(Some(Duration::from_secs(60)))
-                .expect("timeout");
-            let mut buf = vec![0u8; 1 << 16];
-            let mut pos = 0u64;
-            loop {
-                let n = c.read(&mut buf).expect("read");
-                if n == 0 {
-                    break;
-                }
-                for (k, b) in buf[..n].iter().enumerate() {
-                    assert_eq!(
-                        *b,
-                        pattern(pos + k as u64),
-                        "byte {} differs",
-                        pos + k as u64
-                    );
-                }
-                pos += n as u64;
-            }
-            c.write_all(&pos.to_be_bytes()).expect("answer");
-            pos
-        });
+        let server = s.spawn(|| checking_sink(h, port, ready_tx));
         ready_rx
             .recv_timeout(Duration::from_secs(10))
             .expect("server ready");

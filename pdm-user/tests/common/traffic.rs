@@ -14,12 +14,43 @@ use super::{ADDR_A, ADDR_B, IFACE, Netns, TwoHosts};
 
 /// Byte `i` of the transfer pattern: position-dependent, so a lost, duplicated or
 /// reordered byte shows.
-fn pattern(i: u64) -> u8 {
+pub fn pattern(i: u64) -> u8 {
     (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8
 }
 
-fn sock(addr: &str, port: u16) -> SocketAddr {
+pub fn sock(addr: &str, port: u16) -> SocketAddr {
     format!("[{addr}]:{port}").parse().expect("socket address")
+}
+
+/// Host b's end of a checked transfer: accepts one connection on `port` (saying so on
+/// `ready`), checks every byte against [`pattern`] until a's end closes, and answers
+/// with the count, which it also returns.
+pub fn checking_sink(h: &TwoHosts, port: u16, ready: mpsc::Sender<()>) -> u64 {
+    h.b.enter();
+    let l = TcpListener::bind(sock(ADDR_B, port)).expect("bind");
+    ready.send(()).expect("ready");
+    let (mut c, _) = l.accept().expect("accept");
+    c.set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    let mut buf = vec![0u8; 1 << 16];
+    let mut pos = 0u64;
+    loop {
+        let n = c.read(&mut buf).expect("read");
+        if n == 0 {
+            break;
+        }
+        for (k, b) in buf[..n].iter().enumerate() {
+            assert_eq!(
+                *b,
+                pattern(pos + k as u64),
+                "byte {} differs",
+                pos + k as u64
+            );
+        }
+        pos += n as u64;
+    }
+    c.write_all(&pos.to_be_bytes()).expect("answer");
+    pos
 }
 
 /// Sends `len` octets from a to b over TCP; b checks every byte and answers with the
@@ -34,33 +65,7 @@ pub fn tcp_transfer(h: &TwoHosts, port: u16, len: u64) -> Duration {
 pub fn tcp_transfer_paced(h: &TwoHosts, port: u16, len: u64, rate: Option<u64>) -> Duration {
     let (ready_tx, ready_rx) = mpsc::channel();
     std::thread::scope(|s| {
-        let server = s.spawn(|| {
-            h.b.enter();
-            let l = TcpListener::bind(sock(ADDR_B, port)).expect("bind");
-            ready_tx.send(()).expect("ready");
-            let (mut c, _) = l.accept().expect("accept");
-            c.set_read_timeout(Some(Duration::from_secs(60)))
-                .expect("timeout");
-            let mut buf = vec![0u8; 1 << 16];
-            let mut pos = 0u64;
-            loop {
-                let n = c.read(&mut buf).expect("read");
-                if n == 0 {
-                    break;
-                }
-                for (k, b) in buf[..n].iter().enumerate() {
-                    assert_eq!(
-                        *b,
-                        pattern(pos + k as u64),
-                        "byte {} differs",
-                        pos + k as u64
-                    );
-                }
-                pos += n as u64;
-            }
-            c.write_all(&pos.to_be_bytes()).expect("answer");
-            pos
-        });
+        let server = s.spawn(|| checking_sink(h, port, ready_tx));
         ready_rx
             .recv_timeout(Duration::from_secs(10))
             .expect("server ready");
