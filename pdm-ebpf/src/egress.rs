@@ -57,6 +57,17 @@ fn try_egress(ctx: &TcContext, c: Option<*mut Counters>) -> Result<(), Counter> 
     if prefix > MAX_PREFIX {
         return Err(Counter::EgressPrefixTooLong);
     }
+    // The stack writes the payload length of every packet it sends (0 for jumbograms);
+    // one that disagrees with the packet is not understood, so not touched. Nor is one
+    // whose length field cannot grow by our 16 octets.
+    if p.payload_len != 0 {
+        if ETH_HLEN + IPV6_HLEN + p.payload_len as usize != ctx.len() as usize {
+            return Err(Counter::EgressUnparsable);
+        }
+        if p.payload_len as usize > u16::MAX as usize - PDM_LEN {
+            return Err(Counter::EgressTooBig);
+        }
+    }
 
     // Sent: we are the source.
     let key = FlowKey::new(p.src, p.dst, p.sport, p.dport, p.proto);
@@ -214,7 +225,7 @@ fn write_header(
     // Zero means a jumbo/BIG TCP packet whose length lives elsewhere: leave it.
     if payload_len != 0 {
         // SAFETY: bounds-checked above.
-        unsafe { *plen = payload_len.wrapping_add(PDM_LEN as u16).to_be_bytes() };
+        unsafe { *plen = (payload_len + PDM_LEN as u16).to_be_bytes() };
     }
     Some(())
 }

@@ -109,6 +109,7 @@ pub fn run(data: usize, data_end: usize, hook: Hook) {
         && selected
         && p.proto == IPPROTO_TCP
         && p.tcp_flags & TCP_SYN != 0
+        && well_formed_syn(p, hook.packets_bytes(data, data_end).1)
         && clamp_mss(p, &hook)
     {
         bump(c, Counter::IngressMssClamped);
@@ -294,8 +295,12 @@ fn clamp_mss(p: &Packet, hook: &Hook) -> bool {
     }
     let limit = (mtu as usize - IPV6_HLEN - 20 - PDM_HEADER_LEN) as u16;
     let src = hook.source();
-    let l4 = p.l4_off;
-    let end = l4 + p.l4_hdr_len;
+    // Read again, not reused from `well_formed_syn`: offsets whose range the verifier
+    // knows make it walk the option loop once per possible value (450 000 instructions
+    // instead of 27 000).
+    // SAFETY: plain reads of the scratch map's packet record.
+    let (l4, hdr_len) = unsafe { (read_volatile(&p.l4_off), read_volatile(&p.l4_hdr_len)) };
+    let end = l4 + hdr_len;
     let mut o = l4 + 20;
     // Options are read through the helpers: variable offsets stay out of packet-pointer
     // arithmetic (see parse.rs). SYNs are rare, so the cost does not matter.
@@ -340,6 +345,15 @@ fn clamp_mss(p: &Packet, hook: &Hook) -> bool {
         }
     }
     false
+}
+
+/// A SYN whose lengths agree: the payload length within the frame, the TCP header at
+/// least 20 octets and within the payload. Anything else is malformed (the stack drops
+/// it) and is left as it came.
+#[inline(always)]
+fn well_formed_syn(p: &Packet, frame_len: u64) -> bool {
+    let payload_end = ETH_HLEN + IPV6_HLEN + p.payload_len as usize;
+    payload_end as u64 <= frame_len && p.l4_hdr_len >= 20 && p.l4_off + p.l4_hdr_len <= payload_end
 }
 
 /// TCP options: at most 40 octets, so at most 40 single-octet options.
