@@ -1,4 +1,4 @@
-//! Developer tasks for pdm: `cargo xtask setup | run | test`.
+//! Developer tasks for pdm: `cargo xtask setup | run | test | bench | fuzz`.
 //!
 //! Every task that needs the eBPF toolchain or the Debian test tools runs `setup` first,
 //! so a fresh machine needs nothing but `cargo xtask run` or `cargo xtask test`.
@@ -43,12 +43,28 @@ enum Task {
         #[command(subcommand)]
         helper: bench::helper::Helper,
     },
+    /// Random and mutated frames through the kernel programs, at length (the suite runs
+    /// 100 000 from a fixed seed).
+    Fuzz {
+        /// Frames to generate.
+        #[arg(long, default_value_t = 5_000_000)]
+        frames: u64,
+        /// Seed (hex with 0x, or decimal); random when not given.
+        #[arg(long, value_parser = parse_seed)]
+        seed: Option<u64>,
+    },
     /// The whole suite: formatting, clippy (host and eBPF), unit, kernel and end-to-end tests.
     Test {
         /// Extra arguments passed to `cargo test` after `--` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+}
+
+fn parse_seed(s: &str) -> Result<u64, String> {
+    s.strip_prefix("0x")
+        .map_or_else(|| s.parse(), |h| u64::from_str_radix(h, 16))
+        .map_err(|e| format!("`{s}` is not a seed: {e}"))
 }
 
 fn main() {
@@ -65,6 +81,7 @@ fn main() {
             }
         }
         Task::BenchHelper { helper } => bench::helper::run(helper),
+        Task::Fuzz { frames, seed } => tasks::fuzz(frames, seed),
     };
     if let Err(err) = result {
         eprintln!("xtask: error: {err:#}");

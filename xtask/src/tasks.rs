@@ -52,6 +52,36 @@ pub fn run(args: &[String]) -> Result<()> {
     cmd::run(&mut c)
 }
 
+/// The randomized frame test (`pdm-user/tests/fuzz_frames.rs`) at length: `frames`
+/// frames from `seed` (random when not given, and printed so a failure can be rerun).
+pub fn fuzz(frames: u64, seed: Option<u64>) -> Result<()> {
+    let tools = setup::run()?;
+    let seed = seed.unwrap_or_else(|| {
+        let mut b = [0u8; 8];
+        // SAFETY: writes at most 8 octets into `b`.
+        unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+        u64::from_ne_bytes(b)
+    });
+    eprintln!(
+        "xtask: fuzz: {frames} frames, seed {seed:#x} (rerun: cargo xtask fuzz --seed {seed:#x})"
+    );
+    cmd::run(
+        cargo(&tools)
+            .args([
+                "test",
+                "--release",
+                "-p",
+                "pdm-user",
+                "--test",
+                "fuzz_frames",
+                "--",
+                "--nocapture",
+            ])
+            .env("PDM_FUZZ_SEED", format!("{seed:#x}"))
+            .env("PDM_FUZZ_FRAMES", frames.to_string()),
+    )
+}
+
 pub fn test(args: &[String]) -> Result<()> {
     let tools = setup::run()?;
     section("cargo fmt --check");
