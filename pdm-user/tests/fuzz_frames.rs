@@ -32,7 +32,7 @@ use pdm_user::{
     stats::{self, Totals},
 };
 
-const DEFAULT_SEED: u64 = 0x5eed_0f_9d_e4_2b;
+const DEFAULT_SEED: u64 = 0x5eed_0f9d_e42b;
 const DEFAULT_FRAMES: u64 = 100_000;
 const ETH: usize = 14;
 const IP6: usize = 40;
