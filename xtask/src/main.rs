@@ -43,8 +43,8 @@ enum Task {
         #[command(subcommand)]
         helper: bench::helper::Helper,
     },
-    /// Random and mutated frames through the kernel programs, at length (the suite runs
-    /// 100 000 from a fixed seed).
+    /// Random and mutated frames through the kernel programs at length (the suite runs
+    /// 100 000 from a fixed seed), then the cargo-fuzz targets of the decoders.
     Fuzz {
         /// Frames to generate.
         #[arg(long, default_value_t = 5_000_000)]
@@ -52,6 +52,9 @@ enum Task {
         /// Seed (hex with 0x, or decimal); random when not given.
         #[arg(long, value_parser = parse_seed)]
         seed: Option<u64>,
+        /// Seconds for each cargo-fuzz target.
+        #[arg(long, default_value_t = 60)]
+        time: u64,
     },
     /// The whole suite: formatting, clippy (host and eBPF), unit, kernel and end-to-end tests.
     Test {
@@ -81,7 +84,7 @@ fn main() {
             }
         }
         Task::BenchHelper { helper } => bench::helper::run(helper),
-        Task::Fuzz { frames, seed } => tasks::fuzz(frames, seed),
+        Task::Fuzz { frames, seed, time } => tasks::fuzz(frames, seed, time),
     };
     if let Err(err) = result {
         eprintln!("xtask: error: {err:#}");

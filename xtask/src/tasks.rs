@@ -52,9 +52,13 @@ pub fn run(args: &[String]) -> Result<()> {
     cmd::run(&mut c)
 }
 
-/// The randomized frame test (`pdm-user/tests/fuzz_frames.rs`) at length: `frames`
-/// frames from `seed` (random when not given, and printed so a failure can be rerun).
-pub fn fuzz(frames: u64, seed: Option<u64>) -> Result<()> {
+/// cargo-fuzz targets in `fuzz/` (the userspace decoders).
+const FUZZ_TARGETS: &[&str] = &["decode_dstopts", "delta_time"];
+
+/// The randomized frame test (`pdm-user/tests/fuzz_frames.rs`) at length, `frames`
+/// frames from `seed` (random when not given, and printed so a failure can be rerun),
+/// then each cargo-fuzz target for `secs` seconds.
+pub fn fuzz(frames: u64, seed: Option<u64>, secs: u64) -> Result<()> {
     let tools = setup::run()?;
     let seed = seed.unwrap_or_else(|| {
         let mut b = [0u8; 8];
@@ -62,9 +66,9 @@ pub fn fuzz(frames: u64, seed: Option<u64>) -> Result<()> {
         unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
         u64::from_ne_bytes(b)
     });
-    eprintln!(
-        "xtask: fuzz: {frames} frames, seed {seed:#x} (rerun: cargo xtask fuzz --seed {seed:#x})"
-    );
+    section(&format!(
+        "kernel programs: {frames} frames, seed {seed:#x} (rerun: cargo xtask fuzz --seed {seed:#x})"
+    ));
     cmd::run(
         cargo(&tools)
             .args([
@@ -79,7 +83,21 @@ pub fn fuzz(frames: u64, seed: Option<u64>) -> Result<()> {
             ])
             .env("PDM_FUZZ_SEED", format!("{seed:#x}"))
             .env("PDM_FUZZ_FRAMES", frames.to_string()),
-    )
+    )?;
+    if !cmd::on_path("cargo-fuzz") {
+        section("installing cargo-fuzz");
+        cmd::run(cargo(&tools).args(["install", "cargo-fuzz", "--locked"]))?;
+    }
+    for target in FUZZ_TARGETS {
+        section(&format!("cargo-fuzz: {target}, {secs} s"));
+        cmd::run(
+            cargo(&tools)
+                .current_dir(workspace_root().join("fuzz"))
+                .args(["+nightly", "fuzz", "run", target, "--"])
+                .arg(format!("-max_total_time={secs}")),
+        )?;
+    }
+    Ok(())
 }
 
 pub fn test(args: &[String]) -> Result<()> {
