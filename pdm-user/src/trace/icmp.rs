@@ -224,6 +224,42 @@ mod tests {
         u
     }
 
+    /// Hostile answers (any router on the path can send anything): mutated and truncated
+    /// errors never panic the parser, and what it accepts quotes a packet to the target.
+    #[test]
+    fn mutated_answers_never_panic() {
+        let mut x: u64 = 0x9d1c_e5ee_d000_0001;
+        let mut next = || {
+            x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let z = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb) ^ (z >> 31)
+        };
+        let valid = [
+            error(3, 0, true, IPPROTO_UDP, &udp(40000, 33435)),
+            error(1, 4, false, IPPROTO_UDP, &udp(40000, 33434)),
+            error(4, 1, true, IPPROTO_TCP, &[0; 20]),
+        ];
+        let mut accepted = 0;
+        for i in 0..200_000 {
+            let mut m = valid[i % valid.len()].clone();
+            for _ in 0..1 + next() % 4 {
+                let at = (next() % m.len() as u64) as usize;
+                m[at] = next() as u8;
+            }
+            m.truncate((next() % (m.len() as u64 + 8)) as usize);
+            if let Some(p) = parse(&m, a(DST)) {
+                accepted += 1;
+                assert!(
+                    p.kind == ReplyKind::EchoReply || m.get(32..48) == Some(&a(DST).octets()[..])
+                );
+            }
+        }
+        assert!(
+            accepted > 1000,
+            "only {accepted} accepted: the mutations are too coarse"
+        );
+    }
+
     #[test]
     fn time_exceeded_quoting_a_pdm_udp_probe() {
         let msg = error(3, 0, true, IPPROTO_UDP, &udp(40000, 33435));
