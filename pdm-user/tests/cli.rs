@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{IFACE, Netns, Pdm, TwoHosts, pdm_bin};
+use common::{IFACE, Netns, Pdm, TwoHosts, offload_settings, pdm_bin, run_state};
 
 /// Runs `pdm args...` in `ns`; returns (exit code, stderr).
 fn pdm(ns: &Netns, args: &[&str]) -> (i32, String) {
@@ -53,42 +53,12 @@ fn nothing_attached(ns: &Netns) {
     );
 }
 
-/// pdm's files in /run/pdm for this namespace (lock, offload or tc state).
-fn run_state(ns: &Netns) -> Vec<String> {
-    use std::os::unix::fs::MetadataExt as _;
-    let ino = std::fs::metadata(format!("/run/netns/{}", ns.name))
-        .expect("netns file")
-        .ino();
-    let prefix = format!("{ino}-");
-    std::fs::read_dir(pdm_user::RUN_DIR)
-        .map(|d| {
-            d.filter_map(Result::ok)
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(&prefix))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// Removes /run/pdm files named after this (new) namespace's inode: a namespace that
 /// had the same inode before is gone, so they are stale and would confuse [`run_state`].
 fn clear_stale_state(ns: &Netns) {
     for f in run_state(ns) {
         let _ = std::fs::remove_file(std::path::Path::new(pdm_user::RUN_DIR).join(f));
     }
-}
-
-/// `ethtool -k` and the gso_max_segs of the test interface: what `--per-packet` changes.
-fn offload_settings(ns: &Netns) -> String {
-    let ethtool = ns.run("ethtool", &["-k", IFACE]);
-    let link = ns.ip(&["-d", "link", "show", IFACE]);
-    let segs = link
-        .split_whitespace()
-        .skip_while(|w| *w != "gso_max_segs")
-        .nth(1)
-        .unwrap_or("?")
-        .to_owned();
-    format!("{ethtool}gso_max_segs {segs}")
 }
 
 /// One line on stderr, saying `want`; no Rust debug output, no usage block.

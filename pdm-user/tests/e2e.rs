@@ -6,7 +6,7 @@ mod common;
 use std::{collections::HashMap, time::Instant};
 
 use common::{
-    ADDR_A, ADDR_B, IFACE, Pdm, TwoHosts,
+    ADDR_A, ADDR_B, IFACE, Pdm, TwoHosts, offload_settings,
     traffic::{Capture, ping, tcp_transfer, tcp_transfer_paced, udp_exchange},
 };
 use pdm_common::time::{DeltaTime, decode_delta_ns};
@@ -235,20 +235,6 @@ fn offloads(h: &common::Netns) -> (bool, bool) {
         on("tcp-segmentation-offload:"),
         on("generic-segmentation-offload:"),
     )
-}
-
-/// All of `ethtool -k` and the gso_max_segs of the test interface: what `--per-packet`
-/// changes and must put back.
-fn offload_settings(ns: &common::Netns) -> String {
-    let ethtool = ns.run("ethtool", &["-k", IFACE]);
-    let link = ns.ip(&["-d", "link", "show", IFACE]);
-    let segs = link
-        .split_whitespace()
-        .skip_while(|w| *w != "gso_max_segs")
-        .nth(1)
-        .expect("gso_max_segs in ip -d link")
-        .to_owned();
-    format!("{ethtool}gso_max_segs {segs}")
 }
 
 /// (retransmitted segments, tail-loss probes) so far.

@@ -18,7 +18,7 @@ use std::{
 };
 
 use common::{
-    ADDR_A, ADDR_B, IFACE, Netns, Pdm, TwoHosts, pdm_bin,
+    ADDR_A, ADDR_B, IFACE, Netns, Pdm, TwoHosts, pdm_bin, run_state,
     traffic::{checking_sink, pattern, sock},
 };
 use serde_json::Value;
@@ -763,23 +763,6 @@ fn tcx_programs(ns: &Netns) -> usize {
     })
 }
 
-/// pdm's files in /run/pdm for this namespace's interface (lock, offload or tc state).
-fn run_state(ns: &Netns) -> Vec<String> {
-    use std::os::unix::fs::MetadataExt as _;
-    let ino = std::fs::metadata(format!("/run/netns/{}", ns.name))
-        .expect("netns file")
-        .ino();
-    let prefix = format!("{ino}-{IFACE}.");
-    std::fs::read_dir(pdm_user::RUN_DIR)
-        .map(|d| {
-            d.filter_map(Result::ok)
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(&prefix))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// Nothing of pdm's is left on the interface or in /run/pdm.
 fn nothing_left(ns: &Netns, when: &str) {
     for dir in ["egress", "ingress"] {
@@ -791,8 +774,12 @@ fn nothing_left(ns: &Netns, when: &str) {
     assert_eq!(tcx_programs(ns), 0, "{when}: TCX programs left");
     let link = ns.ip(&["-d", "link", "show", IFACE]);
     assert!(!link.contains("prog/xdp"), "{when}: XDP left:\n{link}");
+    let iface_state: Vec<String> = run_state(ns)
+        .into_iter()
+        .filter(|n| n.contains(&format!("-{IFACE}.")))
+        .collect();
     assert_eq!(
-        run_state(ns),
+        iface_state,
         Vec::<String>::new(),
         "{when}: state left in /run/pdm"
     );

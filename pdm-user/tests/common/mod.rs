@@ -265,3 +265,34 @@ pub fn last_flow<'a>(
         })
         .unwrap_or_else(|| panic!("no {proto} flow (port {port:?}) in pdm's output"))
 }
+
+/// pdm's files in /run/pdm for this namespace (lock, offload or tc state).
+pub fn run_state(ns: &Netns) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let ino = std::fs::metadata(format!("/run/netns/{}", ns.name))
+        .expect("netns file")
+        .ino();
+    let prefix = format!("{ino}-");
+    std::fs::read_dir(pdm_user::RUN_DIR)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&prefix))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// All of `ethtool -k` and the gso_max_segs of the test interface: what `--per-packet`
+/// changes and must put back.
+pub fn offload_settings(ns: &Netns) -> String {
+    let ethtool = ns.run("ethtool", &["-k", IFACE]);
+    let link = ns.ip(&["-d", "link", "show", IFACE]);
+    let segs = link
+        .split_whitespace()
+        .skip_while(|w| *w != "gso_max_segs")
+        .nth(1)
+        .expect("gso_max_segs in ip -d link")
+        .to_owned();
+    format!("{ethtool}gso_max_segs {segs}")
+}
