@@ -790,8 +790,9 @@ fn netlink_attach_carries_pdm_and_is_removed_on_exit_and_after_sigkill() {
     use common::traffic::{Capture, ping, tcp_transfer, udp_exchange};
     let h = TwoHosts::new("nl");
     let _peer = Pdm::start(&h.b, &["--ingress", "tc"]);
-    let mut cap = Capture::start(&h.b);
     let pdm = Pdm::start(&h.a, &["--attach", "netlink", "--ingress", "tc"]);
+    // Captured from once a's filters are in place: what a sent before is not pdm's.
+    let mut cap = Capture::start(&h.b);
     assert!(
         pdm.stderr_lines
             .iter()
