@@ -774,12 +774,8 @@ fn nothing_left(ns: &Netns, when: &str) {
     assert_eq!(tcx_programs(ns), 0, "{when}: TCX programs left");
     let link = ns.ip(&["-d", "link", "show", IFACE]);
     assert!(!link.contains("prog/xdp"), "{when}: XDP left:\n{link}");
-    let iface_state: Vec<String> = run_state(ns)
-        .into_iter()
-        .filter(|n| n.contains(&format!("-{IFACE}.")))
-        .collect();
     assert_eq!(
-        iface_state,
+        iface_state(ns),
         Vec::<String>::new(),
         "{when}: state left in /run/pdm"
     );
@@ -881,5 +877,14 @@ fn netlink_attach_carries_pdm_and_is_removed_on_exit_and_after_sigkill() {
         "pdm removed a clsact qdisc it did not add"
     );
     assert!(!tc_filters(&h.a, "egress").contains("pdm_"));
-    assert_eq!(run_state(&h.a), Vec::<String>::new());
+    assert_eq!(iface_state(&h.a), Vec::<String>::new());
+}
+
+/// pdm's files in /run/pdm for the test interface of `ns` (another interface's files may
+/// be left from an earlier namespace that had the same inode).
+fn iface_state(ns: &Netns) -> Vec<String> {
+    run_state(ns)
+        .into_iter()
+        .filter(|n| n.contains(&format!("-{IFACE}.")))
+        .collect()
 }
