@@ -36,6 +36,10 @@ enum Task {
         /// Only write BENCHMARKS.md again from the existing bench-results.json.
         #[arg(long)]
         render: bool,
+        /// Run only these parts (comma-separated: progcost, throughput, rr, scaling,
+        /// loader_cpu); the others' results are kept from the existing bench-results.json.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
     },
     /// Traffic programs the benchmarks run inside their test hosts.
     #[command(hide = true)]
@@ -76,11 +80,15 @@ fn main() {
         Task::Setup => setup::run().map(|_| ()),
         Task::Run { args } => tasks::run(&args),
         Task::Test { args } => tasks::test(&args),
-        Task::Bench { quick, render } => {
+        Task::Bench {
+            quick,
+            render,
+            only,
+        } => {
             if render {
                 bench::render()
             } else {
-                bench::run(quick)
+                bench::run(quick, &only)
             }
         }
         Task::BenchHelper { helper } => bench::helper::run(helper),

@@ -87,12 +87,35 @@ impl Cfg {
     }
 }
 
-pub fn run(quick: bool) -> Result<()> {
+pub fn run(quick: bool, only: &[String]) -> Result<()> {
+    type Bench = fn(&Cfg) -> Result<Value>;
+    let benches: [(&str, Bench); 5] = [
+        ("progcost", progcost::run),
+        ("throughput", throughput::run),
+        ("rr", rr::run),
+        ("scaling", scaling::run),
+        ("loader_cpu", loader::run),
+    ];
+    if let Some(unknown) = only
+        .iter()
+        .find(|o| !benches.iter().any(|(name, _)| name == o))
+    {
+        anyhow::bail!(
+            "--only {unknown}: no such benchmark (one of: {})",
+            benches.map(|(name, _)| name).join(", ")
+        );
+    }
     hosts::clean_up_on_signal();
     let tools = setup::run()?;
     let pdm = tasks::build_pdm(&tools)?;
     let cfg = Cfg::new(quick, pdm);
     let started = Instant::now();
+    let root = tasks::workspace_root();
+    // With --only, the other parts' figures stay as the last full run left them.
+    let previous: Option<Value> = (!only.is_empty())
+        .then(|| std::fs::read_to_string(root.join("bench-results.json")).ok())
+        .flatten()
+        .and_then(|s| serde_json::from_str(&s).ok());
     let mut results = json!({
         "machine": machine(),
         "quick": quick,
@@ -103,15 +126,14 @@ pub fn run(quick: bool) -> Result<()> {
         },
         "check": pdm_check(&cfg),
     });
-    type Bench = fn(&Cfg) -> Result<Value>;
-    let benches: [(&str, Bench); 5] = [
-        ("progcost", progcost::run),
-        ("throughput", throughput::run),
-        ("rr", rr::run),
-        ("scaling", scaling::run),
-        ("loader_cpu", loader::run),
-    ];
     for (name, f) in benches {
+        if !only.is_empty() && !only.iter().any(|o| o == name) {
+            if let Some(prev) = &previous {
+                results[name] = prev[name].clone();
+                results["wall_secs"][name] = prev["wall_secs"][name].clone();
+            }
+            continue;
+        }
         let t = Instant::now();
         eprintln!("bench: {name} ...");
         // A failed benchmark is reported as such; the others still run.
@@ -122,7 +144,9 @@ pub fn run(quick: bool) -> Result<()> {
         results["wall_secs"][name] = json!(t.elapsed().as_secs_f64());
     }
     results["wall_secs"]["total"] = json!(started.elapsed().as_secs_f64());
-    let root = tasks::workspace_root();
+    if !only.is_empty() {
+        results["only"] = json!(only);
+    }
     std::fs::write(
         root.join("bench-results.json"),
         serde_json::to_string_pretty(&results)? + "\n",

@@ -75,6 +75,14 @@ pub fn render(r: &Value) -> String {
             "> **Quick run** (`--quick`: one repetition, 1 s transfers): checks the harness; the figures are indicative only. The full run (`cargo xtask bench`: 3 repetitions, 10 s transfers) replaces this file.\n"
         );
     }
+    if let Some(only) = r["only"].as_array() {
+        let parts: Vec<&str> = only.iter().filter_map(Value::as_str).collect();
+        let _ = writeln!(
+            s,
+            "> **Partial run** (`--only {}`): only these parts were measured in this run (machine line below); the other tables are kept from the previous run's bench-results.json.\n",
+            parts.join(",")
+        );
+    }
     let _ = writeln!(
         s,
         "Written by `{cmdline}` on test hosts it creates: two network namespaces (`pdm-bench-client`, `pdm-bench-server`) joined by a veth pair, addresses fd0b::1 and fd0b::2, MTU 1500. Figures are measured, never asserted by tests. Raw data: `bench-results.json`.\n"
