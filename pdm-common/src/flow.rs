@@ -261,7 +261,10 @@ pub struct RttSample {
     /// [`NO_SAMPLE`] for pure ACKs, whose DTLR is only the stack's.
     pub server_delay_ns: u64,
     pub psn: u16,
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 2],
+    /// The flow's slot in the table: the loader finds its record there without
+    /// hashing the key.
+    pub slot: u32,
 }
 
 /// Size of the sample ring buffer (a power of two, in octets).

@@ -71,7 +71,7 @@ fn try_egress(ctx: &TcContext, c: Option<*mut Counters>) -> Result<(), Counter> 
 
     // Sent: we are the source.
     let key = FlowKey::new(p.src, p.dst, p.sport, p.dport, p.proto);
-    let state = get_or_create(&key, c).ok_or(Counter::EgressFlowMapFull)?;
+    let (state, _) = get_or_create(&key, c).ok_or(Counter::EgressFlowMapFull)?;
     let now = now_ns();
 
     let skb = ctx.skb.skb;

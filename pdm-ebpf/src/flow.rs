@@ -42,13 +42,13 @@ pub fn now_ns() -> u64 {
 
 /// The flow's entry, created (with a random first PSN) if it does not exist yet: in an
 /// empty slot of whichever of its two sets has more room, else in place of the least
-/// recently active of their eight flows.
+/// recently active of their eight flows. Returns the entry and its slot index.
 ///
 /// Two CPUs creating flows in one set at the same moment may pick the same slot; the
 /// later write wins and the other flow is created again by its next packet. That costs
 /// a PSN restart on a rare race, where a lock would cost every packet.
 #[inline(always)]
-pub fn get_or_create(key: &FlowKey, c: Option<*mut Counters>) -> Option<*mut FlowState> {
+pub fn get_or_create(key: &FlowKey, c: Option<*mut Counters>) -> Option<(*mut FlowState, u32)> {
     // SAFETY: globals the loader sets before load.
     let (seed, mask) = unsafe {
         (
@@ -58,11 +58,12 @@ pub fn get_or_create(key: &FlowKey, c: Option<*mut Counters>) -> Option<*mut Flo
     };
     let (first, second) = key.set_bases(seed, mask);
     let mut victim: *mut FlowSlot = core::ptr::null_mut();
+    let mut victim_index = 0;
     let mut victim_age = u64::MAX;
     // Empty slots per set, and the first empty one of each: a new flow goes to the set
     // with more room (at 95 % load that halves how often both sets are full).
     let mut empty = [0u32; 2];
-    let mut first_empty: [*mut FlowSlot; 2] = [core::ptr::null_mut(); 2];
+    let mut first_empty: [(*mut FlowSlot, u32); 2] = [(core::ptr::null_mut(), 0); 2];
     for way in 0..2 * FLOW_WAYS {
         let (set, index) = if way < FLOW_WAYS {
             (0, first + way)
@@ -76,24 +77,25 @@ pub fn get_or_create(key: &FlowKey, c: Option<*mut Counters>) -> Option<*mut Flo
             let flags = read_volatile(&raw const (*slot).state.flags);
             if flags & FLOW_VALID == 0 {
                 if empty[set] == 0 {
-                    first_empty[set] = slot;
+                    first_empty[set] = (slot, index);
                 }
                 empty[set] += 1;
                 continue;
             }
             if (*slot).key.same(key) {
-                return Some(&raw mut (*slot).state);
+                return Some((&raw mut (*slot).state, index));
             }
             let age = (*slot).state.last_pdm_ns();
             if age < victim_age {
                 victim = slot;
+                victim_index = index;
                 victim_age = age;
             }
         }
     }
     let evicting = empty == [0, 0];
     if !evicting {
-        victim = first_empty[(empty[1] > empty[0]) as usize];
+        (victim, victim_index) = first_empty[(empty[1] > empty[0]) as usize];
     }
     if victim.is_null() {
         return None;
@@ -125,7 +127,7 @@ pub fn get_or_create(key: &FlowKey, c: Option<*mut Counters>) -> Option<*mut Flo
         write_volatile(&raw mut (*state).dtls, 0);
         write_volatile(&raw mut (*state).psn_next, psn_start as u32);
         write_volatile(&raw mut (*state).flags, flags);
-        Some(state)
+        Some((state, victim_index))
     }
 }
 

@@ -128,7 +128,7 @@ fn record(
 ) -> Result<bool, Counter> {
     // Received: we are the destination.
     let key = FlowKey::new(p.dst, p.src, p.dport, p.sport, p.proto);
-    let state = get_or_create(&key, c).ok_or(Counter::IngressFlowMapFull)?;
+    let (state, slot) = get_or_create(&key, c).ok_or(Counter::IngressFlowMapFull)?;
     let (packets, octets) = hook.packets_bytes(data, data_end);
     // SAFETY: `state` points into a live map value; egress reads these fields
     // concurrently and tolerates either old or new values.
@@ -155,7 +155,7 @@ fn record(
             write_volatile(&raw mut (*state).rx_psn, RX_PSN_VALID | pdm.psn_this as u32);
             add32(&raw mut (*state).rx_pdm, packets);
             sequence(&mut *state, pdm.psn_this, first);
-            rtt(&key, &mut *state, &pdm, now, carries_data(p), c);
+            rtt(&key, slot, &mut *state, &pdm, now, carries_data(p), c);
         }
         Ok(read_volatile(&raw const (*state).flags) & FLOW_SELECTED != 0)
     }
@@ -222,6 +222,7 @@ fn sequence(s: &mut FlowState, psn: u16, first: bool) {
 #[inline(always)]
 fn rtt(
     key: &FlowKey,
+    slot: u32,
     s: &mut FlowState,
     pdm: &PdmFields,
     now: u64,
@@ -274,7 +275,8 @@ fn rtt(
         rtt_ns: elapsed.saturating_sub(dtlr),
         server_delay_ns: if data_sample { dtlr } else { NO_SAMPLE },
         psn: echoed,
-        _pad: [0; 6],
+        _pad: [0; 2],
+        slot,
     };
     // No wakeup: userspace reads the ring on a timer, not on readiness.
     match SAMPLES.output::<RttSample>(&sample, BPF_RB_NO_WAKEUP as u64) {

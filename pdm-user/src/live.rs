@@ -9,10 +9,7 @@ use aya::{
     Ebpf,
     maps::{MapData, RingBuf},
 };
-use pdm_common::{
-    flow::{FlowKey, FlowState, RttSample},
-    names,
-};
+use pdm_common::{flow::RttSample, names};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
@@ -159,14 +156,7 @@ fn report(
 ) -> Result<()> {
     let totals = stats::totals(ebpf).context("reading counters")?;
     let now = metrics::monotonic_ns();
-    thread_local! {
-        // Reused each refresh (megabytes at 10 000 flows; see FlowTable::snapshot_into).
-        static SNAPSHOT: std::cell::RefCell<Vec<(FlowKey, FlowState)>> = const { std::cell::RefCell::new(Vec::new()) };
-    }
-    let expired = SNAPSHOT.with_borrow_mut(|snapshot| {
-        flows.snapshot_into(snapshot);
-        table.refresh(snapshot, now)
-    });
+    let expired = table.refresh(flows.live(), now);
     flows.remove(&expired);
     // The since-start summaries go to NDJSON only (the view does not show them), and
     // the view needs window summaries and labels only for the rows on screen (unless it
@@ -186,7 +176,7 @@ fn report(
         None => {
             if !since_start {
                 for r in &mut rows {
-                    table.fill_windows(r);
+                    table.fill_windows(r, now);
                 }
             }
             labels.for_rows(&rows, names)
@@ -195,7 +185,7 @@ fn report(
             let mut out = vec![RowLabels::default(); rows.len()];
             let picked: Vec<FlowRow> = shown.iter().map(|&i| rows[i].clone()).collect();
             for (&i, l) in shown.iter().zip(labels.for_rows(&picked, names)) {
-                table.fill_windows(&mut rows[i]);
+                table.fill_windows(&mut rows[i], now);
                 out[i] = l;
             }
             out

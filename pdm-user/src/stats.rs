@@ -100,49 +100,41 @@ impl FlowTable {
         unsafe { self.slots.as_ptr().add(i) }
     }
 
-    /// Copies every live flow into `out` (cleared first; kept across refreshes because at
-    /// 10 000 flows it is megabytes). The programs keep writing while we read, so a
-    /// flow's fields may come from slightly different moments, as with any map read.
-    pub fn snapshot_into(&self, out: &mut Vec<(FlowKey, FlowState)>) {
-        out.clear();
-        for i in 0..self.len {
+    /// Every live slot, as (slot index, copy of the slot). The programs keep writing
+    /// while we read, so a flow's fields may come from slightly different moments, as
+    /// with any map read.
+    pub fn live(&self) -> impl Iterator<Item = (u32, FlowSlot)> + '_ {
+        (0..self.len).filter_map(|i| {
             let p = self.slot(i);
             // SAFETY: in bounds; volatile reads of plain data the kernel may be writing.
             // The flags first: most slots of a roomy table are empty.
             unsafe {
-                if (&raw const (*p).state.flags).read_volatile() & FLOW_VALID != 0 {
-                    let slot = p.read_volatile();
-                    out.push((slot.key, slot.state));
-                }
+                ((&raw const (*p).state.flags).read_volatile() & FLOW_VALID != 0)
+                    .then(|| (i as u32, p.read_volatile()))
             }
-        }
+        })
     }
 
     /// One flow's entry (a scan: for tests and one-off reads).
     pub fn get(&self, key: &FlowKey) -> Option<FlowState> {
-        (0..self.len)
-            // SAFETY: in bounds; a volatile read of plain data.
-            .map(|i| unsafe { self.slot(i).read_volatile() })
-            .find(|s| s.state.flags & FLOW_VALID != 0 && s.key.same(key))
-            .map(|s| s.state)
+        self.live()
+            .find(|(_, s)| s.key.same(key))
+            .map(|(_, s)| s.state)
     }
 
-    /// Frees the slots of `keys` (expired flows) in one pass over the table. Should
-    /// their packets still come, the programs create them again.
-    pub fn remove(&self, keys: &[FlowKey]) {
-        if keys.is_empty() {
-            return;
-        }
-        let keys: std::collections::HashSet<&FlowKey> = keys.iter().collect();
-        for i in 0..self.len {
-            let p = self.slot(i);
+    /// Frees the slots of expired flows, each given with the slot it was seen in.
+    /// Should their packets still come, the programs create them again.
+    pub fn remove(&self, flows: &[(u32, FlowKey)]) {
+        for (slot, key) in flows {
+            if *slot as usize >= self.len {
+                continue;
+            }
+            let p = self.slot(*slot as usize);
             // SAFETY: in bounds. The programs only OR bits into `flags` or rewrite the
             // whole slot, so clearing it races at worst with the slot's reuse by a new
             // flow, which its next packet then creates again.
             unsafe {
-                let flags = (&raw const (*p).state.flags).read_volatile();
-                if flags & FLOW_VALID != 0 && keys.contains(&(&raw const (*p).key).read_volatile())
-                {
+                if (&raw const (*p).key).read_volatile().same(key) {
                     (&raw mut (*p).state.flags).write_volatile(0);
                 }
             }
@@ -159,7 +151,8 @@ impl Drop for FlowTable {
 
 /// Every live flow (for tests and one-off reads; the live loop keeps a [`FlowTable`]).
 pub fn flows(ebpf: &Ebpf) -> Result<Vec<(FlowKey, FlowState)>, FlowTableError> {
-    let mut out = Vec::new();
-    FlowTable::open(ebpf)?.snapshot_into(&mut out);
-    Ok(out)
+    Ok(FlowTable::open(ebpf)?
+        .live()
+        .map(|(_, s)| (s.key, s.state))
+        .collect())
 }

@@ -1,0 +1,102 @@
+//! Per-flow measurements: RTT and server-delay distributions from the kernel's samples,
+//! counters and rates from its flow table, and flow expiry.
+//!
+//! Distributions are kept twice: the samples of a sliding window (default 10 s, exact
+//! percentiles) and a log-bucketed histogram since the flow started (bounded memory,
+//! percentiles within 1/64 relative).
+
+mod distribution;
+mod hash;
+mod table;
+
+use std::{net::Ipv6Addr, time::Duration};
+
+pub use hash::{FastMap, FlowHasher, FlowHasherBuilder};
+pub use table::{Table, TableConfig};
+
+/// A distribution's summary, in nanoseconds; `None` fields when there is no sample.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Summary {
+    pub samples: u64,
+    pub min: Option<u64>,
+    pub mean: Option<u64>,
+    pub p50: Option<u64>,
+    pub p90: Option<u64>,
+    pub p99: Option<u64>,
+    pub max: Option<u64>,
+}
+
+/// One flow as shown: the TUI and the JSON output both read this.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FlowRow {
+    pub proto: u8,
+    pub local_addr: Ipv6Addr,
+    pub local_port: u16,
+    pub remote_addr: Ipv6Addr,
+    pub remote_port: u16,
+    pub tx_packets: u64,
+    pub rx_packets: u64,
+    pub tx_bytes: u64,
+    pub rx_bytes: u64,
+    /// Packets sent / received that carried PDM.
+    pub tx_pdm: u64,
+    pub rx_pdm: u64,
+    /// Packets per second each way over the last interval.
+    pub tx_pps: f64,
+    pub rx_pps: f64,
+    /// RTT and server delay over the sliding window, and since the flow started.
+    pub rtt: Summary,
+    pub rtt_all: Summary,
+    pub server_delay: Summary,
+    pub server_delay_all: Summary,
+    pub rx_lost: u64,
+    pub rx_reordered: u64,
+    pub rx_duplicate: u64,
+    /// Since the flow was first seen, and since its last packet.
+    pub age: Duration,
+    pub idle: Duration,
+    pub closed: bool,
+}
+
+impl FlowRow {
+    /// Lost share of the PSNs the peer sent us, in percent (None before any PDM).
+    pub fn loss_percent(&self) -> Option<f64> {
+        let expected = self.rx_pdm + self.rx_lost;
+        (expected > 0).then(|| 100.0 * self.rx_lost as f64 / expected as f64)
+    }
+
+    /// Share of the packets each way that carried PDM, in percent.
+    pub fn pdm_coverage(&self) -> (Option<f64>, Option<f64>) {
+        let share = |pdm: u64, all: u64| (all > 0).then(|| 100.0 * pdm as f64 / all as f64);
+        (
+            share(self.tx_pdm, self.tx_packets),
+            share(self.rx_pdm, self.rx_packets),
+        )
+    }
+
+    pub fn proto_name(&self) -> &'static str {
+        proto_name(self.proto)
+    }
+}
+
+pub fn proto_name(proto: u8) -> &'static str {
+    match proto {
+        6 => "tcp",
+        17 => "udp",
+        58 => "icmpv6",
+        50 => "esp",
+        51 => "ah",
+        _ => "other",
+    }
+}
+
+/// CLOCK_MONOTONIC in ns: the clock bpf_ktime_get_ns reads.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}

@@ -1,0 +1,530 @@
+//! The flows pdm knows about: fed by the kernel's RTT samples and by scans of its flow
+//! table, expired when idle or closed.
+
+use std::{net::Ipv6Addr, time::Duration};
+
+use pdm_common::flow::{FLOW_CLOSED, FlowKey, FlowSlot, FlowState, NO_SAMPLE, RttSample};
+
+use super::{
+    FastMap, FlowRow, Summary,
+    distribution::{Histogram, Window},
+};
+
+#[derive(Debug, Default)]
+struct Flow {
+    key: FlowKey,
+    rtt: Window,
+    server_delay: Window,
+    rtt_all: Histogram,
+    server_delay_all: Histogram,
+    /// The kernel's entry at the last refresh.
+    state: FlowState,
+    wide: Widened,
+    /// The refresh that last saw this flow in the kernel's table.
+    seen: u64,
+    /// Counters and time at the previous refresh, for rates.
+    prev: Option<(u64, u64, u64)>,
+    rate: (f64, f64),
+    first_seen_ns: u64,
+    last_active_ns: u64,
+}
+
+/// The kernel's narrow per-flow counters (16 and 32 bits, to fit a flow in 128 octets),
+/// widened: each refresh adds how far they moved, modulo their width. A refresh a
+/// second is far more often than the fastest of them can wrap (2^32 packets).
+#[derive(Clone, Copy, Debug, Default)]
+struct Widened {
+    tx_bytes: u64,
+    rx_bytes: u64,
+    tx_packets: u64,
+    rx_packets: u64,
+    tx_pdm: u64,
+    rx_pdm: u64,
+    /// Goes down when a PSN counted lost arrives late.
+    rx_lost: i64,
+    rx_reordered: u64,
+    rx_duplicate: u64,
+}
+
+impl Widened {
+    /// Adds the movement from `prev` (the entry at the last refresh, if any) to `now`.
+    /// True when `now` is a new kernel entry for the flow: its octet counters (64-bit,
+    /// they never wrap) went back, so the table evicted the flow and its next packet
+    /// created it again, counting from zero. Its totals carry on.
+    fn update(&mut self, prev: Option<&FlowState>, now: &FlowState) -> bool {
+        let recreated =
+            prev.is_some_and(|p| now.tx_bytes < p.tx_bytes || now.rx_bytes < p.rx_bytes);
+        let prev = match prev {
+            Some(p) if !recreated => *p,
+            _ => FlowState::default(),
+        };
+        self.tx_bytes += now.tx_bytes - prev.tx_bytes;
+        self.rx_bytes += now.rx_bytes - prev.rx_bytes;
+        self.tx_packets += u64::from(now.tx_packets.wrapping_sub(prev.tx_packets));
+        self.rx_packets += u64::from(now.rx_packets.wrapping_sub(prev.rx_packets));
+        self.tx_pdm += u64::from(now.tx_pdm.wrapping_sub(prev.tx_pdm));
+        self.rx_pdm += u64::from(now.rx_pdm.wrapping_sub(prev.rx_pdm));
+        self.rx_lost += i64::from(now.rx_lost.wrapping_sub(prev.rx_lost) as i16);
+        self.rx_reordered += u64::from(now.rx_reordered.wrapping_sub(prev.rx_reordered));
+        self.rx_duplicate += u64::from(now.rx_duplicate.wrapping_sub(prev.rx_duplicate));
+        recreated
+    }
+}
+
+/// Settings of the flow table.
+#[derive(Clone, Copy, Debug)]
+pub struct TableConfig {
+    /// Span of the sliding window.
+    pub window: Duration,
+    /// Flows without a packet for this long are removed (kernel entry included).
+    pub idle_timeout: Duration,
+    /// A closed TCP flow (FIN/RST seen) is removed after this long without packets.
+    pub closed_linger: Duration,
+}
+
+impl Default for TableConfig {
+    fn default() -> Self {
+        Self {
+            window: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            closed_linger: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Refreshes a flow that carried PDM stays known after the kernel's table lost it.
+const PDM_FLOW_GRACE: u64 = 2;
+
+/// [`Table::by_slot`] for a kernel slot no flow of ours was seen in.
+const NO_FLOW: u32 = u32::MAX;
+
+/// Every flow pdm knows about, fed by samples and kernel snapshots.
+///
+/// Flows live in a slab indexed by id. A kernel slot keeps its flow until the flow is
+/// evicted or expired, so a refresh finds each flow through the slot it was last seen
+/// in, with one key compare and no hashing; the key index serves samples and flows
+/// that moved. At 10 000 flows, hashing every key each refresh was the largest part
+/// of the loader's time.
+#[derive(Debug, Default)]
+pub struct Table {
+    config: TableConfig,
+    /// Inline rather than boxed: a refresh walks them all, and contiguous flows read
+    /// several times faster than boxes spread over the heap. Freed ids are reused, so
+    /// the slab is as long as the most flows known at once (a flood through the kernel
+    /// table included: its flows are dropped at the next refresh).
+    flows: Vec<Option<Flow>>,
+    free: Vec<u32>,
+    index: FastMap<FlowKey, u32>,
+    /// Kernel slot -> id of the flow last seen in it, or [`NO_FLOW`].
+    by_slot: Vec<u32>,
+    /// Number of refreshes so far.
+    generation: u64,
+    /// Flows the kernel's table evicted before we expired them.
+    pub evicted: u64,
+    /// Flows expired (idle or closed) by us.
+    pub expired: u64,
+}
+
+impl Table {
+    pub fn new(config: TableConfig) -> Self {
+        Self {
+            config,
+            ..Self::default()
+        }
+    }
+
+    /// The id of `key`'s flow, created if new.
+    fn id(&mut self, key: &FlowKey) -> u32 {
+        if let Some(&id) = self.index.get(key) {
+            return id;
+        }
+        let flow = Flow {
+            key: *key,
+            ..Flow::default()
+        };
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.flows[id as usize] = Some(flow);
+                id
+            }
+            None => {
+                self.flows.push(Some(flow));
+                (self.flows.len() - 1) as u32
+            }
+        };
+        self.index.insert(*key, id);
+        id
+    }
+
+    fn flow_mut(&mut self, id: u32) -> &mut Flow {
+        self.flows[id as usize]
+            .as_mut()
+            .expect("ids in the index and slots name live flows")
+    }
+
+    fn forget(&mut self, id: u32) {
+        if let Some(f) = self.flows[id as usize].take() {
+            self.index.remove(&f.key);
+            self.free.push(id);
+        }
+    }
+
+    /// The id of the flow in kernel slot `slot` holding `key`: through the slot when it
+    /// still holds the flow it held, else through the key index.
+    fn id_in_slot(&mut self, slot: u32, key: &FlowKey) -> u32 {
+        let slot = slot as usize;
+        if slot >= self.by_slot.len() {
+            self.by_slot.resize(slot + 1, NO_FLOW);
+        }
+        let known = self.by_slot[slot];
+        if let Some(Some(f)) = self.flows.get(known as usize)
+            && f.key.same(key)
+        {
+            return known;
+        }
+        let id = self.id(key);
+        self.by_slot[slot] = id;
+        id
+    }
+
+    /// Adds one RTT sample from the kernel.
+    pub fn add_sample(&mut self, s: &RttSample) {
+        let generation = self.generation;
+        let span = self.config.window.as_nanos() as u64;
+        // Through the slot only where a scan has already seen one: the slot number is
+        // the kernel's word, and must not size anything.
+        let id = if (s.slot as usize) < self.by_slot.len() {
+            self.id_in_slot(s.slot, &s.key)
+        } else {
+            self.id(&s.key)
+        };
+        let f = self.flow_mut(id);
+        if f.prev.is_none() {
+            f.seen = generation;
+        }
+        f.rtt.push(s.ts_ns, s.rtt_ns, span);
+        f.rtt_all.push(s.rtt_ns);
+        if s.server_delay_ns != NO_SAMPLE {
+            f.server_delay.push(s.ts_ns, s.server_delay_ns, span);
+            f.server_delay_all.push(s.server_delay_ns);
+        }
+    }
+
+    /// Takes in the kernel's flow table, (slot, entry) for every live slot, at monotonic
+    /// time `now_ns`. Returns the flows to delete from the kernel's table (idle or
+    /// closed), with their slots.
+    pub fn refresh(
+        &mut self,
+        kernel: impl IntoIterator<Item = (u32, FlowSlot)>,
+        now_ns: u64,
+    ) -> Vec<(u32, FlowKey)> {
+        let idle_timeout = self.config.idle_timeout.as_nanos() as u64;
+        let closed_linger = self.config.closed_linger.as_nanos() as u64;
+        self.generation += 1;
+        let generation = self.generation;
+        let mut evicted = 0;
+        let mut remove = Vec::new();
+        for (slot, FlowSlot { key, state }) in kernel {
+            let id = self.id_in_slot(slot, &key);
+            let f = self.flow_mut(id);
+            if f.seen == generation {
+                continue; // the same flow twice in one scan: it moved while we read
+            }
+            f.seen = generation;
+            if f.first_seen_ns == 0 {
+                f.first_seen_ns = now_ns;
+                f.last_active_ns = now_ns;
+            }
+            if f.wide.update(f.prev.is_some().then_some(&f.state), &state) {
+                evicted += 1;
+            }
+            let packets = (f.wide.tx_packets, f.wide.rx_packets);
+            match f.prev {
+                Some((t, tx, rx)) if now_ns > t => {
+                    let secs = (now_ns - t) as f64 / 1e9;
+                    f.rate = (
+                        packets.0.saturating_sub(tx) as f64 / secs,
+                        packets.1.saturating_sub(rx) as f64 / secs,
+                    );
+                    if packets != (tx, rx) {
+                        f.last_active_ns = now_ns;
+                    }
+                }
+                _ => {}
+            }
+            f.prev = Some((now_ns, packets.0, packets.1));
+            f.state = state;
+
+            let idle = now_ns.saturating_sub(f.last_active_ns);
+            let closed = state.flags & FLOW_CLOSED != 0;
+            if idle > idle_timeout || (closed && idle > closed_linger) {
+                remove.push((slot, key));
+                self.forget(id);
+            }
+        }
+        // Known flows the kernel no longer has, and that we did not remove: the table
+        // evicted them to make room. Flows known only from a sample get one refresh to
+        // show up. A flow that carried PDM is kept for [`PDM_FLOW_GRACE`] refreshes:
+        // should its next packet bring it back, its record carries on rather than
+        // restarting. Flood entries never carry PDM, so they are not kept.
+        for id in 0..self.flows.len() as u32 {
+            let Some(f) = &self.flows[id as usize] else {
+                continue;
+            };
+            let had_pdm = f.wide.tx_pdm + f.wide.rx_pdm != 0;
+            let keep = f.seen == generation
+                || (f.prev.is_none() && generation - f.seen <= 1)
+                || (had_pdm && generation - f.seen <= PDM_FLOW_GRACE);
+            if !keep {
+                if f.prev.is_some() {
+                    evicted += 1;
+                }
+                self.forget(id);
+            }
+        }
+        self.evicted += evicted;
+        self.expired += remove.len() as u64;
+        remove
+    }
+
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// Fills in the sliding-window summaries of a row made with `windows: false`.
+    pub fn fill_windows(&self, row: &mut FlowRow, now_ns: u64) {
+        let span = self.config.window.as_nanos() as u64;
+        let key = FlowKey::new(
+            row.local_addr.octets(),
+            row.remote_addr.octets(),
+            row.local_port,
+            row.remote_port,
+            row.proto,
+        );
+        if let Some(Some(f)) = self.index.get(&key).map(|&id| &self.flows[id as usize]) {
+            row.rtt = f.rtt.summary(now_ns, span);
+            row.server_delay = f.server_delay.summary(now_ns, span);
+        }
+    }
+
+    /// Every flow seen in a kernel snapshot, as rows. `windows`: with the sliding-window
+    /// summaries (the view asks only for the rows it shows, see [`Table::fill_windows`]).
+    /// `since_start`: also summarise the since-start histograms (the NDJSON output has
+    /// them; the view does not show them, and at 10 000 flows they are the largest part
+    /// of a refresh).
+    pub fn rows(&self, now_ns: u64, windows: bool, since_start: bool) -> Vec<FlowRow> {
+        let mut rows = Vec::new();
+        self.rows_into(&mut rows, now_ns, windows, since_start);
+        rows
+    }
+
+    /// As [`Table::rows`], into a vector used before: at 10 000 flows the rows are
+    /// megabytes, and allocating them afresh each refresh costs page faults.
+    pub fn rows_into(
+        &self,
+        rows: &mut Vec<FlowRow>,
+        now_ns: u64,
+        windows: bool,
+        since_start: bool,
+    ) {
+        rows.clear();
+        // Sized up front: growing a vector of 10 000 rows moves megabytes.
+        rows.reserve(self.index.len());
+        let span = self.config.window.as_nanos() as u64;
+        let summary = |on: bool, s: &dyn Fn() -> Summary| if on { s() } else { Summary::default() };
+        rows.extend(
+            self.flows
+                .iter()
+                .flatten()
+                .filter(|f| f.prev.is_some())
+                .map(|f| {
+                    let (k, w) = (&f.key, &f.wide);
+                    FlowRow {
+                        proto: k.proto,
+                        local_addr: Ipv6Addr::from(k.local_addr),
+                        local_port: k.local_port,
+                        remote_addr: Ipv6Addr::from(k.remote_addr),
+                        remote_port: k.remote_port,
+                        tx_packets: w.tx_packets,
+                        rx_packets: w.rx_packets,
+                        tx_bytes: w.tx_bytes,
+                        rx_bytes: w.rx_bytes,
+                        tx_pdm: w.tx_pdm,
+                        rx_pdm: w.rx_pdm,
+                        tx_pps: f.rate.0,
+                        rx_pps: f.rate.1,
+                        rtt: summary(windows, &|| f.rtt.summary(now_ns, span)),
+                        rtt_all: summary(since_start, &|| f.rtt_all.summary()),
+                        server_delay: summary(windows, &|| f.server_delay.summary(now_ns, span)),
+                        server_delay_all: summary(since_start, &|| f.server_delay_all.summary()),
+                        rx_lost: w.rx_lost.max(0) as u64,
+                        rx_reordered: w.rx_reordered,
+                        rx_duplicate: w.rx_duplicate,
+                        age: Duration::from_nanos(now_ns.saturating_sub(f.first_seen_ns)),
+                        idle: Duration::from_nanos(now_ns.saturating_sub(f.last_active_ns)),
+                        closed: f.state.flags & FLOW_CLOSED != 0,
+                    }
+                }),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot(key: FlowKey, state: FlowState) -> [(u32, FlowSlot); 1] {
+        [(7, FlowSlot { key, state })]
+    }
+
+    #[test]
+    fn a_flow_whose_kernel_entry_was_recreated_keeps_its_totals_and_counts_an_eviction() {
+        let key = FlowKey::new([1; 16], [2; 16], 1, 2, 6);
+        let state = |tx_bytes, tx_packets| FlowState {
+            tx_bytes,
+            tx_packets,
+            ..FlowState::default()
+        };
+        let mut t = Table::new(TableConfig::default());
+        let s = 1_000_000_000;
+        t.refresh(slot(key, state(1000, 10)), s);
+        t.refresh(slot(key, state(1500, 15)), 2 * s);
+        assert_eq!(t.evicted, 0);
+        // Evicted by the kernel's table and created again by the next packet.
+        t.refresh(slot(key, state(100, 1)), 3 * s);
+        assert_eq!(t.evicted, 1);
+        let rows = t.rows(3 * s, false, false);
+        assert_eq!((rows[0].tx_bytes, rows[0].tx_packets), (1600, 16));
+        t.refresh(slot(key, state(300, 3)), 4 * s);
+        assert_eq!(t.evicted, 1);
+        let rows = t.rows(4 * s, false, false);
+        assert_eq!((rows[0].tx_bytes, rows[0].tx_packets), (1800, 18));
+        assert_eq!(rows[0].tx_pps, 2.0);
+
+        // Missing from a snapshot (evicted, not back yet) and then back: one eviction,
+        // totals kept, as long as it carried PDM.
+        let with_pdm = |tx_bytes, tx_packets| FlowState {
+            tx_pdm: tx_packets,
+            ..state(tx_bytes, tx_packets)
+        };
+        t.refresh(slot(key, with_pdm(400, 4)), 5 * s);
+        t.refresh([], 6 * s);
+        assert_eq!(t.rows(6 * s, false, false).len(), 1, "kept for a while");
+        t.refresh(slot(key, with_pdm(50, 1)), 7 * s);
+        assert_eq!(t.evicted, 2);
+        let rows = t.rows(7 * s, false, false);
+        assert_eq!((rows[0].tx_bytes, rows[0].tx_packets), (1950, 20));
+        // Gone for good: dropped after the grace, counted once.
+        for i in 8..8 + PDM_FLOW_GRACE + 1 {
+            t.refresh([], i * s);
+        }
+        assert!(t.is_empty());
+        assert_eq!(t.evicted, 3);
+        // A flow that never carried PDM (a flood entry) goes at once.
+        t.refresh(slot(key, state(10, 1)), 20 * s);
+        t.refresh([], 21 * s);
+        assert!(t.is_empty());
+    }
+
+    /// A kernel slot reused by another flow, and a flow that moved to another slot,
+    /// are both told apart by key: no flow takes over another's record.
+    #[test]
+    fn slots_reused_by_other_flows_and_flows_that_moved_keep_their_own_records() {
+        let a = FlowKey::new([1; 16], [2; 16], 1, 2, 17);
+        let b = FlowKey::new([1; 16], [3; 16], 1, 2, 17);
+        let state = |tx_bytes, tx_packets, tx_pdm| FlowState {
+            tx_bytes,
+            tx_packets,
+            tx_pdm,
+            ..FlowState::default()
+        };
+        let at = |slot, key, st| (slot, FlowSlot { key, state: st });
+        let mut t = Table::new(TableConfig::default());
+        let s = 1_000_000_000;
+        t.refresh([at(0, a, state(100, 1, 1)), at(1, b, state(900, 9, 9))], s);
+        // b takes a's slot, a moves to slot 5.
+        t.refresh(
+            [at(0, b, state(1000, 10, 10)), at(5, a, state(200, 2, 2))],
+            2 * s,
+        );
+        let mut rows = t.rows(2 * s, false, false);
+        rows.sort_by_key(|r| r.remote_addr);
+        assert_eq!(
+            rows.iter()
+                .map(|r| (r.tx_bytes, r.tx_packets))
+                .collect::<Vec<_>>(),
+            [(200, 2), (1000, 10)]
+        );
+        assert_eq!(t.evicted, 0);
+        // A sample for a flow the kernel has not shown yet, then its first scan.
+        let c = FlowKey::new([1; 16], [4; 16], 1, 2, 17);
+        t.add_sample(&RttSample {
+            key: c,
+            ts_ns: 2 * s,
+            rtt_ns: 5000,
+            server_delay_ns: NO_SAMPLE,
+            slot: 0, // b's slot: the key tells them apart
+            ..RttSample::default()
+        });
+        t.refresh(
+            [at(0, b, state(1100, 11, 11)), at(5, c, state(10, 1, 1))],
+            3 * s,
+        );
+        let mut rows = t.rows(3 * s, true, false);
+        rows.sort_by_key(|r| r.remote_addr);
+        assert_eq!(rows.len(), 3, "a is kept for its grace");
+        assert_eq!(rows[2].rtt.p50, Some(5000));
+        assert_eq!(rows[2].tx_bytes, 10);
+    }
+
+    #[test]
+    fn idle_and_closed_flows_are_returned_with_their_slots() {
+        let a = FlowKey::new([1; 16], [2; 16], 1, 2, 6);
+        let b = FlowKey::new([1; 16], [3; 16], 1, 2, 6);
+        let mut t = Table::new(TableConfig::default());
+        let s = 1_000_000_000;
+        let st = |tx_packets, flags| FlowState {
+            tx_bytes: u64::from(tx_packets),
+            tx_packets,
+            flags,
+            ..FlowState::default()
+        };
+        let scan = |a_packets, b_packets| {
+            [
+                (
+                    3,
+                    FlowSlot {
+                        key: a,
+                        state: st(a_packets, 1),
+                    },
+                ),
+                (
+                    9,
+                    FlowSlot {
+                        key: b,
+                        state: st(b_packets, 1 | FLOW_CLOSED),
+                    },
+                ),
+            ]
+        };
+        assert!(t.refresh(scan(1, 1), s).is_empty());
+        assert!(t.refresh(scan(2, 2), 2 * s).is_empty());
+        // b closed and quiet for longer than the linger; a idle for less than the timeout.
+        assert_eq!(t.refresh(scan(2, 2), 5 * s), [(9, b)]);
+        assert_eq!(t.expired, 1);
+        assert_eq!(t.len(), 1);
+        let a_only = [(
+            3,
+            FlowSlot {
+                key: a,
+                state: st(2, 1),
+            },
+        )];
+        assert_eq!(t.refresh(a_only, 70 * s), [(3, a)]);
+        assert!(t.is_empty());
+    }
+}
