@@ -1,0 +1,97 @@
+//! Run time of the ingress programs per packet through BPF_PROG_TEST_RUN with a large
+//! repeat count: no hook, no bpf_stats and no other traffic, so it isolates the
+//! programs' own code. `cargo xtask bench` runs it (`progcost_testrun` in its results);
+//! by hand: `cargo run --release -p pdm-user --example progbench [REPEAT]`.
+//!
+//! Egress cannot be timed this way: a repeat runs on the packet the previous run left,
+//! which already carries PDM. Its figure comes from bpf_stats on real traffic only.
+//!
+//! Prints one JSON object: {"<case>": {"ns": [per batch...], "median_ns": x}, ...}.
+
+use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp};
+use pdm_common::{names, wire::PdmFields};
+use pdm_user::attach::{self, LoadOptions};
+
+const A: [u8; 16] = [0xfd, 0x0b, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+const B: [u8; 16] = [0xfd, 0x0b, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+const BATCHES: usize = 7;
+
+/// Ethernet + IPv6 (B -> A) + optional PDM + UDP with an 18-octet payload, as the
+/// small-UDP benchmark sends.
+fn udp_frame(pdm: bool) -> Vec<u8> {
+    let mut l4 = Vec::new();
+    l4.extend_from_slice(&40000u16.to_be_bytes());
+    l4.extend_from_slice(&9000u16.to_be_bytes());
+    l4.extend_from_slice(&(8u16 + 18).to_be_bytes());
+    l4.extend_from_slice(&[0, 0]);
+    l4.extend_from_slice(&[0x55; 18]);
+    let mut ext = Vec::new();
+    let next = if pdm {
+        let f = PdmFields {
+            psn_this: 1234,
+            ..PdmFields::default()
+        };
+        ext.extend_from_slice(&f.encode_header(17));
+        60
+    } else {
+        17
+    };
+    let mut frame = vec![0u8; 12];
+    frame.extend_from_slice(&0x86ddu16.to_be_bytes());
+    frame.extend_from_slice(&[0x60, 0, 0, 0]);
+    frame.extend_from_slice(&((ext.len() + l4.len()) as u16).to_be_bytes());
+    frame.extend_from_slice(&[next, 64]);
+    frame.extend_from_slice(&B);
+    frame.extend_from_slice(&A);
+    frame.extend_from_slice(&ext);
+    frame.extend_from_slice(&l4);
+    frame
+}
+
+fn time(ebpf: &aya::Ebpf, xdp: bool, frame: &[u8], repeat: u32) -> f64 {
+    let mut out = vec![0u8; frame.len() + 256];
+    let opts = TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        repeat,
+        ..Default::default()
+    };
+    let prog = |name| ebpf.program(name).expect("program in the object");
+    let r = if xdp {
+        let p: &Xdp = prog(names::PROG_INGRESS_XDP).try_into().expect("xdp");
+        p.test_run(opts)
+    } else {
+        let p: &SchedClassifier = prog(names::PROG_INGRESS_TC).try_into().expect("tc");
+        p.test_run(opts)
+    }
+    .expect("BPF_PROG_TEST_RUN (needs root)");
+    // The kernel reports the mean run time over the repeats.
+    r.duration.as_nanos() as f64
+}
+
+fn main() {
+    let repeat = std::env::args()
+        .nth(1)
+        .map(|s| s.parse().expect("REPEAT is a number"))
+        .unwrap_or(1_000_000u32);
+    let ebpf = attach::load(&LoadOptions::default()).expect("load the eBPF programs (needs root)");
+    let mut out = serde_json::Map::new();
+    for (case, xdp, pdm) in [
+        ("xdp_udp_pdm", true, true),
+        ("xdp_udp_plain", true, false),
+        ("tc_udp_pdm", false, true),
+        ("tc_udp_plain", false, false),
+    ] {
+        let frame = udp_frame(pdm);
+        let mut ns: Vec<f64> = (0..BATCHES)
+            .map(|_| time(&ebpf, xdp, &frame, repeat))
+            .collect();
+        let batches = ns.clone();
+        ns.sort_by(f64::total_cmp);
+        out.insert(
+            case.into(),
+            serde_json::json!({ "ns": batches, "median_ns": ns[BATCHES / 2], "repeat": repeat }),
+        );
+    }
+    println!("{}", serde_json::Value::Object(out));
+}
