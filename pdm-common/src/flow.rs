@@ -104,42 +104,71 @@ impl FlowKey {
         a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3] && a[4] == b[4]
     }
 
-    /// MurmurHash3 (32-bit) of the key with a per-load random seed, so which flows share
-    /// a set cannot be planned from outside. Keyed, not cryptographic: the worst a
-    /// crafted flood achieves is churning one set of [`FLOW_WAYS`] slots.
+    /// Keyed hash of the key: NH (the inner hash of UMAC, RFC 4418) over its five
+    /// words, then a 64-bit finaliser. NH's five multiplications are independent, so
+    /// they run side by side; MurmurHash3's forty dependent steps were a third of the
+    /// ingress program's run time. The key is random per load, so which flows share a
+    /// set cannot be planned from outside (NH: two distinct flow keys collide with
+    /// probability 2^-32 over the key); the worst a crafted flood achieves is churning
+    /// the sets it happens to hit.
     #[inline(always)]
-    pub fn hash(&self, seed: u32) -> u32 {
+    pub fn hash(&self, k: &HashKey) -> u64 {
         let w = self.words();
-        let mut h = seed;
+        let mut acc = 0u64;
         let mut i = 0;
         while i < 5 {
-            h = murmur_round(h, w[i] as u32);
-            h = murmur_round(h, (w[i] >> 32) as u32);
+            let lo = (w[i] as u32).wrapping_add(k.0[i] as u32);
+            let hi = ((w[i] >> 32) as u32).wrapping_add((k.0[i] >> 32) as u32);
+            acc = acc.wrapping_add(lo as u64 * hi as u64);
             i += 1;
         }
-        fmix32(h ^ 40)
+        // NH's low bits depend only on the inputs' low bits: mix every bit into every
+        // other before any of them picks a set.
+        fmix64(acc ^ k.0[5])
     }
 
     /// First slots of this key's two candidate sets in a table of `set_mask + 1` sets.
     /// Two choices rather than one let a table fill up far more evenly: at 95 % load,
     /// a new flow finds both sets full about a third as often.
     #[inline(always)]
-    pub fn set_bases(&self, seed: u32, set_mask: u32) -> (u32, u32) {
-        let h = self.hash(seed);
-        // The second choice from the full hash, re-mixed: keys that share the first set
-        // (equal low bits) almost never share the second.
-        let g = fmix32(h ^ 0x9e37_79b9);
-        ((h & set_mask) * FLOW_WAYS, (g & set_mask) * FLOW_WAYS)
+    pub fn set_bases(&self, k: &HashKey, set_mask: u32) -> (u32, u32) {
+        let h = self.hash(k);
+        // The two halves of the finalised hash: independent choices.
+        (
+            (h as u32 & set_mask) * FLOW_WAYS,
+            ((h >> 32) as u32 & set_mask) * FLOW_WAYS,
+        )
     }
 }
 
+/// The flow hash's key: random, chosen by the loader at each load.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HashKey(pub [u64; 6]);
+
+impl HashKey {
+    /// A key expanded from one seed (SplitMix64), for tests and tools; the loader takes
+    /// all its words from the system's random source.
+    pub const fn from_seed(mut seed: u64) -> Self {
+        let mut k = [0u64; 6];
+        let mut i = 0;
+        while i < 6 {
+            seed = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            k[i] = fmix64(seed);
+            i += 1;
+        }
+        Self(k)
+    }
+}
+
+/// MurmurHash3's 64-bit finaliser: every output bit depends on every input bit.
 #[inline(always)]
-const fn fmix32(mut h: u32) -> u32 {
-    h ^= h >> 16;
-    h = h.wrapping_mul(0x85eb_ca6b);
-    h ^= h >> 13;
-    h = h.wrapping_mul(0xc2b2_ae35);
-    h ^ (h >> 16)
+pub const fn fmix64(mut h: u64) -> u64 {
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
 }
 
 /// As five words: the loader hashes tens of thousands of keys a second, and the derived
@@ -150,18 +179,6 @@ impl core::hash::Hash for FlowKey {
             state.write_u64(*w);
         }
     }
-}
-
-#[inline(always)]
-const fn murmur_round(h: u32, k: u32) -> u32 {
-    let k = k
-        .wrapping_mul(0xcc9e_2d51)
-        .rotate_left(15)
-        .wrapping_mul(0x1b87_3593);
-    (h ^ k)
-        .rotate_left(13)
-        .wrapping_mul(5)
-        .wrapping_add(0xe654_6b64)
 }
 
 /// Per-conversation state: 88 octets, so that with its key a slot is 128. Written
@@ -186,12 +203,16 @@ pub struct FlowState {
     pub tx_bytes: u64,
     pub rx_bytes: u64,
     /// Wire packets sent (a GSO super-packet counts its segments). Wraps.
+    /// `tx_packets` and `tx_pdm` form one aligned 64-bit word, and so do `rx_packets`
+    /// and `rx_pdm`: the programs count both with one atomic add (see
+    /// [`COUNT_PAIR_PDM_SHIFT`]), so a packet count wrapping carries one into its PDM
+    /// count, which the loader takes back out.
     pub tx_packets: u32,
+    /// Wire packets sent carrying our PDM. Wraps (with tx_packets' carries).
+    pub tx_pdm: u32,
     /// Wraps.
     pub rx_packets: u32,
-    /// Wire packets sent carrying our PDM. Wraps.
-    pub tx_pdm: u32,
-    /// Packets received carrying a valid PDM option. Wraps.
+    /// Packets received carrying a valid PDM option. Wraps (with rx_packets' carries).
     pub rx_pdm: u32,
     /// DTLS to carry, already in wire form (scale << 16 | delta): at the last reception,
     /// its time minus the last send before it (ingress writes).
@@ -235,6 +256,17 @@ impl FlowState {
     }
 }
 
+/// Where the PDM count sits in a (packets, PDM packets) pair counted as one u64.
+pub const COUNT_PAIR_PDM_SHIFT: u32 = 32;
+const _: () = assert!(core::mem::offset_of!(FlowState, tx_packets) % 8 == 0);
+const _: () = assert!(core::mem::offset_of!(FlowState, rx_packets) % 8 == 0);
+const _: () = assert!(
+    core::mem::offset_of!(FlowState, tx_pdm) == core::mem::offset_of!(FlowState, tx_packets) + 4
+);
+const _: () = assert!(
+    core::mem::offset_of!(FlowState, rx_pdm) == core::mem::offset_of!(FlowState, rx_packets) + 4
+);
+
 /// One slot of the flow table.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -277,6 +309,7 @@ mod pod {
     unsafe impl aya::Pod for super::FlowState {}
     unsafe impl aya::Pod for super::FlowSlot {}
     unsafe impl aya::Pod for super::RttSample {}
+    unsafe impl aya::Pod for super::HashKey {}
 }
 
 #[cfg(test)]
@@ -324,21 +357,31 @@ mod tests {
     fn hash_spreads_flows_over_sets_and_depends_on_the_seed() {
         let sets = 1024u32;
         let mut load = Vec::from([0u32; 1024]);
+        let k = HashKey::from_seed(7);
         for i in 0..sets * 4 {
-            load[(key(i).hash(7) % sets) as usize] += 1;
+            load[(key(i).hash(&k) % sets as u64) as usize] += 1;
         }
         let max = *load.iter().max().unwrap();
         assert!(max <= 14, "fullest set holds {max} of an average of 4");
         let same = (0..4000)
             .filter(|&i| {
-                let (a, b) = key(i).set_bases(7, 1023);
+                let (a, b) = key(i).set_bases(&k, 1023);
                 a == b
             })
             .count();
         assert!(same < 20, "{same} of 4000 keys got the same set twice");
+        let other = HashKey::from_seed(8);
         let moved = (0..1000)
-            .filter(|&i| key(i).hash(7) != key(i).hash(8))
+            .filter(|&i| key(i).set_bases(&k, 1023) != key(i).set_bases(&other, 1023))
             .count();
-        assert!(moved > 990, "seed changed only {moved} of 1000 hashes");
+        assert!(moved > 990, "another key moved only {moved} of 1000 flows");
+        // Keys that differ only in the ports' high bits (what a spoofer controls, and
+        // what NH's low bits alone would not see) still spread.
+        let mut sets_hit = std::collections::BTreeSet::new();
+        for i in 0..4096u16 {
+            let f = FlowKey::new([1; 16], [2; 16], 443, i << 4, 17);
+            sets_hit.insert(f.set_bases(&k, 1023).0);
+        }
+        assert!(sets_hit.len() > 950, "{} of 1024 sets hit", sets_hit.len());
     }
 }

@@ -22,8 +22,8 @@ pub mod names {
     pub const CLAMP_MSS: &str = "CLAMP_MSS";
     /// Global: number of flow-table sets − 1 (the table has a power-of-two size).
     pub const FLOW_SET_MASK: &str = "FLOW_SET_MASK";
-    /// Global: the flow hash's random seed, chosen at each load.
-    pub const FLOW_HASH_SEED: &str = "FLOW_HASH_SEED";
+    /// Global: the flow hash's random key, chosen at each load.
+    pub const FLOW_HASH_KEY: &str = "FLOW_HASH_KEY";
     /// Global: the `--only` selection rules (no terms: every flow).
     pub const ONLY: &str = "ONLY";
     /// The `--only` host terms' addresses.

@@ -18,7 +18,7 @@ use pdm_common::{
 };
 
 use crate::{
-    flow::{add, add32, bump, counters, get_or_create, next_psn, now_ns, set_flags},
+    flow::{add, bump, count, counters, get_or_create, next_psn, now_ns, set_flags},
     parse::{ETH_HLEN, IPV6_HLEN, MAX_PREFIX, Skip, Source, TCP_FIN, TCP_RST, bytes, parse},
 };
 
@@ -80,7 +80,7 @@ fn try_egress(ctx: &TcContext, c: Option<*mut Counters>) -> Result<(), Counter> 
     let segs = if gso_segs == 0 { 1 } else { gso_segs };
     // SAFETY: `state` points into a live map value.
     unsafe {
-        add32(&raw mut (*state).tx_packets, segs);
+        count(&raw mut (*state).tx_packets, segs, 0);
         add(&raw mut (*state).tx_bytes, ctx.len() as u64);
     }
     if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
@@ -105,7 +105,7 @@ fn try_egress(ctx: &TcContext, c: Option<*mut Counters>) -> Result<(), Counter> 
     }
     // SAFETY: `state` points into a live map value.
     unsafe {
-        add32(&raw mut (*state).tx_pdm, segs);
+        count(&raw mut (*state).tx_packets, 0, segs);
         // No probe outstanding: when the peer echoes this PSN, the RTT is measured from
         // now. Ingress clears the probe once it is answered or passed.
         if read_volatile(&raw const (*state).probe) == 0 {

@@ -10,11 +10,13 @@ use core::{
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use pdm_common::{
     counters::{Counter, Counters},
-    flow::{FLOW_SELECTED, FLOW_VALID, FLOW_WAYS, FlowKey, FlowSlot, FlowState},
+    flow::{
+        COUNT_PAIR_PDM_SHIFT, FLOW_SELECTED, FLOW_VALID, FLOW_WAYS, FlowKey, FlowSlot, FlowState,
+    },
     select::HostKey,
 };
 
-use crate::{COUNTERS, FLOW_HASH_SEED, FLOW_SET_MASK, FLOWS, ONLY, ONLY_HOSTS};
+use crate::{COUNTERS, FLOW_HASH_KEY, FLOW_SET_MASK, FLOWS, ONLY, ONLY_HOSTS};
 
 /// This CPU's counter block (the per-CPU array lookup is inlined by the verifier).
 #[inline(always)]
@@ -50,13 +52,9 @@ pub fn now_ns() -> u64 {
 #[inline(always)]
 pub fn get_or_create(key: &FlowKey, c: Option<*mut Counters>) -> Option<(*mut FlowState, u32)> {
     // SAFETY: globals the loader sets before load.
-    let (seed, mask) = unsafe {
-        (
-            read_volatile(&FLOW_HASH_SEED),
-            read_volatile(&FLOW_SET_MASK),
-        )
-    };
-    let (first, second) = key.set_bases(seed, mask);
+    let (hash_key, mask) =
+        unsafe { (read_volatile(&FLOW_HASH_KEY), read_volatile(&FLOW_SET_MASK)) };
+    let (first, second) = key.set_bases(&hash_key, mask);
     let mut victim: *mut FlowSlot = core::ptr::null_mut();
     let mut victim_index = 0;
     let mut victim_age = u64::MAX;
@@ -156,11 +154,15 @@ pub fn add(field: *mut u64, v: u64) {
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(field, v) };
 }
 
-/// Atomically `*field += v` for the narrow, wrapping counters.
+/// Atomically counts `packets` and `pdm` of them carrying PDM into a pair of u32
+/// counters that form one aligned u64 (`tx_packets`/`tx_pdm`, `rx_packets`/`rx_pdm`):
+/// one atomic instruction where two cost a tenth of the ingress program's time.
 #[inline(always)]
-pub fn add32(field: *mut u32, v: u32) {
-    // SAFETY: `field` points into a live map value, 4-byte aligned.
-    unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(field, v) };
+pub fn count(pair: *mut u32, packets: u32, pdm: u32) {
+    let v = packets as u64 | (pdm as u64) << COUNT_PAIR_PDM_SHIFT;
+    // SAFETY: `pair` points into a live map value, at a u64-aligned pair of u32s
+    // (asserted in pdm-common).
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(pair.cast(), v) };
 }
 
 /// Atomically sets flag bits (egress and ingress both set FLOW_CLOSED).

@@ -23,7 +23,7 @@ use pdm_common::{
 
 use crate::{
     CLAMP_MSS, SAMPLES,
-    flow::{add, add32, bump, counters, get_or_create, now_ns, set_flags},
+    flow::{add, bump, count, counters, get_or_create, now_ns, set_flags},
     parse::{ETH_HLEN, IPV6_HLEN, Packet, Skip, Source, TCP_FIN, TCP_RST, TCP_SYN, parse},
 };
 
@@ -133,7 +133,8 @@ fn record(
     // SAFETY: `state` points into a live map value; egress reads these fields
     // concurrently and tolerates either old or new values.
     unsafe {
-        add32(&raw mut (*state).rx_packets, packets);
+        let pdm_packets = if p.pdm.is_some() { packets } else { 0 };
+        count(&raw mut (*state).rx_packets, packets, pdm_packets);
         add(&raw mut (*state).rx_bytes, octets);
         if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
             set_flags(state, FLOW_CLOSED);
@@ -153,7 +154,6 @@ fn record(
             write_volatile(&raw mut (*state).last_recv_ns, now);
             let first = read_volatile(&raw const (*state).rx_psn) & RX_PSN_VALID == 0;
             write_volatile(&raw mut (*state).rx_psn, RX_PSN_VALID | pdm.psn_this as u32);
-            add32(&raw mut (*state).rx_pdm, packets);
             sequence(&mut *state, pdm.psn_this, first);
             rtt(&key, slot, &mut *state, &pdm, now, carries_data(p), c);
         }

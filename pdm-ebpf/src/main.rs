@@ -20,7 +20,7 @@ use aya_ebpf::{
 };
 use pdm_common::{
     counters::Counters,
-    flow::{DEFAULT_MAX_FLOWS, FlowSlot, SAMPLES_RING_BYTES},
+    flow::{DEFAULT_MAX_FLOWS, FlowSlot, HashKey, SAMPLES_RING_BYTES},
     select::{HostKey, MAX_HOST_ADDRS, Rules},
 };
 
@@ -49,9 +49,9 @@ static CLAMP_MSS: u8 = 1;
 #[unsafe(no_mangle)]
 static FLOW_SET_MASK: u32 = DEFAULT_MAX_FLOWS / pdm_common::flow::FLOW_WAYS - 1;
 
-/// Set by the loader: a random seed per load for the flow hash.
+/// Set by the loader: a random key per load for the flow hash.
 #[unsafe(no_mangle)]
-static FLOW_HASH_SEED: u32 = 0;
+static FLOW_HASH_KEY: HashKey = HashKey([0; 6]);
 
 /// Set by the loader: `--only`'s rules (no terms: PDM on every flow).
 #[unsafe(no_mangle)]

@@ -17,7 +17,7 @@ use aya::programs::{
 };
 use aya::{Ebpf, EbpfLoader, maps::HashMap};
 use pdm_common::{
-    flow::{DEFAULT_MAX_FLOWS, FLOW_WAYS, table_slots},
+    flow::{DEFAULT_MAX_FLOWS, FLOW_WAYS, HashKey, table_slots},
     names,
     select::HostKey,
 };
@@ -103,13 +103,13 @@ pub fn load(opts: &LoadOptions) -> Result<Ebpf, AttachError> {
     let clamp: u8 = opts.clamp_mss.into();
     let slots = table_slots(opts.max_flows);
     let set_mask = slots / FLOW_WAYS - 1;
-    let seed = random_u32();
+    let hash_key = random_hash_key();
     let (only, only_hosts) = opts.only.kernel_form();
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(names::FLOWS, slots)
         .override_global(names::CLAMP_MSS, &clamp, true)
         .override_global(names::FLOW_SET_MASK, &set_mask, true)
-        .override_global(names::FLOW_HASH_SEED, &seed, true)
+        .override_global(names::FLOW_HASH_KEY, &hash_key, true)
         .override_global(names::ONLY, &only, true)
         .load(crate::EBPF_OBJECT)
         .map_err(AttachError::Load)?;
@@ -134,11 +134,12 @@ pub fn load(opts: &LoadOptions) -> Result<Ebpf, AttachError> {
 }
 
 /// A seed for the flow hash that nobody outside can know.
-fn random_u32() -> u32 {
-    let mut b = [0u8; 4];
-    // SAFETY: writes at most 4 octets into `b`. Should it fail, the seed is merely known.
-    unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
-    u32::from_ne_bytes(b)
+fn random_hash_key() -> HashKey {
+    let mut k = HashKey::default();
+    // SAFETY: writes at most size_of::<HashKey>() octets into `k`, plain integers.
+    // Should it fail, the key is merely known.
+    unsafe { libc::getrandom((&raw mut k).cast(), size_of::<HashKey>(), 0) };
+    k
 }
 
 pub fn classifier<'a>(

@@ -62,8 +62,19 @@ impl Widened {
         self.rx_bytes += now.rx_bytes - prev.rx_bytes;
         self.tx_packets += u64::from(now.tx_packets.wrapping_sub(prev.tx_packets));
         self.rx_packets += u64::from(now.rx_packets.wrapping_sub(prev.rx_packets));
-        self.tx_pdm += u64::from(now.tx_pdm.wrapping_sub(prev.tx_pdm));
-        self.rx_pdm += u64::from(now.rx_pdm.wrapping_sub(prev.rx_pdm));
+        // The kernel counts (packets, PDM packets) as one u64, so a packet count that
+        // wrapped carried one into the PDM count.
+        let carried = |now: u32, prev: u32| u32::from(now < prev);
+        self.tx_pdm += u64::from(
+            now.tx_pdm
+                .wrapping_sub(prev.tx_pdm)
+                .wrapping_sub(carried(now.tx_packets, prev.tx_packets)),
+        );
+        self.rx_pdm += u64::from(
+            now.rx_pdm
+                .wrapping_sub(prev.rx_pdm)
+                .wrapping_sub(carried(now.rx_packets, prev.rx_packets)),
+        );
         self.rx_lost += i64::from(now.rx_lost.wrapping_sub(prev.rx_lost) as i16);
         self.rx_reordered += u64::from(now.rx_reordered.wrapping_sub(prev.rx_reordered));
         self.rx_duplicate += u64::from(now.rx_duplicate.wrapping_sub(prev.rx_duplicate));
@@ -428,6 +439,36 @@ mod tests {
         t.refresh(slot(key, state(10, 1)), 20 * s);
         t.refresh([], 21 * s);
         assert!(t.is_empty());
+    }
+
+    /// The kernel adds (packets, PDM packets) as one u64: a packet count wrapping past
+    /// 2^32 carries one into the PDM count, which must not be counted as a PDM packet.
+    #[test]
+    fn a_packet_count_wrapping_into_the_pdm_count_is_taken_back_out() {
+        let key = FlowKey::new([1; 16], [2; 16], 1, 2, 17);
+        let pair = |packets: u64, pdm: u64| {
+            // What one u64 holding packets + pdm << 32 reads as, in its two halves.
+            let word = packets.wrapping_add(pdm << 32);
+            (word as u32, (word >> 32) as u32)
+        };
+        let state = |packets, pdm, bytes| {
+            let (rx_packets, rx_pdm) = pair(packets, pdm);
+            FlowState {
+                rx_packets,
+                rx_pdm,
+                rx_bytes: bytes,
+                ..FlowState::default()
+            }
+        };
+        let mut t = Table::new(TableConfig::default());
+        let s = 1_000_000_000;
+        t.refresh(slot(key, state(u32::MAX as u64 - 10, 5, 100)), s);
+        t.refresh(slot(key, state(u32::MAX as u64 + 20, 25, 200)), 2 * s);
+        let rows = t.rows(2 * s, false, false);
+        assert_eq!(
+            (rows[0].rx_packets, rows[0].rx_pdm),
+            (u32::MAX as u64 + 20, 25)
+        );
     }
 
     /// A kernel slot reused by another flow, and a flow that moved to another slot,
