@@ -4,7 +4,7 @@
 //! block. Entry points are thin; the work is in `egress` and `ingress`.
 #![no_std]
 #![no_main]
-#![feature(core_intrinsics)]
+#![feature(core_intrinsics, asm_experimental_arch)]
 #![allow(internal_features)]
 
 mod egress;
