@@ -19,7 +19,9 @@ use pdm_common::{
 
 use crate::{
     flow::{add, bump, count, counters, get_or_create, next_psn, now_ns, set_flags},
-    parse::{ETH_HLEN, IPV6_HLEN, MAX_PREFIX, Skip, Source, TCP_FIN, TCP_RST, bytes, parse},
+    parse::{
+        ETH_HLEN, IPV6_HLEN, MAX_PREFIX, Skip, Source, TCP_FIN, TCP_RST, bytes, parse, store64,
+    },
 };
 
 const PDM_LEN: usize = PDM_HEADER_LEN;
@@ -79,13 +81,29 @@ fn try_egress(ctx: &TcContext, c: Option<*mut Counters>) -> Result<(), Counter> 
     let (gso_size, gso_segs) = unsafe { ((*skb).gso_size, (*skb).gso_segs) };
     let segs = if gso_segs == 0 { 1 } else { gso_segs };
     // SAFETY: `state` points into a live map value.
-    unsafe {
-        count(&raw mut (*state).tx_packets, segs, 0);
-        add(&raw mut (*state).tx_bytes, ctx.len() as u64);
-    }
+    unsafe { add(&raw mut (*state).tx_bytes, ctx.len() as u64) };
     if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
         set_flags(state, FLOW_CLOSED);
     }
+    let inserted = insert(ctx, p, state, now, gso_size, prefix);
+    // Packets and PDM packets in one atomic add, once the outcome is known.
+    let pdm = if inserted.is_ok() { segs } else { 0 };
+    // SAFETY: `state` points into a live map value.
+    unsafe { count(&raw mut (*state).tx_packets, segs, pdm) };
+    inserted
+}
+
+/// Inserts PDM into a packet of a flow known to the table (unless `--only` leaves the
+/// flow out, or the packet would no longer fit).
+#[inline(always)]
+fn insert(
+    ctx: &TcContext,
+    p: &crate::parse::Packet,
+    state: *mut FlowState,
+    now: u64,
+    gso_size: u32,
+    prefix: usize,
+) -> Result<(), Counter> {
     // SAFETY: `state` points into a live map value.
     if unsafe { read_volatile(&raw const (*state).flags) } & FLOW_SELECTED == 0 {
         return Err(Counter::EgressFiltered);
@@ -105,7 +123,6 @@ fn try_egress(ctx: &TcContext, c: Option<*mut Counters>) -> Result<(), Counter> 
     }
     // SAFETY: `state` points into a live map value.
     unsafe {
-        count(&raw mut (*state).tx_packets, 0, segs);
         // No probe outstanding: when the peer echoes this PSN, the RTT is measured from
         // now. Ingress clears the probe once it is answered or passed.
         if read_volatile(&raw const (*state).probe) == 0 {
@@ -194,7 +211,11 @@ fn write_header(
     // SAFETY: bounds-checked above.
     let ip = unsafe { &mut *ip };
     if prefix == 0 {
-        ip[IPV6_HLEN..].copy_from_slice(header);
+        // SAFETY: [u8; 16] and two u64s have the same size, and any bits are valid.
+        let words = unsafe { core::mem::transmute::<[u8; PDM_LEN], [u64; 2]>(*header) };
+        let at = ip.as_ptr() as usize + IPV6_HLEN;
+        store64(at, words[0]);
+        store64(at + 8, words[1]);
         ip[6] = IPPROTO_DSTOPTS;
     } else {
         // Rare path (Hop-by-Hop/Routing present): move them through the helpers, 8

@@ -110,7 +110,7 @@ fn addr(ip: &[u8; IPV6_HLEN], at: usize) -> [u8; 16] {
 /// packet access where the CPU does it cheaply (x86-64, arm64) and rejects the program
 /// at load time elsewhere.
 #[inline(always)]
-fn load64(ptr: usize) -> u64 {
+pub fn load64(ptr: usize) -> u64 {
     let value;
     // SAFETY: one read inside the bounds the caller checked; the verifier checks it
     // again against the packet's end.
@@ -123,6 +123,22 @@ fn load64(ptr: usize) -> u64 {
         )
     };
     value
+}
+
+/// Eight octets into the packet at `ptr` in one store, whatever its alignment (see
+/// [`load64`]).
+#[inline(always)]
+pub fn store64(ptr: usize, value: u64) {
+    // SAFETY: one write inside the bounds the caller checked; the verifier checks it
+    // again against the packet's end.
+    unsafe {
+        core::arch::asm!(
+            "*(u64 *)({0} + 0) = {1}",
+            in(reg) ptr,
+            in(reg) value,
+            options(nostack, preserves_flags)
+        )
+    };
 }
 
 pub const fn is_nd_mld(icmp_type: u8) -> bool {
