@@ -3,8 +3,10 @@
 //! programs' own code. `cargo xtask bench` runs it (`progcost_testrun` in its results);
 //! by hand: `cargo run --release -p pdm-user --example progbench [REPEAT]`.
 //!
-//! Egress cannot be timed this way: a repeat runs on the packet the previous run left,
-//! which already carries PDM. Its figure comes from bpf_stats on real traffic only.
+//! Egress cannot be timed with repeats: a repeat runs on the packet the previous run
+//! left, which already carries PDM. It is timed one run per call instead
+//! (`tc_egress_udp_single`: the median of many calls, each including the kernel's two
+//! clock reads around the run), which compares versions but is not a per-packet cost.
 //!
 //! Prints one JSON object: {"<case>": {"ns": [per batch...], "median_ns": x}, ...}.
 
@@ -16,9 +18,9 @@ const A: [u8; 16] = [0xfd, 0x0b, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 const B: [u8; 16] = [0xfd, 0x0b, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
 const BATCHES: usize = 7;
 
-/// Ethernet + IPv6 (B -> A) + optional PDM + UDP with an 18-octet payload, as the
-/// small-UDP benchmark sends.
-fn udp_frame(pdm: bool) -> Vec<u8> {
+/// Ethernet + IPv6 (B -> A, or A -> B with `outgoing`) + optional PDM + UDP with an
+/// 18-octet payload, as the small-UDP benchmark sends.
+fn udp_frame(pdm: bool, outgoing: bool) -> Vec<u8> {
     let mut l4 = Vec::new();
     l4.extend_from_slice(&40000u16.to_be_bytes());
     l4.extend_from_slice(&9000u16.to_be_bytes());
@@ -41,14 +43,22 @@ fn udp_frame(pdm: bool) -> Vec<u8> {
     frame.extend_from_slice(&[0x60, 0, 0, 0]);
     frame.extend_from_slice(&((ext.len() + l4.len()) as u16).to_be_bytes());
     frame.extend_from_slice(&[next, 64]);
-    frame.extend_from_slice(&B);
-    frame.extend_from_slice(&A);
+    let (src, dst) = if outgoing { (A, B) } else { (B, A) };
+    frame.extend_from_slice(&src);
+    frame.extend_from_slice(&dst);
     frame.extend_from_slice(&ext);
     frame.extend_from_slice(&l4);
     frame
 }
 
-fn time(ebpf: &aya::Ebpf, xdp: bool, frame: &[u8], repeat: u32) -> f64 {
+#[derive(Clone, Copy)]
+enum Prog {
+    Xdp,
+    TcIngress,
+    Egress,
+}
+
+fn time(ebpf: &aya::Ebpf, which: Prog, frame: &[u8], repeat: u32) -> f64 {
     let mut out = vec![0u8; frame.len() + 256];
     let opts = TestRunOptions {
         data_in: Some(frame),
@@ -57,12 +67,14 @@ fn time(ebpf: &aya::Ebpf, xdp: bool, frame: &[u8], repeat: u32) -> f64 {
         ..Default::default()
     };
     let prog = |name| ebpf.program(name).expect("program in the object");
-    let r = if xdp {
-        let p: &Xdp = prog(names::PROG_INGRESS_XDP).try_into().expect("xdp");
-        p.test_run(opts)
-    } else {
-        let p: &SchedClassifier = prog(names::PROG_INGRESS_TC).try_into().expect("tc");
-        p.test_run(opts)
+    let tc = |name| -> &SchedClassifier { prog(name).try_into().expect("classifier") };
+    let r = match which {
+        Prog::Xdp => {
+            let p: &Xdp = prog(names::PROG_INGRESS_XDP).try_into().expect("xdp");
+            p.test_run(opts)
+        }
+        Prog::TcIngress => tc(names::PROG_INGRESS_TC).test_run(opts),
+        Prog::Egress => tc(names::PROG_EGRESS).test_run(opts),
     }
     .expect("BPF_PROG_TEST_RUN (needs root)");
     // The kernel reports the mean run time over the repeats.
@@ -76,15 +88,15 @@ fn main() {
         .unwrap_or(1_000_000u32);
     let ebpf = attach::load(&LoadOptions::default()).expect("load the eBPF programs (needs root)");
     let mut out = serde_json::Map::new();
-    for (case, xdp, pdm) in [
-        ("xdp_udp_pdm", true, true),
-        ("xdp_udp_plain", true, false),
-        ("tc_udp_pdm", false, true),
-        ("tc_udp_plain", false, false),
+    for (case, which, pdm) in [
+        ("xdp_udp_pdm", Prog::Xdp, true),
+        ("xdp_udp_plain", Prog::Xdp, false),
+        ("tc_udp_pdm", Prog::TcIngress, true),
+        ("tc_udp_plain", Prog::TcIngress, false),
     ] {
-        let frame = udp_frame(pdm);
+        let frame = udp_frame(pdm, false);
         let mut ns: Vec<f64> = (0..BATCHES)
-            .map(|_| time(&ebpf, xdp, &frame, repeat))
+            .map(|_| time(&ebpf, which, &frame, repeat))
             .collect();
         let batches = ns.clone();
         ns.sort_by(f64::total_cmp);
@@ -93,5 +105,16 @@ fn main() {
             serde_json::json!({ "ns": batches, "median_ns": ns[BATCHES / 2], "repeat": repeat }),
         );
     }
+    // Egress: one run per call, on a fresh plain frame each time.
+    let frame = udp_frame(false, true);
+    let calls = (repeat / 10).max(1000);
+    let mut ns: Vec<f64> = (0..calls)
+        .map(|_| time(&ebpf, Prog::Egress, &frame, 1))
+        .collect();
+    ns.sort_by(f64::total_cmp);
+    out.insert(
+        "tc_egress_udp_single".into(),
+        serde_json::json!({ "median_ns": ns[ns.len() / 2], "calls": calls }),
+    );
     println!("{}", serde_json::Value::Object(out));
 }
