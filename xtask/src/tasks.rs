@@ -36,6 +36,12 @@ pub fn build_pdm(tools: &setup::Tools) -> Result<PathBuf> {
     Ok(workspace_root().join("target/release/pdm"))
 }
 
+/// Builds pdm-user's example `name` (release); returns its path.
+pub fn build_example(tools: &setup::Tools, name: &str) -> Result<PathBuf> {
+    cmd::run(cargo(tools).args(["build", "--release", "-p", "pdm-user", "--example", name]))?;
+    Ok(workspace_root().join("target/release/examples").join(name))
+}
+
 /// Builds the `pdm` binary (release) and runs `pdm run ARGS`, or with no arguments the
 /// embedded demo.
 pub fn run(args: &[String]) -> Result<()> {

@@ -21,6 +21,7 @@ mod report;
 mod rr;
 mod scaling;
 mod stats;
+mod testrun;
 mod throughput;
 
 use std::{
@@ -37,6 +38,10 @@ use crate::{setup, tasks};
 /// Sizes of one run.
 pub struct Cfg {
     pub pdm: PathBuf,
+    /// pdm-user's `progbench` example (BPF_PROG_TEST_RUN timings).
+    pub progbench: PathBuf,
+    /// Its repeat count per batch.
+    pub testrun_repeat: u32,
     /// Repetitions of each throughput and request/response measurement.
     pub reps: usize,
     /// Seconds per TCP transfer.
@@ -55,11 +60,13 @@ pub struct Cfg {
 }
 
 impl Cfg {
-    fn new(quick: bool, pdm: PathBuf) -> Self {
+    fn new(quick: bool, pdm: PathBuf, progbench: PathBuf) -> Self {
         let scale_flows = vec![1, 1_000, 100_000, 1_000_000];
         if quick {
             Self {
                 pdm,
+                progbench,
+                testrun_repeat: 200_000,
                 reps: 1,
                 tcp_secs: 1.0,
                 cost_secs: 1.0,
@@ -73,6 +80,8 @@ impl Cfg {
         } else {
             Self {
                 pdm,
+                progbench,
+                testrun_repeat: 1_000_000,
                 reps: 3,
                 tcp_secs: 10.0,
                 cost_secs: 5.0,
@@ -89,8 +98,9 @@ impl Cfg {
 
 pub fn run(quick: bool, only: &[String]) -> Result<()> {
     type Bench = fn(&Cfg) -> Result<Value>;
-    let benches: [(&str, Bench); 5] = [
+    let benches: [(&str, Bench); 6] = [
         ("progcost", progcost::run),
+        ("testrun", testrun::run),
         ("throughput", throughput::run),
         ("rr", rr::run),
         ("scaling", scaling::run),
@@ -108,7 +118,8 @@ pub fn run(quick: bool, only: &[String]) -> Result<()> {
     hosts::clean_up_on_signal();
     let tools = setup::run()?;
     let pdm = tasks::build_pdm(&tools)?;
-    let cfg = Cfg::new(quick, pdm);
+    let progbench = tasks::build_example(&tools, "progbench")?;
+    let cfg = Cfg::new(quick, pdm, progbench);
     let started = Instant::now();
     let root = tasks::workspace_root();
     // With --only, the other parts' figures stay as the last full run left them.
