@@ -13,8 +13,8 @@ use aya_ebpf::{
 use pdm_common::{
     counters::{Counter, Counters},
     flow::{
-        ECHO_DATA_TAKEN, ECHO_VALID, FLOW_CLOSED, FLOW_SELECTED, FlowKey, FlowState, NO_SAMPLE,
-        PROBE_TIME_MASK, RX_PSN_VALID, RttSample,
+        COUNT_PAIR_PDM_SHIFT, ECHO_DATA_TAKEN, ECHO_VALID, FLOW_CLOSED, FLOW_SELECTED, FlowKey,
+        FlowState, NO_SAMPLE, PROBE_TIME_MASK, RX_PSN_VALID, RttSample,
     },
     psn::psn_gt,
     time::{DeltaTime, decode_delta_ns, encode_delta_ns},
@@ -23,7 +23,7 @@ use pdm_common::{
 
 use crate::{
     CLAMP_MSS, SAMPLES,
-    flow::{add, bump, count, counters, get_or_create, now_ns, set_flags},
+    flow::{add_unshared, bump, counters, get_or_create, now_ns, set_flags},
     parse::{ETH_HLEN, IPV6_HLEN, Packet, Skip, Source, TCP_FIN, TCP_RST, TCP_SYN, parse},
 };
 
@@ -133,9 +133,11 @@ fn record(
     // SAFETY: `state` points into a live map value; egress reads these fields
     // concurrently and tolerates either old or new values.
     unsafe {
+        // Packets and PDM packets as one u64 pair, as egress counts its own.
         let pdm_packets = if p.pdm.is_some() { packets } else { 0 };
-        count(&raw mut (*state).rx_packets, packets, pdm_packets);
-        add(&raw mut (*state).rx_bytes, octets);
+        let pair = packets as u64 | (pdm_packets as u64) << COUNT_PAIR_PDM_SHIFT;
+        add_unshared((&raw mut (*state).rx_packets).cast(), pair);
+        add_unshared(&raw mut (*state).rx_bytes, octets);
         if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
             set_flags(state, FLOW_CLOSED);
         }
