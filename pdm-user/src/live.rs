@@ -2,7 +2,7 @@
 //! table snapshot every interval, flow expiry, and the output (NDJSON or a sink the
 //! caller provides, such as the terminal view).
 
-use std::time::Duration;
+use std::{io::Write as _, time::Duration};
 
 use anyhow::{Context as _, Result};
 use aya::{
@@ -192,14 +192,7 @@ fn report(
         }
     };
     if let Some(log) = log {
-        json(
-            &mut std::io::BufWriter::new(log),
-            opts,
-            &totals,
-            table,
-            &rows,
-            &labels,
-        )?;
+        json(log, opts, &totals, table, &rows, &labels)?;
     }
     match sink {
         Sink::Json => json(
@@ -233,16 +226,19 @@ fn json(
     rows: &[FlowRow],
     labels: &[RowLabels],
 ) -> Result<()> {
+    // One buffer for the whole report: stdout is line-buffered, and a write per flow
+    // line was a syscall per flow.
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, out);
     let ts = output::unix_now();
     for (r, l) in rows.iter().zip(labels) {
-        let line = output::flow_json(
+        output::write_flow(
+            &mut out,
             ts,
             &opts.iface,
             r,
             l.remote_name.as_deref(),
             l.process.as_deref(),
-        );
-        writeln!(out, "{line}")?;
+        )?;
     }
     let line = output::counters_json(
         ts,
