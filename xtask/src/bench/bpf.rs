@@ -171,9 +171,41 @@ fn set_u32(attr: &mut [u64; 16], offset: usize, v: u32) {
     };
 }
 
+/// A BPF instruction: opcode, registers, offset, immediate.
+const fn insn(op: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
+    op as u64
+        | ((dst | src << 4) as u64) << 8
+        | (off as u16 as u64) << 16
+        | (imm as u32 as u64) << 32
+}
+
+/// The least a TC egress program can do to put 16 octets behind the IPv6 header: for a
+/// plain UDP packet (Next Header 17 at frame offset 20), `bpf_skb_adjust_room(skb, 16,
+/// BPF_ADJ_ROOM_NET, 0)`, nothing else (payload length and Next Header are left as they
+/// were, so the receiver drops the packet: for a one-way UDP flood only). It shows what
+/// opening the room costs on its own, reallocation included.
+const ADJUST_ROOM_ONLY: [u64; 15] = [
+    insn(0xbf, 6, 1, 0, 0),  // r6 = r1 (ctx)
+    insn(0x61, 2, 1, 76, 0), // r2 = skb->data
+    insn(0x61, 3, 1, 80, 0), // r3 = skb->data_end
+    insn(0xbf, 4, 2, 0, 0),  // r4 = r2
+    insn(0x07, 4, 0, 0, 21), // r4 += 21
+    insn(0x2d, 4, 3, 7, 0),  // if r4 > r3 goto exit
+    insn(0x71, 5, 2, 20, 0), // r5 = Next Header
+    insn(0x55, 5, 0, 5, 17), // if r5 != UDP goto exit
+    insn(0xbf, 1, 6, 0, 0),  // r1 = ctx
+    insn(0xb7, 2, 0, 0, 16), // r2 = 16
+    insn(0xb7, 3, 0, 0, 0),  // r3 = BPF_ADJ_ROOM_NET
+    insn(0xb7, 4, 0, 0, 0),  // r4 = flags 0
+    insn(0x85, 0, 0, 0, 50), // call bpf_skb_adjust_room
+    insn(0xb7, 0, 0, 0, -1), // exit: r0 = TC_ACT_UNSPEC
+    insn(0x95, 0, 0, 0, 0),
+];
+
 /// Loads a program that returns `ret` at once and attaches it with a bpf_link to
 /// `ifindex` (in the calling thread's namespace) at `hook` ("tc-egress", "tc-ingress",
-/// "xdp"). Returns the link's fd: the program stays attached while it is open.
+/// "xdp"), or [`ADJUST_ROOM_ONLY`] at "tc-egress-adjust". Returns the link's fd: the
+/// program stays attached while it is open.
 pub fn attach_null(hook: &str, ifindex: u32) -> Result<i32> {
     let (prog_type, attach_type, ret, name): (u32, u32, i32, &[u8]) = match hook {
         "tc-egress" => (
@@ -188,11 +220,22 @@ pub fn attach_null(hook: &str, ifindex: u32) -> Result<i32> {
             -1,
             b"null_tc_ingress",
         ),
+        "tc-egress-adjust" => (
+            BPF_PROG_TYPE_SCHED_CLS,
+            BPF_TCX_EGRESS,
+            -1,
+            b"ref_adjust_room",
+        ),
         "xdp" => (BPF_PROG_TYPE_XDP, BPF_XDP, 2, b"null_xdp"),
         _ => bail!("unknown hook {hook}"),
     };
     // r0 = ret (BPF_ALU64 | BPF_MOV | BPF_K = 0xb7); exit (0x95).
-    let insns: [u64; 2] = [0xb7 | ((ret as u32 as u64) << 32), 0x95];
+    let null: [u64; 2] = [0xb7 | ((ret as u32 as u64) << 32), 0x95];
+    let insns: &[u64] = if hook == "tc-egress-adjust" {
+        &ADJUST_ROOM_ONLY
+    } else {
+        &null
+    };
     let license = b"GPL\0";
     let mut attr = [0u64; 16];
     set_u32(&mut attr, 0, prog_type);

@@ -52,6 +52,26 @@ pub fn run(cfg: &Cfg) -> Result<Value> {
         nulls[ingress] = json!({ "udp": r.0, "tcp": r.1 });
     }
     out["null"] = nulls;
+    // What opening 16 octets costs by itself on small UDP (see bpf::ADJUST_ROOM_ONLY):
+    // the part of egress's run time that any TC insertion pays.
+    {
+        let _hosts = Hosts::create()?;
+        let ea = null_prog(NS_A, "tc-egress-adjust")?;
+        let ib = null_prog(NS_B, "xdp")?;
+        let targets = [
+            ("client".to_owned(), hosts::fd_ids(ea.pid(), "prog_id")),
+            ("server".to_owned(), hosts::fd_ids(ib.pid(), "prog_id")),
+        ];
+        let udp: Vec<Value> = (0..cfg.reps)
+            .map(|_| {
+                let _on = StatsOn::new()?;
+                let w = Window::start(&targets)?;
+                let t = flood(cfg)?;
+                Ok(json!({ "progs": w.end()?, "traffic": t }))
+            })
+            .collect::<Result<_>>()?;
+        out["adjust_room_only"] = json!({ "udp": merge(&udp, "pps") });
+    }
     Ok(out)
 }
 

@@ -151,6 +151,13 @@ fn progs_core_percent(w: &Value) -> Value {
     (100.0 * ns / 1e9 / secs).into()
 }
 
+/// bpf_stats' ns per run of the reference program that only opens 16 octets (small
+/// UDP), if this run measured it.
+fn adjust_room_only(r: &Value) -> Option<f64> {
+    r["progcost"]["adjust_room_only"]["udp"]["progs"]["client"]["ref_adjust_room"]["ns_per_run"]
+        .as_f64()
+}
+
 /// bpf_stats' own cost per run, per hook: the null programs' run time.
 struct Floors {
     egress: Option<f64>,
@@ -212,14 +219,23 @@ fn targets(s: &mut String, r: &Value) {
             Some("tc_udp_pdm"),
         ),
     ];
+    let adjust_only = adjust_room_only(r);
     for (side, hook, host, prog, modes, floor, target, testrun) in rows {
         let stats = udp_cost(r, host, prog, modes);
         let own: Value = stats.as_f64().zip(floor).map(|(v, f)| v - f).into();
-        let testrun = testrun
+        let mut testrun = testrun
             .and_then(|case| r["testrun"][case]["median_ns"].as_f64())
             .map_or(String::new(), |v| {
                 format!("; BPF_PROG_TEST_RUN, no bpf_stats: {v:.0} ns")
             });
+        if side == "egress"
+            && let (Some(e), Some(a)) = (stats.as_f64(), adjust_only)
+        {
+            testrun = format!(
+                "; a program that only calls `bpf_skb_adjust_room` takes {a:.1} ns here, so pdm's own part is {:.1} ns",
+                e - a
+            );
+        }
         let _ = writeln!(
             s,
             "| {side} program ≤ {target:.0} ns per packet (small UDP){hook} | **{} ns**: bpf_stats {} ns less its own {} ns (null program){testrun} | {} |",
@@ -730,7 +746,7 @@ fn limits(s: &mut String, r: &Value) {
     let egress_own = egress - fl(floors.egress);
     let _ = writeln!(
         s,
-        "- **Egress, per packet**: {egress:.0} ns by bpf_stats, {egress_own:.0} ns without bpf_stats' own {:.0} ns (a TC egress program that returns at once). perf: {} % of pdm_egress's samples are inside `bpf_skb_adjust_room`, and {} % of all its samples in `pskb_expand_head` under it (about {:.0} ns a packet): the stack builds small UDP packets with room for the link header only, so opening 16 octets reallocates and copies every packet's head. The kernel's own IPV6_DSTOPTS insertion reserves the room when it builds the packet and pays none of this; on TCP, whose packets are built with room to spare, `bpf_skb_adjust_room` is {} % of the egress samples. The clock (`bpf_ktime_get_ns`; `read_tsc` is slow in this VM) is {} %, pdm's own code (parse, flow lookup, PSN, header) {} %. Without the reallocation egress would be within the target; avoiding it needs the room reserved where the packet is built (the socket), which a TC program cannot do.",
+        "- **Egress, per packet**: {egress:.0} ns by bpf_stats, {egress_own:.0} ns without bpf_stats' own {:.0} ns (a TC egress program that returns at once). perf: {} % of pdm_egress's samples are inside `bpf_skb_adjust_room`, and {} % of all its samples in `pskb_expand_head` under it (about {:.0} ns a packet): the stack builds small UDP packets with room for the link header only, so opening 16 octets reallocates and copies every packet's head. The kernel's own IPV6_DSTOPTS insertion reserves the room when it builds the packet and pays none of this; on TCP, whose packets are built with room to spare, `bpf_skb_adjust_room` is {} % of the egress samples. The clock (`bpf_ktime_get_ns`; `read_tsc` is slow in this VM) is {} %, pdm's own code (parse, flow lookup, PSN, header) {} %. {}Avoiding the reallocation needs the room reserved where the packet is built (the socket), which a TC program cannot do.",
         fl(floors.egress),
         pct(adj),
         pct(expand),
@@ -738,6 +754,11 @@ fn limits(s: &mut String, r: &Value) {
         pct(adj_tcp),
         pct(clock_e),
         pct(own_e),
+        adjust_room_only(r).map_or(String::new(), |a| format!(
+            "A TC program that does nothing but call `bpf_skb_adjust_room` on the same packets takes {a:.0} ns ({:.0} ns without bpf_stats' own): that much of egress is the cost of opening the room at this hook, whatever the program; pdm's own part is the remaining {:.0} ns. ",
+            a - fl(floors.egress),
+            egress - a
+        )),
     );
     let xprof = &p["xdp"]["profile"]["udp"];
     let testrun = |case: &str| num(&r["testrun"][case]["median_ns"], 0);
