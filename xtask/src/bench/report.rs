@@ -100,6 +100,12 @@ pub fn render(r: &Value) -> String {
         num(&r["wall_secs"]["total"], 0),
     );
     let _ = writeln!(s, "`pdm check`: {}\n", r["check"].as_str().unwrap_or("?"));
+    let floors = Floors::of(r);
+    let _ = writeln!(
+        s,
+        "This machine is a VM whose speed drifts by up to about 1.5× over a quarter of an hour (while this suite was developed, a TC egress program that returns at once measured anywhere from 31 to 48 ns per run under bpf_stats, and pdm's programs moved with it). Compare figures within one run: ratios and the \"less its own\" figures hold across such drifts better than absolute nanoseconds. In this run that program took {} ns per run.\n",
+        floors.egress.map_or("?".into(), |f| format!("{f:.1}")),
+    );
 
     targets(&mut s, r);
     progcost(&mut s, &r["progcost"]);
