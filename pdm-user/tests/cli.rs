@@ -348,7 +348,32 @@ fn interface_removed_while_attached_exits_non_zero() {
                 .stderr(Stdio::piped())
                 .spawn()
                 .expect("spawn");
-        std::thread::sleep(Duration::from_millis(1500));
+        // Its stderr, line by line, so the interface goes only once both programs are
+        // attached (loading and verifying them can take seconds on a busy machine).
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let stderr = child.stderr.take().expect("stderr");
+        let reader = std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut lines = Vec::new();
+        let attach_deadline = Instant::now() + Duration::from_secs(60);
+        while lines
+            .iter()
+            .filter(|l: &&String| l.contains("attached to"))
+            .count()
+            < 2
+        {
+            let left = attach_deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(l) => lines.push(l),
+                Err(e) => panic!("{mode:?}: pdm did not attach both programs ({e}): {lines:?}"),
+            }
+        }
         h.a.ip(&["link", "del", IFACE]);
         let deadline = Instant::now() + Duration::from_secs(10);
         let status = loop {
@@ -361,9 +386,9 @@ fn interface_removed_while_attached_exits_non_zero() {
             }
             std::thread::sleep(Duration::from_millis(50));
         };
-        let mut err = String::new();
-        std::io::Read::read_to_string(child.stderr.as_mut().expect("stderr"), &mut err)
-            .expect("stderr");
+        reader.join().expect("stderr reader");
+        lines.extend(rx.try_iter());
+        let err = lines.join("\n");
         assert_eq!(status.code(), Some(3), "{mode:?}: {err}");
         assert!(
             err.contains("pdm: interface pdm0 disappeared; detached and exiting"),
