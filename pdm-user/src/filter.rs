@@ -8,9 +8,8 @@
 
 use std::net::{IpAddr, Ipv6Addr, ToSocketAddrs as _};
 
-use pdm_common::{
-    flow::FlowKey,
-    select::{HostKey, MAX_HOST_ADDRS, MAX_TERMS, Rules, TERM_HOST, TERM_PORT, TERM_PROTO},
+use pdm_common::select::{
+    HostKey, MAX_HOST_ADDRS, MAX_TERMS, Rules, TERM_HOST, TERM_PORT, TERM_PROTO,
 };
 
 use crate::metrics::FlowRow;
@@ -124,13 +123,7 @@ impl Filter {
 
     /// True when every term matches this flow (always, for the empty filter).
     pub fn matches(&self, row: &FlowRow) -> bool {
-        let key = FlowKey::new(
-            row.local_addr.octets(),
-            row.remote_addr.octets(),
-            row.local_port,
-            row.remote_port,
-            row.proto,
-        );
+        let key = row.key();
         self.rules.selects(&key, |term, addr| {
             self.hosts.iter().any(|h| h.term == term && h.addr == *addr)
         })

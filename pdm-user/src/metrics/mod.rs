@@ -74,6 +74,17 @@ impl FlowRow {
         )
     }
 
+    /// The flow's key, as the kernel's table has it.
+    pub fn key(&self) -> pdm_common::flow::FlowKey {
+        pdm_common::flow::FlowKey::new(
+            self.local_addr.octets(),
+            self.remote_addr.octets(),
+            self.local_port,
+            self.remote_port,
+            self.proto,
+        )
+    }
+
     pub fn proto_name(&self) -> &'static str {
         proto_name(self.proto)
     }

@@ -335,13 +335,7 @@ impl Table {
     /// Fills in the sliding-window summaries of a row made with `windows: false`.
     pub fn fill_windows(&self, row: &mut FlowRow, now_ns: u64) {
         let span = self.config.window.as_nanos() as u64;
-        let key = FlowKey::new(
-            row.local_addr.octets(),
-            row.remote_addr.octets(),
-            row.local_port,
-            row.remote_port,
-            row.proto,
-        );
+        let key = row.key();
         if let Some(Some(f)) = self.index.get(&key).map(|&id| &self.flows[id as usize]) {
             row.rtt = f.rtt.summary(now_ns, span);
             row.server_delay = f.server_delay.summary(now_ns, span);
