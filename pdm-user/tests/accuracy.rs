@@ -51,8 +51,13 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// A UDP server in `ns` that takes `processing` per request and measures, for itself,
 /// the time from the kernel's receive timestamp of each request (SO_TIMESTAMPNS: the
-/// moment the packet reached the stack, not when this thread got to run) to just before
-/// it sends the answer. Returns those times (µs) once `n` requests were answered.
+/// moment the packet reached the stack, not when this thread got to run) to the
+/// kernel's software transmit timestamp of the answer (SO_TIMESTAMPING, taken as the
+/// device sends it): arrival to departure, as PDM's DTLR measures it. Read by the
+/// application before its send, the send path (tens of µs on a busy VM) was counted by
+/// PDM only; after it, the send also carried the peer's whole receive path (veth
+/// delivers in the sender's context). Returns those times (µs) once `n` requests were
+/// answered.
 fn udp_server(
     ns: &Netns,
     addr: &str,
@@ -77,6 +82,20 @@ fn udp_server(
             )
         };
         assert_eq!(r, 0, "SO_TIMESTAMPNS");
+        let tx: libc::c_int = (libc::SOF_TIMESTAMPING_TX_SOFTWARE
+            | libc::SOF_TIMESTAMPING_SOFTWARE
+            | libc::SOF_TIMESTAMPING_OPT_TSONLY) as libc::c_int;
+        // SAFETY: valid socket and option value.
+        let r = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_TIMESTAMPING,
+                (&tx as *const libc::c_int).cast(),
+                4,
+            )
+        };
+        assert_eq!(r, 0, "SO_TIMESTAMPING");
         u.set_read_timeout(Some(Duration::from_secs(5)))
             .expect("timeout");
         ready.send(()).expect("ready");
@@ -86,8 +105,9 @@ fn udp_server(
                 break;
             };
             std::thread::sleep(processing);
-            took.push((realtime_ns() - rx_ns) as f64 / 1000.0);
             u.send_to(&buf[..len], from).expect("answer");
+            let sent_ns = tx_timestamp(fd).expect("transmit timestamp of the answer");
+            took.push((sent_ns - rx_ns) as f64 / 1000.0);
         }
         took
     })
@@ -104,6 +124,45 @@ fn realtime_ns() -> i128 {
 }
 
 /// recvmsg with the SO_TIMESTAMPNS control message: (length, sender, receive time ns, data).
+/// The software transmit timestamp of the last packet sent on `fd` (realtime ns), from
+/// the socket's error queue.
+fn tx_timestamp(fd: i32) -> Option<i128> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    loop {
+        let mut control = [0u64; 16];
+        let mut data = [0u8; 64];
+        let mut iov = libc::iovec {
+            iov_base: data.as_mut_ptr().cast(),
+            iov_len: data.len(),
+        };
+        // SAFETY: msghdr of live buffers, read back only after a successful recvmsg.
+        unsafe {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = control.as_mut_ptr().cast();
+            msg.msg_controllen = size_of_val(&control);
+            if libc::recvmsg(fd, &mut msg, libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT) >= 0 {
+                let mut c = libc::CMSG_FIRSTHDR(&msg);
+                while !c.is_null() {
+                    if (*c).cmsg_level == libc::SOL_SOCKET
+                        && (*c).cmsg_type == libc::SCM_TIMESTAMPING
+                    {
+                        // struct scm_timestamping: ts[0] is the software timestamp.
+                        let ts = (libc::CMSG_DATA(c) as *const libc::timespec).read_unaligned();
+                        return Some(ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128);
+                    }
+                    c = libc::CMSG_NXTHDR(&msg, c);
+                }
+            }
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    }
+}
+
 fn recv_timestamped(fd: i32) -> Option<(usize, SocketAddr, i128, Vec<u8>)> {
     let mut buf = vec![0u8; 2048];
     let mut from: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
