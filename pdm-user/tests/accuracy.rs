@@ -113,16 +113,6 @@ fn udp_server(
     })
 }
 
-fn realtime_ns() -> i128 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
-    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
-}
-
 /// recvmsg with the SO_TIMESTAMPNS control message: (length, sender, receive time ns, data).
 /// The software transmit timestamp of the last packet sent on `fd` (realtime ns), from
 /// the socket's error queue.
