@@ -42,13 +42,8 @@ pub fn run(cfg: &Cfg) -> Result<Value> {
     for ingress in ["xdp", "tc-ingress"] {
         let _hosts = Hosts::create()?;
         let _iperf = throughput::iperf_server()?;
-        let ea = null_prog(NS_A, "tc-egress")?;
-        let ib = null_prog(NS_B, ingress)?;
-        let targets = [
-            ("client".to_owned(), hosts::fd_ids(ea.pid(), "prog_id")),
-            ("server".to_owned(), hosts::fd_ids(ib.pid(), "prog_id")),
-        ];
-        let r = traffic(cfg, &targets)?;
+        let (ea, ib) = (null_prog(NS_A, "tc-egress")?, null_prog(NS_B, ingress)?);
+        let r = traffic(cfg, &helper_targets(&ea, &ib))?;
         nulls[ingress] = json!({ "udp": r.0, "tcp": r.1 });
     }
     out["null"] = nulls;
@@ -58,18 +53,10 @@ pub fn run(cfg: &Cfg) -> Result<Value> {
         let _hosts = Hosts::create()?;
         let ea = null_prog(NS_A, "tc-egress-adjust")?;
         let ib = null_prog(NS_B, "xdp")?;
-        let targets = [
-            ("client".to_owned(), hosts::fd_ids(ea.pid(), "prog_id")),
-            ("server".to_owned(), hosts::fd_ids(ib.pid(), "prog_id")),
-        ];
-        let udp: Vec<Value> = (0..cfg.reps)
-            .map(|_| {
-                let _on = StatsOn::new()?;
-                let w = Window::start(&targets)?;
-                let t = flood(cfg)?;
-                Ok(json!({ "progs": w.end()?, "traffic": t }))
-            })
-            .collect::<Result<_>>()?;
+        let targets = helper_targets(&ea, &ib);
+        let udp = (0..cfg.reps)
+            .map(|_| udp_window(cfg, &targets))
+            .collect::<Result<Vec<_>>>()?;
         out["adjust_room_only"] = json!({ "udp": merge(&udp, "pps") });
     }
     Ok(out)
@@ -81,12 +68,7 @@ pub fn run(cfg: &Cfg) -> Result<Value> {
 fn traffic(cfg: &Cfg, targets: &[(String, Vec<u32>)]) -> Result<(Value, Value)> {
     let (mut udp, mut tcp) = (Vec::new(), Vec::new());
     for _ in 0..cfg.reps {
-        udp.push({
-            let _on = StatsOn::new()?;
-            let w = Window::start(targets)?;
-            let t = flood(cfg)?;
-            json!({ "progs": w.end()?, "traffic": t })
-        });
+        udp.push(udp_window(cfg, targets)?);
         tcp.push({
             let _on = StatsOn::new()?;
             let w = Window::start(targets)?;
@@ -95,6 +77,22 @@ fn traffic(cfg: &Cfg, targets: &[(String, Vec<u32>)]) -> Result<(Value, Value)> 
         });
     }
     Ok((merge(&udp, "pps"), merge(&tcp, "gbps")))
+}
+
+/// One small-UDP window with bpf_stats on: the programs' stats and what the flood did.
+fn udp_window(cfg: &Cfg, targets: &[(String, Vec<u32>)]) -> Result<Value> {
+    let _on = StatsOn::new()?;
+    let w = Window::start(targets)?;
+    let t = flood(cfg)?;
+    Ok(json!({ "progs": w.end()?, "traffic": t }))
+}
+
+/// The programs two `bench-helper null-prog` processes hold, as bpf_stats targets.
+fn helper_targets(client: &KillOnDrop, server: &KillOnDrop) -> [(String, Vec<u32>); 2] {
+    [
+        ("client".to_owned(), hosts::fd_ids(client.pid(), "prog_id")),
+        ("server".to_owned(), hosts::fd_ids(server.pid(), "prog_id")),
+    ]
 }
 
 /// One object for several windows: per host and program the runs (summed) and the
