@@ -325,25 +325,39 @@ fn rtt_matches_ping_over_the_same_path() {
 #[test]
 fn rtt_includes_delay_added_on_the_path() {
     let _serial = serial();
-    let mut line = Line::new("dly");
-    // Base RTT without the relay, measured by ping.
-    let base = median(ping_times(&line.client, router::SERVER_ADDR, 20));
     let one_way = Duration::from_millis(10);
-    line.add_delay(one_way);
-    let pdm_c = Pdm::start(&line.client, &["--ingress", "tc", "--interval", "500ms"]);
-    let _pdm_s = Pdm::start(&line.server, &["--ingress", "tc"]);
-    let delayed = median(ping_times(&line.client, router::SERVER_ADDR, 30));
-    let lines = pdm_c.stop();
-    let f = last_icmp(&lines);
-    let pdm = us(f, "rtt_us_p50");
-    let expected = 2.0 * one_way.as_secs_f64() * 1e6 + base;
-    eprintln!(
-        "RTT with 2 x 10 ms added: expected {expected:.0} µs (base {base:.0}), ping p50 {delayed:.0} µs, pdm p50 {pdm:.0} µs"
-    );
-    assert!(
-        (pdm - expected).abs() <= expected * 0.05,
-        "pdm {pdm:.0} µs vs expected {expected:.0} µs"
-    );
+    // The expected value holds only if the path really adds the configured delay and
+    // nothing more. ping over the same path at the same time checks that; a machine
+    // busy enough to hold packets for milliseconds elsewhere (seen once in CI: ping
+    // 46 ms for 20 ms configured) invalidates the run, which is then made again.
+    const ATTEMPTS: u32 = 3;
+    for attempt in 1..=ATTEMPTS {
+        let mut line = Line::new(&format!("dly{attempt}"));
+        // Base RTT without the relay, measured by ping.
+        let base = median(ping_times(&line.client, router::SERVER_ADDR, 20));
+        line.add_delay(one_way);
+        let pdm_c = Pdm::start(&line.client, &["--ingress", "tc", "--interval", "500ms"]);
+        let _pdm_s = Pdm::start(&line.server, &["--ingress", "tc"]);
+        let delayed = median(ping_times(&line.client, router::SERVER_ADDR, 30));
+        let lines = pdm_c.stop();
+        let f = last_icmp(&lines);
+        let pdm = us(f, "rtt_us_p50");
+        let expected = 2.0 * one_way.as_secs_f64() * 1e6 + base;
+        let within = |v: f64| (v - expected).abs() <= expected * 0.05;
+        eprintln!(
+            "attempt {attempt}: RTT with 2 x 10 ms added: expected {expected:.0} µs (base {base:.0}), ping p50 {delayed:.0} µs, pdm p50 {pdm:.0} µs, relay at most {:?} late",
+            line.relay_lateness()
+        );
+        if !within(delayed) && attempt < ATTEMPTS {
+            continue;
+        }
+        assert!(
+            within(delayed),
+            "the path did not add the configured delay in {ATTEMPTS} attempts (ping p50 {delayed:.0} µs vs {expected:.0} µs): the machine is too busy for this check"
+        );
+        assert!(within(pdm), "pdm {pdm:.0} µs vs expected {expected:.0} µs");
+        return;
+    }
 }
 
 /// Packets the router's nftables rule dropped (its counter).

@@ -31,6 +31,15 @@ pub struct Line {
     relay: Option<Relay>,
 }
 
+/// Runs the calling thread under SCHED_FIFO, as netem's qdisc runs in the kernel: a
+/// busy machine then delays the relay's packets by scheduling latency, not by whole
+/// time slices of other tasks.
+fn realtime() {
+    let param = libc::sched_param { sched_priority: 10 };
+    // SAFETY: plain syscall on the calling thread; failure leaves it as it was.
+    unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
+}
+
 impl Line {
     pub fn new(tag: &str) -> Self {
         let client = Netns::new(&format!("{tag}c"));
@@ -104,6 +113,15 @@ impl Line {
     }
 }
 
+impl Line {
+    /// The most the relay has written any packet after its due time so far.
+    pub fn relay_lateness(&self) -> Duration {
+        self.relay
+            .as_ref()
+            .map_or(Duration::ZERO, |r| *r.late.lock().expect("late"))
+    }
+}
+
 impl Drop for Line {
     fn drop(&mut self) {
         self.relay.take();
@@ -144,6 +162,8 @@ fn open_tun(name: &str) -> File {
 /// Reads packets from one TUN and writes each to the other `delay` later, in order.
 struct Relay {
     stop: Arc<AtomicBool>,
+    /// The most any packet left after its due time.
+    late: Arc<std::sync::Mutex<Duration>>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -156,6 +176,7 @@ impl Relay {
             // SAFETY: valid fd; non-blocking so the thread can see `stop`.
             unsafe { libc::fcntl(tun_in.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
             std::thread::spawn(move || {
+                realtime();
                 let mut buf = vec![0u8; 65536];
                 while !stop.load(Ordering::Relaxed) {
                     match tun_in.read(&mut buf) {
@@ -168,9 +189,11 @@ impl Relay {
                 }
             })
         };
+        let late = Arc::new(std::sync::Mutex::new(Duration::ZERO));
         let writer = {
-            let (stop, queue) = (stop.clone(), queue);
+            let (stop, queue, late) = (stop.clone(), queue, late.clone());
             std::thread::spawn(move || {
+                realtime();
                 while !stop.load(Ordering::Relaxed) {
                     let due = {
                         let mut q = queue.lock().expect("queue");
@@ -180,8 +203,10 @@ impl Relay {
                         }
                     };
                     match due {
-                        Some((_, pkt)) => {
+                        Some((due, pkt)) => {
                             let _ = tun_out.write(&pkt);
+                            let mut l = late.lock().expect("late");
+                            *l = (*l).max(due.elapsed());
                         }
                         None => std::thread::sleep(Duration::from_micros(50)),
                     }
@@ -190,6 +215,7 @@ impl Relay {
         };
         Self {
             stop,
+            late,
             threads: vec![reader, writer],
         }
     }
