@@ -68,6 +68,9 @@ counters! {
     IngressRttSamples => "ingress_rtt_samples",
     /// RTT samples lost because the sample ring was full (userspace too slow).
     IngressSamplesDropped => "ingress_samples_dropped",
+    /// Echoed PSNs not sampled: the flow had a sample in the same tick
+    /// (`--sample-interval`).
+    IngressSamplesThinned => "ingress_samples_thinned",
     /// A new flow took the slot of the least recently active flow of its set (either
     /// program; not a packet outcome).
     FlowEvictions => "flow_table_evictions",

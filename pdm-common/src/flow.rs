@@ -41,6 +41,14 @@ pub const PROBE_TIME_MASK: u64 = (1 << 48) - 1;
 /// 16 bits, and once a server-delay sample was.
 pub const ECHO_VALID: u32 = 1 << 16;
 pub const ECHO_DATA_TAKEN: u32 = 1 << 17;
+/// [`FlowState::echo`]: the sample tick (monotonic ns >> the loader's
+/// [`SAMPLE_TICK_SHIFT`](crate::names::SAMPLE_TICK_SHIFT), modulo 2^14) of the last
+/// echoed PSN that was sampled. A bulk flow echoes a new PSN every ACK; one sample per
+/// tick per flow keeps the ring and the loader at a bounded rate, as pping does.
+pub const ECHO_TICK_SHIFT: u32 = 18;
+pub const ECHO_TICK_MASK: u32 = (1 << 14) - 1;
+/// Default sample tick: 2^20 ns, about 1 ms (at most ~1000 RTT samples a second per flow).
+pub const DEFAULT_SAMPLE_TICK_SHIFT: u8 = 20;
 
 /// [`FlowState::flags`]: the slot holds a flow.
 pub const FLOW_VALID: u32 = 1;

@@ -24,6 +24,9 @@ pub mod names {
     pub const FLOW_SET_MASK: &str = "FLOW_SET_MASK";
     /// Global: the flow hash's random key, chosen at each load.
     pub const FLOW_HASH_KEY: &str = "FLOW_HASH_KEY";
+    /// Global: log2 of the minimum time between a flow's RTT samples, in ns (see
+    /// [`ECHO_TICK_SHIFT`](crate::flow::ECHO_TICK_SHIFT)); 0 samples every echo.
+    pub const SAMPLE_TICK_SHIFT: &str = "SAMPLE_TICK_SHIFT";
     /// Global: the `--only` selection rules (no terms: every flow).
     pub const ONLY: &str = "ONLY";
     /// The `--only` host terms' addresses.

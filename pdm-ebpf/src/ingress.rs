@@ -13,8 +13,9 @@ use aya_ebpf::{
 use pdm_common::{
     counters::{Counter, Counters},
     flow::{
-        COUNT_PAIR_PDM_SHIFT, ECHO_DATA_TAKEN, ECHO_VALID, FLOW_CLOSED, FLOW_SELECTED, FlowKey,
-        FlowState, NO_SAMPLE, PROBE_TIME_MASK, RX_PSN_VALID, RttSample,
+        COUNT_PAIR_PDM_SHIFT, ECHO_DATA_TAKEN, ECHO_TICK_MASK, ECHO_TICK_SHIFT, ECHO_VALID,
+        FLOW_CLOSED, FLOW_SELECTED, FlowKey, FlowState, NO_SAMPLE, PROBE_TIME_MASK, RX_PSN_VALID,
+        RttSample,
     },
     psn::psn_gt,
     time::{DeltaTime, decode_delta_ns, encode_delta_ns},
@@ -22,7 +23,7 @@ use pdm_common::{
 };
 
 use crate::{
-    CLAMP_MSS, SAMPLES,
+    CLAMP_MSS, SAMPLE_TICK_SHIFT, SAMPLES,
     flow::{add_unshared, bump, counters, get_or_create, now_ns, set_flags},
     parse::{ETH_HLEN, IPV6_HLEN, Packet, Skip, Source, TCP_FIN, TCP_RST, TCP_SYN, parse},
 };
@@ -261,7 +262,26 @@ fn rtt(
     if seen && !data_sample {
         return; // a further pure ACK, or more data: no new information
     }
-    s.echo = ECHO_VALID | echoed as u32 | if data_sample { ECHO_DATA_TAKEN } else { 0 };
+    let echo_tick = s.echo & (ECHO_TICK_MASK << ECHO_TICK_SHIFT);
+    if !seen {
+        // A new echoed PSN is sampled only in a tick other than the last sampled one's.
+        // A skipped PSN is still marked taken: a later echo of it would be late.
+        // SAFETY: a global the loader sets before attaching.
+        let shift = unsafe { read_volatile(&SAMPLE_TICK_SHIFT) } as u32;
+        let tick = ((now >> shift) as u32 & ECHO_TICK_MASK) << ECHO_TICK_SHIFT;
+        if shift != 0 && s.echo & ECHO_VALID != 0 && tick == echo_tick {
+            s.echo = ECHO_VALID | ECHO_DATA_TAKEN | echo_tick | echoed as u32;
+            if probe_hit {
+                // SAFETY: as above.
+                unsafe { write_volatile(&raw mut s.probe, 0) };
+            }
+            bump(c, Counter::IngressSamplesThinned);
+            return;
+        }
+        s.echo = ECHO_VALID | tick | echoed as u32 | if data_sample { ECHO_DATA_TAKEN } else { 0 };
+    } else {
+        s.echo = ECHO_VALID | echo_tick | echoed as u32 | ECHO_DATA_TAKEN;
+    }
     if probe_hit && data_sample {
         // SAFETY: as above.
         unsafe { write_volatile(&raw mut s.probe, 0) };

@@ -53,6 +53,10 @@ static FLOW_SET_MASK: u32 = DEFAULT_MAX_FLOWS / pdm_common::flow::FLOW_WAYS - 1;
 #[unsafe(no_mangle)]
 static FLOW_HASH_KEY: HashKey = HashKey([0; 6]);
 
+/// Set by the loader: log2 of the sample tick in ns (`--sample-interval`).
+#[unsafe(no_mangle)]
+static SAMPLE_TICK_SHIFT: u8 = pdm_common::flow::DEFAULT_SAMPLE_TICK_SHIFT;
+
 /// Set by the loader: `--only`'s rules (no terms: PDM on every flow).
 #[unsafe(no_mangle)]
 static ONLY: Rules = Rules {

@@ -17,7 +17,7 @@ use aya::programs::{
 };
 use aya::{Ebpf, EbpfLoader, maps::HashMap};
 use pdm_common::{
-    flow::{DEFAULT_MAX_FLOWS, FLOW_WAYS, HashKey, table_slots},
+    flow::{DEFAULT_MAX_FLOWS, DEFAULT_SAMPLE_TICK_SHIFT, FLOW_WAYS, HashKey, table_slots},
     names,
     select::HostKey,
 };
@@ -86,6 +86,8 @@ pub struct LoadOptions {
     pub clamp_mss: bool,
     /// `--only`: the flows that get PDM (default: all).
     pub only: Filter,
+    /// log2 of the least time between a flow's RTT samples, in ns; 0: every echo.
+    pub sample_tick_shift: u8,
 }
 
 impl Default for LoadOptions {
@@ -94,6 +96,7 @@ impl Default for LoadOptions {
             max_flows: DEFAULT_MAX_FLOWS,
             clamp_mss: true,
             only: Filter::default(),
+            sample_tick_shift: DEFAULT_SAMPLE_TICK_SHIFT,
         }
     }
 }
@@ -111,6 +114,7 @@ pub fn load(opts: &LoadOptions) -> Result<Ebpf, AttachError> {
         .override_global(names::FLOW_SET_MASK, &set_mask, true)
         .override_global(names::FLOW_HASH_KEY, &hash_key, true)
         .override_global(names::ONLY, &only, true)
+        .override_global(names::SAMPLE_TICK_SHIFT, &opts.sample_tick_shift, true)
         .load(crate::EBPF_OBJECT)
         .map_err(AttachError::Load)?;
     let mut hosts: HashMap<_, HostKey, u8> = ebpf

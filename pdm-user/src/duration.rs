@@ -35,9 +35,36 @@ pub fn parse(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// A duration of at most 1 s, or `0`, as the nearest power of two nanoseconds: its
+/// log2, which the kernel shifts by. `0` (and anything under 1.5 ns) gives 0.
+pub fn parse_tick_shift(s: &str) -> Result<u8, String> {
+    if s == "0" {
+        return Ok(0);
+    }
+    let d = parse(s)?;
+    if d > Duration::from_secs(1) {
+        return Err(format!("`{s}` is too long: at most 1s"));
+    }
+    let ns = d.as_nanos() as u64;
+    let k = 63 - ns.leading_zeros();
+    // Round up past the geometric midpoint between 2^k and 2^(k+1).
+    let up = ns as f64 > (1u64 << k) as f64 * std::f64::consts::SQRT_2;
+    Ok((k + u32::from(up)) as u8)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tick_shifts_round_to_the_nearest_power_of_two() {
+        assert_eq!(parse_tick_shift("0"), Ok(0));
+        assert_eq!(parse_tick_shift("1ms"), Ok(20)); // 1 048 576 ns
+        assert_eq!(parse_tick_shift("0.6ms"), Ok(19)); // 524 288 ns
+        assert_eq!(parse_tick_shift("1s"), Ok(30));
+        assert!(parse_tick_shift("2s").unwrap_err().contains("at most 1s"));
+        assert!(parse_tick_shift("-1ms").is_err());
+    }
 
     #[test]
     fn units() {

@@ -60,6 +60,11 @@ struct RunArgs {
     /// takes the place of the least recently active one of the four it competes with.
     #[arg(long, default_value_t = DEFAULT_MAX_FLOWS, value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
     max_flows: u32,
+    /// At most one RTT sample per flow this often (rounded to a power of two
+    /// nanoseconds; 0: one per echoed PSN). Bulk flows echo a PSN with every ACK; this
+    /// bounds the samples each such flow hands to userspace. Thinned echoes are counted.
+    #[arg(long, default_value = "1ms", value_parser = pdm_user::duration::parse_tick_shift, value_name = "DURATION")]
+    sample_interval: u8,
     /// NDJSON on stdout (one object per flow per interval) instead of the live view;
     /// the default when stdout is not a terminal.
     #[arg(long)]
@@ -192,6 +197,7 @@ fn demo(a: DemoArgs) -> Result<ExitCode> {
         per_packet: false,
         no_clamp_mss: false,
         max_flows: DEFAULT_MAX_FLOWS,
+        sample_interval: pdm_common::flow::DEFAULT_SAMPLE_TICK_SHIFT,
         json: a.json,
         only: None,
         filter: None,
@@ -307,6 +313,7 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
         max_flows: args.max_flows,
         clamp_mss: !args.no_clamp_mss,
         only: args.only.clone().unwrap_or_default(),
+        sample_tick_shift: args.sample_interval,
     })?;
     // Offloads go off before attaching so that no GSO packet meets a per-packet run.
     let offloads = if args.per_packet {
