@@ -1736,3 +1736,54 @@ fn egress_echoes_what_ingress_recorded() {
     );
     assert_eq!(flows(&ebpf).len(), 1, "both directions share one entry");
 }
+
+/// Request/response exchanges, each reply echoing the PSN of the request we just sent:
+/// every echo is a new PSN with a send time held. Returns (samples, thinned).
+fn echo_exchanges(ebpf: &Ebpf, n: u16) -> (u64, u64) {
+    let to_b = udp(A, B, 7101, 7100, b"request");
+    let (_, moved) = counting(ebpf, || {
+        for i in 0..n {
+            let out = run_egress(ebpf, &to_b);
+            let sent = inserted_pdm("request", &out, L3_END, IPPROTO_UDP);
+            let reply = with_ext(
+                &udp(B, A, 7100, 7101, b"response"),
+                &[dstopts_pdm(PdmFields {
+                    psn_this: 0x2000 + i,
+                    psn_last_recv: sent.psn_this,
+                    ..RX_FIELDS
+                })],
+            );
+            run(ebpf, Prog::IngressXdp, &reply, None);
+        }
+    });
+    let get = |c| moved.iter().find(|(m, _)| *m == c).map_or(0, |(_, v)| *v);
+    (
+        get(Counter::IngressRttSamples),
+        get(Counter::IngressSamplesThinned),
+    )
+}
+
+#[test]
+fn rtt_samples_are_thinned_to_one_per_flow_per_interval() {
+    // A 1.07 s interval: twenty exchanges take a few ms, so they span at most one tick
+    // boundary (two samples), and every other echo is thinned and counted.
+    let slow = attach::load(&LoadOptions {
+        max_flows: 1024,
+        sample_tick_shift: 30,
+        ..LoadOptions::default()
+    })
+    .expect("load");
+    let (samples, thinned) = echo_exchanges(&slow, 20);
+    assert!(
+        (1..=2).contains(&samples) && samples + thinned == 20,
+        "1.07 s interval: {samples} samples, {thinned} thinned of 20 echoes"
+    );
+    // 0: every echo is sampled.
+    let every = attach::load(&LoadOptions {
+        max_flows: 1024,
+        sample_tick_shift: 0,
+        ..LoadOptions::default()
+    })
+    .expect("load");
+    assert_eq!(echo_exchanges(&every, 20), (20, 0), "interval 0");
+}
