@@ -123,6 +123,9 @@ impl Filter {
 
     /// True when every term matches this flow (always, for the empty filter).
     pub fn matches(&self, row: &FlowRow) -> bool {
+        if self.rules.count == 0 {
+            return true; // no terms: everything (and no key to build per row)
+        }
         let key = row.key();
         self.rules.selects(&key, |term, addr| {
             self.hosts.iter().any(|h| h.term == term && h.addr == *addr)

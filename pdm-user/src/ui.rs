@@ -317,12 +317,44 @@ fn sorted_rows_prefix(
     order
 }
 
+/// An order of a frame's rows computed before drawing it ([`Ui::shown_rows`]), kept
+/// so that drawing does not sort 10 000 rows a second time.
+struct Sorted {
+    sort: Column,
+    descending: bool,
+    rows: usize,
+    /// The first `k` of `order` are sorted.
+    k: usize,
+    order: Vec<usize>,
+}
+
+impl Sorted {
+    /// Whether this order is the one `state` asks for, over as many rows, sorted at
+    /// least `k` deep.
+    fn serves(&self, state: &ViewState, rows: usize, k: usize) -> bool {
+        self.sort == state.sort
+            && self.descending == state.descending
+            && self.rows == rows
+            && self.k >= k.min(rows)
+    }
+}
+
 /// Lines above the table.
 const HEADER_LINES: u16 = 4;
 
 /// Draws the whole view into `f`. Returns how many flow rows fit on screen (the page
 /// size for PgUp/PgDn).
 pub fn render(f: &mut ratatui::Frame, state: &ViewState, frame: &Frame) -> usize {
+    render_sorted(f, state, frame, None)
+}
+
+/// [`render`], given the rows' order when it is already known (see [`Sorted`]).
+fn render_sorted(
+    f: &mut ratatui::Frame,
+    state: &ViewState,
+    frame: &Frame,
+    sorted: Option<&Sorted>,
+) -> usize {
     let [header, body, keys] = Layout::vertical([
         Constraint::Length(HEADER_LINES),
         Constraint::Min(2),
@@ -331,7 +363,14 @@ pub fn render(f: &mut ratatui::Frame, state: &ViewState, frame: &Frame) -> usize
     .areas(f.area());
     let page = usize::from(body.height.saturating_sub(1));
     let offset = state.offset.min(frame.rows.len().saturating_sub(page));
-    let order = sorted_prefix(state, frame, offset + page);
+    let computed;
+    let order = match sorted.filter(|s| s.serves(state, frame.rows.len(), offset + page)) {
+        Some(s) => &s.order,
+        None => {
+            computed = sorted_prefix(state, frame, offset + page);
+            &computed
+        }
+    };
     f.render_widget(
         Paragraph::new(header_lines(state, frame, offset, page)),
         header,
@@ -818,13 +857,17 @@ pub struct Ui {
     terminal: Box<Terminal<CrosstermBackend<Stdout>>>,
     state: ViewState,
     last: Option<Box<Frame>>,
+    /// The order of `last`'s rows, when known before it was drawn.
+    sorted: Option<Sorted>,
     page: usize,
 }
 
 impl Ui {
     /// The rows the view will show, when only they need window summaries and labels:
     /// None when the sort column itself needs them for every row.
-    pub fn shown_rows(&self, rows: &[FlowRow]) -> Option<Vec<usize>> {
+    /// The order is kept for drawing the frame of these rows.
+    pub fn shown_rows(&mut self, rows: &[FlowRow]) -> Option<Vec<usize>> {
+        self.sorted = None;
         if matches!(
             self.state.sort,
             Column::RttP50 | Column::RttP99 | Column::ServerDelayP50 | Column::Process
@@ -833,9 +876,17 @@ impl Ui {
         }
         let page = self.page.max(1);
         let offset = self.state.offset.min(rows.len().saturating_sub(page));
-        let mut order = sorted_rows_prefix(&self.state, rows, &[], offset + page);
-        order.truncate(offset + page);
-        Some(order.split_off(offset.min(order.len())))
+        let k = offset + page;
+        let order = sorted_rows_prefix(&self.state, rows, &[], k);
+        let shown = order[offset.min(order.len())..k.min(order.len())].to_vec();
+        self.sorted = Some(Sorted {
+            sort: self.state.sort,
+            descending: self.state.descending,
+            rows: rows.len(),
+            k,
+            order,
+        });
+        Some(shown)
     }
 
     /// Takes over the terminal (alternate screen, raw mode, hidden cursor). A panic
@@ -862,6 +913,7 @@ impl Ui {
                 terminal: Box::new(terminal),
                 state: ViewState::default(),
                 last: None,
+                sorted: None,
                 page: 0,
             }),
             Err(e) => {
@@ -874,6 +926,7 @@ impl Ui {
     /// The shown frame's rows, to be refilled for the next frame (saves allocating
     /// megabytes each refresh). The view shows no rows until the next [`Ui::draw`].
     pub fn take_rows(&mut self) -> Vec<FlowRow> {
+        self.sorted = None;
         self.last
             .as_mut()
             .map(|f| std::mem::take(&mut f.rows))
@@ -891,8 +944,9 @@ impl Ui {
             return Ok(());
         };
         let mut page = self.page;
+        let sorted = self.sorted.as_ref();
         self.terminal
-            .draw(|f| page = render(f, &self.state, frame))?;
+            .draw(|f| page = render_sorted(f, &self.state, frame, sorted))?;
         self.page = page;
         // Keep the offset within the rows, so Up works at once after End.
         self.state.offset = self.state.offset.min(frame.rows.len().saturating_sub(page));
@@ -1131,6 +1185,47 @@ mod tests {
         assert_eq!(state.sort, Column::Local);
         state.handle_key(key('<'), 10);
         assert_eq!(state.sort, Column::Process);
+    }
+
+    #[test]
+    fn an_order_kept_from_before_drawing_draws_the_same_screen() {
+        let mut frame = frame();
+        let base = frame.rows[1].clone();
+        frame.rows = (0..50u16)
+            .map(|i| FlowRow {
+                local_port: 10_000 + i,
+                tx_bytes: 1000 * u64::from(i % 7),
+                ..base.clone()
+            })
+            .collect();
+        frame.labels = vec![RowLabels::default(); 50];
+        let state = ViewState::default();
+        let k = 14;
+        let kept = Sorted {
+            sort: state.sort,
+            descending: state.descending,
+            rows: 50,
+            k,
+            order: sorted_rows_prefix(&state, &frame.rows, &[], k),
+        };
+        let draw = |sorted: Option<&Sorted>| {
+            let mut t = Terminal::new(TestBackend::new(160, 20)).expect("terminal");
+            t.draw(|f| {
+                render_sorted(f, &state, &frame, sorted);
+            })
+            .expect("draw");
+            lines(t.backend().buffer())
+        };
+        assert_eq!(draw(Some(&kept)), draw(None));
+        // Another sort, more rows or a deeper page: not served by the kept order.
+        assert!(kept.serves(&state, 50, 14));
+        assert!(!kept.serves(&state, 51, 14));
+        assert!(!kept.serves(&state, 50, 15));
+        let other = ViewState {
+            sort: Column::Pps,
+            ..state.clone()
+        };
+        assert!(!kept.serves(&other, 50, 14));
     }
 
     #[test]

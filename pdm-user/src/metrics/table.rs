@@ -10,13 +10,12 @@ use super::{
     distribution::{Histogram, Window},
 };
 
+/// What a refresh reads and writes of a flow. The delay distributions live apart, in
+/// [`Delays`]: a refresh walks every flow, and with them inline each flow spanned twice
+/// the cache lines, most of which the walk did not need.
 #[derive(Debug, Default)]
 struct Flow {
     key: FlowKey,
-    rtt: Window,
-    server_delay: Window,
-    rtt_all: Histogram,
-    server_delay_all: Histogram,
     /// The kernel's entry at the last refresh.
     state: FlowState,
     wide: Widened,
@@ -27,6 +26,15 @@ struct Flow {
     rate: (f64, f64),
     first_seen_ns: u64,
     last_active_ns: u64,
+}
+
+/// A flow's delay samples: touched by its samples, and by the rows that show them.
+#[derive(Debug, Default)]
+struct Delays {
+    rtt: Window,
+    server_delay: Window,
+    rtt_all: Histogram,
+    server_delay_all: Histogram,
 }
 
 /// The kernel's narrow per-flow counters (16 and 32 bits, to fit a flow in 128 octets),
@@ -106,6 +114,28 @@ impl Default for TableConfig {
 /// Refreshes a flow that carried PDM stays known after the kernel's table lost it.
 const PDM_FLOW_GRACE: u64 = 2;
 
+/// How many flows ahead [`Table::prefetch_slot`] runs.
+const PREFETCH_AHEAD: usize = 8;
+
+/// Starts loading `*v` into the cache (every line of it); a hint, no effect on results.
+#[inline(always)]
+fn prefetch<T>(v: &T) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let p = std::ptr::from_ref(v).cast::<i8>();
+        let mut off = 0;
+        while off < size_of::<T>() {
+            // SAFETY: prefetching is a hint; the address is within `v`.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.add(off))
+            };
+            off += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = v;
+}
+
 /// [`Table::by_slot`] for a kernel slot no flow of ours was seen in.
 const NO_FLOW: u32 = u32::MAX;
 
@@ -124,6 +154,8 @@ pub struct Table {
     /// the slab is as long as the most flows known at once (a flood through the kernel
     /// table included: its flows are dropped at the next refresh).
     flows: Vec<Option<Flow>>,
+    /// By flow id, as `flows`.
+    delays: Vec<Delays>,
     free: Vec<u32>,
     index: FastMap<FlowKey, u32>,
     /// Kernel slot -> id of the flow last seen in it, or [`NO_FLOW`].
@@ -160,6 +192,7 @@ impl Table {
             }
             None => {
                 self.flows.push(Some(flow));
+                self.delays.push(Delays::default());
                 (self.flows.len() - 1) as u32
             }
         };
@@ -175,6 +208,7 @@ impl Table {
 
     fn forget(&mut self, id: u32) {
         if let Some(f) = self.flows[id as usize].take() {
+            self.delays[id as usize] = Delays::default();
             self.index.remove(&f.key);
             self.free.push(id);
         }
@@ -198,6 +232,33 @@ impl Table {
         id
     }
 
+    /// Asks the CPU to start loading the records of the flow last seen in kernel slot
+    /// `slot`: flows sit in the slab in creation order, the kernel's slots in hash
+    /// order, so each one a walk or a sample visits is a cache miss; started a few
+    /// flows ahead, the misses overlap instead of queueing.
+    fn prefetch_slot(&self, slot: u32) {
+        if let Some(&id) = self.by_slot.get(slot as usize)
+            && (id as usize) < self.flows.len()
+        {
+            prefetch(&self.flows[id as usize]);
+        }
+    }
+
+    /// Adds the kernel's RTT samples, in order.
+    pub fn add_samples(&mut self, samples: &[RttSample]) {
+        for (i, s) in samples.iter().enumerate() {
+            if let Some(ahead) = samples.get(i + PREFETCH_AHEAD) {
+                self.prefetch_slot(ahead.slot);
+                if let Some(&id) = self.by_slot.get(ahead.slot as usize)
+                    && (id as usize) < self.delays.len()
+                {
+                    prefetch(&self.delays[id as usize]);
+                }
+            }
+            self.add_sample(s);
+        }
+    }
+
     /// Adds one RTT sample from the kernel.
     pub fn add_sample(&mut self, s: &RttSample) {
         let generation = self.generation;
@@ -213,11 +274,12 @@ impl Table {
         if f.prev.is_none() {
             f.seen = generation;
         }
-        f.rtt.push(s.ts_ns, s.rtt_ns, span);
-        f.rtt_all.push(s.rtt_ns);
+        let d = &mut self.delays[id as usize];
+        d.rtt.push(s.ts_ns, s.rtt_ns, span);
+        d.rtt_all.push(s.rtt_ns);
         if s.server_delay_ns != NO_SAMPLE {
-            f.server_delay.push(s.ts_ns, s.server_delay_ns, span);
-            f.server_delay_all.push(s.server_delay_ns);
+            d.server_delay.push(s.ts_ns, s.server_delay_ns, span);
+            d.server_delay_all.push(s.server_delay_ns);
         }
     }
 
@@ -246,14 +308,24 @@ impl Table {
             rows.clear();
             rows.reserve(self.index.len());
         }
-        let span = self.config.window.as_nanos() as u64;
         let idle_timeout = self.config.idle_timeout.as_nanos() as u64;
         let closed_linger = self.config.closed_linger.as_nanos() as u64;
         self.generation += 1;
         let generation = self.generation;
         let mut evicted = 0;
         let mut remove = Vec::new();
-        for (slot, FlowSlot { key, state }) in kernel {
+        let mut kernel = kernel.into_iter();
+        let mut ahead = std::collections::VecDeque::with_capacity(PREFETCH_AHEAD);
+        loop {
+            while ahead.len() < PREFETCH_AHEAD
+                && let Some(next) = kernel.next()
+            {
+                self.prefetch_slot(next.0);
+                ahead.push_back(next);
+            }
+            let Some((slot, FlowSlot { key, state })) = ahead.pop_front() else {
+                break;
+            };
             let id = self.id_in_slot(slot, &key);
             let f = self.flow_mut(id);
             if f.seen == generation {
@@ -290,7 +362,7 @@ impl Table {
                 remove.push((slot, key));
                 self.forget(id);
             } else if let Some(rows) = rows.as_deref_mut() {
-                rows.push(row(f, now_ns, span, false, false));
+                rows.push(row(f, now_ns));
             }
         }
         // Known flows the kernel no longer has, and that we did not remove: the table
@@ -316,7 +388,7 @@ impl Table {
                 && let Some(rows) = rows.as_deref_mut()
             {
                 // Kept for its grace period: still shown.
-                rows.push(row(f, now_ns, span, false, false));
+                rows.push(row(f, now_ns));
             }
         }
         self.evicted += evicted;
@@ -336,9 +408,10 @@ impl Table {
     pub fn fill_windows(&self, row: &mut FlowRow, now_ns: u64) {
         let span = self.config.window.as_nanos() as u64;
         let key = row.key();
-        if let Some(Some(f)) = self.index.get(&key).map(|&id| &self.flows[id as usize]) {
-            row.rtt = f.rtt.summary(now_ns, span);
-            row.server_delay = f.server_delay.summary(now_ns, span);
+        if let Some(&id) = self.index.get(&key) {
+            let d = &self.delays[id as usize];
+            row.rtt = d.rtt.summary(now_ns, span);
+            row.server_delay = d.server_delay.summary(now_ns, span);
         }
     }
 
@@ -369,16 +442,26 @@ impl Table {
         rows.extend(
             self.flows
                 .iter()
-                .flatten()
-                .filter(|f| f.prev.is_some())
-                .map(|f| row(f, now_ns, span, windows, since_start)),
+                .zip(&self.delays)
+                .filter_map(|(f, d)| Some((f.as_ref().filter(|f| f.prev.is_some())?, d)))
+                .map(|(f, d)| {
+                    let mut r = row(f, now_ns);
+                    if windows {
+                        r.rtt = d.rtt.summary(now_ns, span);
+                        r.server_delay = d.server_delay.summary(now_ns, span);
+                    }
+                    if since_start {
+                        r.rtt_all = d.rtt_all.summary();
+                        r.server_delay_all = d.server_delay_all.summary();
+                    }
+                    r
+                }),
         );
     }
 }
 
-/// One flow as a row; the summaries only when asked for (see [`Table::rows`]).
-fn row(f: &Flow, now_ns: u64, span: u64, windows: bool, since_start: bool) -> FlowRow {
-    let summary = |on: bool, s: &dyn Fn() -> Summary| if on { s() } else { Summary::default() };
+/// One flow as a row, without summaries (see [`Table::rows`]).
+fn row(f: &Flow, now_ns: u64) -> FlowRow {
     let (k, w) = (&f.key, &f.wide);
     FlowRow {
         proto: k.proto,
@@ -394,10 +477,10 @@ fn row(f: &Flow, now_ns: u64, span: u64, windows: bool, since_start: bool) -> Fl
         rx_pdm: w.rx_pdm,
         tx_pps: f.rate.0,
         rx_pps: f.rate.1,
-        rtt: summary(windows, &|| f.rtt.summary(now_ns, span)),
-        rtt_all: summary(since_start, &|| f.rtt_all.summary()),
-        server_delay: summary(windows, &|| f.server_delay.summary(now_ns, span)),
-        server_delay_all: summary(since_start, &|| f.server_delay_all.summary()),
+        rtt: Summary::default(),
+        rtt_all: Summary::default(),
+        server_delay: Summary::default(),
+        server_delay_all: Summary::default(),
         rx_lost: w.rx_lost.max(0) as u64,
         rx_reordered: w.rx_reordered,
         rx_duplicate: w.rx_duplicate,
