@@ -13,70 +13,89 @@ use super::{
     profile, stats, throughput,
 };
 
+/// What one window measures.
+#[derive(Clone, Copy)]
+enum Setup {
+    /// pdm on both hosts, with this ingress.
+    Pdm(&'static str),
+    /// Programs that return at once (client TC egress, server ingress on this hook).
+    Null(&'static str),
+    /// Client TC egress that only opens 16 octets (see bpf::ADJUST_ROOM_ONLY).
+    AdjustRoomOnly,
+}
+
+const SETUPS: [Setup; 5] = [
+    Setup::Pdm("xdp"),
+    Setup::Pdm("tc"),
+    Setup::Null("xdp"),
+    Setup::Null("tc-ingress"),
+    Setup::AdjustRoomOnly,
+];
+
+/// Windows of each setup, taken in rounds: every round measures every setup once, on
+/// fresh hosts. This VM's speed drifts over minutes, and a setup measured only early or
+/// only late in the run would carry that drift into its comparison with the others.
 pub fn run(cfg: &Cfg) -> Result<Value> {
+    let mut windows: Vec<(Vec<Value>, Vec<Value>)> = vec![(Vec::new(), Vec::new()); SETUPS.len()];
     let mut out = json!({});
-    for ingress in ["xdp", "tc"] {
-        let _hosts = Hosts::create()?;
-        let _iperf = throughput::iperf_server()?;
-        let a = Pdm::start(&cfg.pdm, NS_A, &["--ingress", ingress])?;
-        let b = Pdm::start(&cfg.pdm, NS_B, &["--ingress", ingress])?;
-        let targets = [bpf::pdm_target("client", &a), bpf::pdm_target("server", &b)];
-        let r = traffic(cfg, &targets)?;
-        let profile = json!({
-            "udp": profile::during(cfg.cost_secs, || flood(cfg))?,
-            "tcp": profile::during(cfg.cost_secs, || {
-                throughput::iperf_client(cfg.cost_secs, 1)
-            })?,
-        });
-        out[ingress] = json!({
-            "udp": r.0,
-            "tcp": r.1,
-            "profile": profile,
-            "client_counters": a.stop()?["counters"],
-            "server_counters": b.stop()?["counters"],
-        });
-        eprintln!("bench: progcost {ingress}: {}", out[ingress]);
+    for round in 0..cfg.reps {
+        for (i, setup) in SETUPS.iter().enumerate() {
+            let _hosts = Hosts::create()?;
+            let _iperf = throughput::iperf_server()?;
+            let (udp, tcp) = &mut windows[i];
+            match *setup {
+                Setup::Pdm(ingress) => {
+                    let a = Pdm::start(&cfg.pdm, NS_A, &["--ingress", ingress])?;
+                    let b = Pdm::start(&cfg.pdm, NS_B, &["--ingress", ingress])?;
+                    let targets = [bpf::pdm_target("client", &a), bpf::pdm_target("server", &b)];
+                    udp.push(udp_window(cfg, &targets)?);
+                    tcp.push(tcp_window(cfg, &targets)?);
+                    if round == 0 {
+                        out[ingress]["profile"] = json!({
+                            "udp": profile::during(cfg.cost_secs, || flood(cfg))?,
+                            "tcp": profile::during(cfg.cost_secs, || {
+                                throughput::iperf_client(cfg.cost_secs, 1)
+                            })?,
+                        });
+                    }
+                    out[ingress]["client_counters"] = a.stop()?["counters"].take();
+                    out[ingress]["server_counters"] = b.stop()?["counters"].take();
+                }
+                Setup::Null(ingress) => {
+                    let (ea, ib) = (null_prog(NS_A, "tc-egress")?, null_prog(NS_B, ingress)?);
+                    let targets = helper_targets(&ea, &ib);
+                    udp.push(udp_window(cfg, &targets)?);
+                    tcp.push(tcp_window(cfg, &targets)?);
+                }
+                Setup::AdjustRoomOnly => {
+                    let ea = null_prog(NS_A, "tc-egress-adjust")?;
+                    let ib = null_prog(NS_B, "xdp")?;
+                    udp.push(udp_window(cfg, &helper_targets(&ea, &ib))?);
+                }
+            }
+        }
+        eprintln!("bench: progcost round {} of {} done", round + 1, cfg.reps);
     }
-    // Floors: a program that returns at once on the same hooks.
-    let mut nulls = json!({});
-    for ingress in ["xdp", "tc-ingress"] {
-        let _hosts = Hosts::create()?;
-        let _iperf = throughput::iperf_server()?;
-        let (ea, ib) = (null_prog(NS_A, "tc-egress")?, null_prog(NS_B, ingress)?);
-        let r = traffic(cfg, &helper_targets(&ea, &ib))?;
-        nulls[ingress] = json!({ "udp": r.0, "tcp": r.1 });
-    }
-    out["null"] = nulls;
-    // What opening 16 octets costs by itself on small UDP (see bpf::ADJUST_ROOM_ONLY):
-    // the part of egress's run time that any TC insertion pays.
-    {
-        let _hosts = Hosts::create()?;
-        let ea = null_prog(NS_A, "tc-egress-adjust")?;
-        let ib = null_prog(NS_B, "xdp")?;
-        let targets = helper_targets(&ea, &ib);
-        let udp = (0..cfg.reps)
-            .map(|_| udp_window(cfg, &targets))
-            .collect::<Result<Vec<_>>>()?;
-        out["adjust_room_only"] = json!({ "udp": merge(&udp, "pps") });
+    for (setup, (udp, tcp)) in SETUPS.iter().zip(&windows) {
+        let (udp, tcp) = (merge(udp, "pps"), merge(tcp, "gbps"));
+        match *setup {
+            Setup::Pdm(ingress) => {
+                out[ingress]["udp"] = udp;
+                out[ingress]["tcp"] = tcp;
+            }
+            Setup::Null(ingress) => out["null"][ingress] = json!({ "udp": udp, "tcp": tcp }),
+            Setup::AdjustRoomOnly => out["adjust_room_only"] = json!({ "udp": udp }),
+        }
     }
     Ok(out)
 }
 
-/// UDP flood windows and TCP bulk windows, `cfg.reps` of each: per kind, the
-/// programs' stats merged over the repetitions (median ns per run, min–max) and what
-/// the traffic did.
-fn traffic(cfg: &Cfg, targets: &[(String, Vec<u32>)]) -> Result<(Value, Value)> {
-    let (mut udp, mut tcp) = (Vec::new(), Vec::new());
-    for _ in 0..cfg.reps {
-        udp.push(udp_window(cfg, targets)?);
-        tcp.push({
-            let _on = StatsOn::new()?;
-            let w = Window::start(targets)?;
-            let t = throughput::iperf_client(cfg.cost_secs, 1)?;
-            json!({ "progs": w.end()?, "traffic": t })
-        });
-    }
-    Ok((merge(&udp, "pps"), merge(&tcp, "gbps")))
+/// One TCP bulk window (iperf3, 1 stream) with bpf_stats on.
+fn tcp_window(cfg: &Cfg, targets: &[(String, Vec<u32>)]) -> Result<Value> {
+    let _on = StatsOn::new()?;
+    let w = Window::start(targets)?;
+    let t = throughput::iperf_client(cfg.cost_secs, 1)?;
+    Ok(json!({ "progs": w.end()?, "traffic": t }))
 }
 
 /// One small-UDP window with bpf_stats on: the programs' stats and what the flood did.
