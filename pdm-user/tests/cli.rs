@@ -137,6 +137,17 @@ fn bad_input_gets_one_clear_line_and_attaches_nothing() {
                 "--iface",
                 IFACE,
                 "--per-packet",
+                "--sample-interval",
+                "2s",
+            ],
+            "`2s` is too long: at most 1s",
+        ),
+        (
+            &[
+                "run",
+                "--iface",
+                IFACE,
+                "--per-packet",
                 "--filter",
                 "port x",
             ],
