@@ -335,6 +335,13 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
             iface::mtu(name).unwrap_or(0)
         );
     }
+    if args.ingress == Ingress::Xdp && offload::driver(name).as_deref() == Some("veth") {
+        log::warn!(
+            "{name} is a veth: with an XDP program attached its peer sends every segment \
+             separately (no GSO), which costs TCP most of its throughput; \
+             `--ingress tc` keeps GSO"
+        );
+    }
 
     let end = live::run(
         &mut ebpf,

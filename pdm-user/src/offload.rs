@@ -23,6 +23,7 @@ use thiserror::Error;
 use crate::iface;
 
 const SIOCETHTOOL: libc::c_ulong = 0x8946;
+const ETHTOOL_GDRVINFO: u32 = 0x03;
 const ETHTOOL_GSTRINGS: u32 = 0x1b;
 const ETHTOOL_GSSET_INFO: u32 = 0x37;
 const ETHTOOL_GFEATURES: u32 = 0x3a;
@@ -106,6 +107,17 @@ fn ioctl(iface: &str, op: &'static str, buf: &mut [u8]) -> Result<(), OffloadErr
         return Err(err(std::io::Error::last_os_error()));
     }
     Ok(())
+}
+
+/// The interface's driver name (`ethtool -i`), e.g. `veth`; None where it has none.
+pub fn driver(iface: &str) -> Option<String> {
+    // struct ethtool_drvinfo: the command word, then the driver name (32 octets).
+    let mut buf = [0u8; 196];
+    buf[..4].copy_from_slice(&ETHTOOL_GDRVINFO.to_ne_bytes());
+    ioctl(iface, "ETHTOOL_GDRVINFO", &mut buf).ok()?;
+    let name = &buf[4..36];
+    let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+    Some(String::from_utf8_lossy(&name[..end]).into_owned()).filter(|n| !n.is_empty())
 }
 
 fn u32_at(b: &[u8], off: usize) -> u32 {

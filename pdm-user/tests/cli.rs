@@ -405,10 +405,17 @@ fn interface_removed_while_attached_exits_non_zero() {
             err.contains("pdm: interface pdm0 disappeared; detached and exiting"),
             "{mode:?}: {err}"
         );
+        // XDP on a veth: one warning that TC ingress keeps the peer's GSO.
+        let xdp = mode.contains(&"xdp");
+        assert_eq!(
+            err.contains("pdm0 is a veth") && err.contains("`--ingress tc` keeps GSO"),
+            xdp,
+            "{mode:?}: {err}"
+        );
         // Nothing but the start-up lines and that one.
         for l in err.lines() {
             assert!(
-                l.contains("attached to") || l.contains("disappeared"),
+                l.contains("attached to") || l.contains("disappeared") || l.contains("is a veth"),
                 "{mode:?}: unexpected line `{l}` in:\n{err}"
             );
         }
