@@ -236,11 +236,15 @@ impl Table {
     /// `slot`: flows sit in the slab in creation order, the kernel's slots in hash
     /// order, so each one a walk or a sample visits is a cache miss; started a few
     /// flows ahead, the misses overlap instead of queueing.
-    fn prefetch_slot(&self, slot: u32) {
+    /// With `delays`, its delay distributions too (a sample touches them, a refresh not).
+    fn prefetch_slot(&self, slot: u32, delays: bool) {
         if let Some(&id) = self.by_slot.get(slot as usize)
             && (id as usize) < self.flows.len()
         {
             prefetch(&self.flows[id as usize]);
+            if delays {
+                prefetch(&self.delays[id as usize]);
+            }
         }
     }
 
@@ -248,12 +252,7 @@ impl Table {
     pub fn add_samples(&mut self, samples: &[RttSample]) {
         for (i, s) in samples.iter().enumerate() {
             if let Some(ahead) = samples.get(i + PREFETCH_AHEAD) {
-                self.prefetch_slot(ahead.slot);
-                if let Some(&id) = self.by_slot.get(ahead.slot as usize)
-                    && (id as usize) < self.delays.len()
-                {
-                    prefetch(&self.delays[id as usize]);
-                }
+                self.prefetch_slot(ahead.slot, true);
             }
             self.add_sample(s);
         }
@@ -320,7 +319,7 @@ impl Table {
             while ahead.len() < PREFETCH_AHEAD
                 && let Some(next) = kernel.next()
             {
-                self.prefetch_slot(next.0);
+                self.prefetch_slot(next.0, false);
                 ahead.push_back(next);
             }
             let Some((slot, FlowSlot { key, state })) = ahead.pop_front() else {
