@@ -49,6 +49,21 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Sets an integer SOL_SOCKET option on `fd`, or fails the test naming it.
+fn socket_option(fd: libc::c_int, name: libc::c_int, value: libc::c_int, what: &str) {
+    // SAFETY: a valid socket and an int option value of the size given.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            name,
+            (&value as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(r, 0, "{what}: {}", std::io::Error::last_os_error());
+}
+
 /// A UDP server in `ns` that takes `processing` per request and measures, for itself,
 /// the time from the kernel's receive timestamp of each request (SO_TIMESTAMPNS: the
 /// moment the packet reached the stack, not when this thread got to run) to the
@@ -70,32 +85,16 @@ fn udp_server(
     ns.in_ns(|| {
         let u = UdpSocket::bind(sock(addr, port)).expect("bind");
         let fd = u.as_raw_fd();
-        let on: libc::c_int = 1;
-        // SAFETY: valid socket and option value.
-        let r = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_TIMESTAMPNS,
-                (&on as *const libc::c_int).cast(),
-                4,
-            )
-        };
-        assert_eq!(r, 0, "SO_TIMESTAMPNS");
-        let tx: libc::c_int = (libc::SOF_TIMESTAMPING_TX_SOFTWARE
+        socket_option(fd, libc::SO_TIMESTAMPNS, 1, "SO_TIMESTAMPNS");
+        let tx = libc::SOF_TIMESTAMPING_TX_SOFTWARE
             | libc::SOF_TIMESTAMPING_SOFTWARE
-            | libc::SOF_TIMESTAMPING_OPT_TSONLY) as libc::c_int;
-        // SAFETY: valid socket and option value.
-        let r = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_TIMESTAMPING,
-                (&tx as *const libc::c_int).cast(),
-                4,
-            )
-        };
-        assert_eq!(r, 0, "SO_TIMESTAMPING");
+            | libc::SOF_TIMESTAMPING_OPT_TSONLY;
+        socket_option(
+            fd,
+            libc::SO_TIMESTAMPING,
+            tx as libc::c_int,
+            "SO_TIMESTAMPING",
+        );
         u.set_read_timeout(Some(Duration::from_secs(5)))
             .expect("timeout");
         ready.send(()).expect("ready");

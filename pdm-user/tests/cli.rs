@@ -373,12 +373,7 @@ fn interface_removed_while_attached_exits_non_zero() {
         });
         let mut lines = Vec::new();
         let attach_deadline = Instant::now() + Duration::from_secs(60);
-        while lines
-            .iter()
-            .filter(|l: &&String| l.contains("attached to"))
-            .count()
-            < 2
-        {
+        while !common::both_attached(&lines) {
             let left = attach_deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(l) => lines.push(l),

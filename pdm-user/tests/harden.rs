@@ -67,13 +67,7 @@ impl LivePdm {
             stderr,
         };
         let deadline = Instant::now() + Duration::from_secs(60);
-        while p
-            .stderr()
-            .iter()
-            .filter(|l| l.contains("attached to"))
-            .count()
-            < 2
-        {
+        while !common::both_attached(&p.stderr()) {
             let exited = p.child.as_mut().expect("child").try_wait().expect("wait");
             assert!(
                 exited.is_none() && Instant::now() < deadline,

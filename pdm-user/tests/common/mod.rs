@@ -190,13 +190,7 @@ impl Pdm {
         let mut lines = Vec::new();
         let mut reader = BufReader::new(stderr);
         let deadline = Instant::now() + Duration::from_secs(60);
-        // Egress plus ingress: two "attached" lines.
-        while lines
-            .iter()
-            .filter(|l: &&String| l.contains("attached to"))
-            .count()
-            < 2
-        {
+        while !both_attached(&lines) {
             let mut line = String::new();
             let n = reader.read_line(&mut line).expect("read pdm stderr");
             assert!(
@@ -295,4 +289,14 @@ pub fn offload_settings(ns: &Netns) -> String {
         .expect("gso_max_segs in ip -d link")
         .to_owned();
     format!("{ethtool}gso_max_segs {segs}")
+}
+
+/// Whether pdm's start-up lines so far report both programs attached (egress and
+/// ingress each log one "attached to" line).
+pub fn both_attached(stderr_lines: &[String]) -> bool {
+    stderr_lines
+        .iter()
+        .filter(|l| l.contains("attached to"))
+        .count()
+        >= 2
 }
