@@ -42,6 +42,8 @@ pub const PDM_OPTION_LEN: u8 = 10;
 pub const PDM_HDR_EXT_LEN: u8 = 1;
 /// Length of the whole Destination Options header we insert: 2 + (2 + 10) + 2 (PadN).
 pub const PDM_HEADER_LEN: usize = 16;
+/// The smallest MTU of any link that carries IPv6 (RFC 8200 section 5).
+pub const IPV6_MIN_MTU: u32 = 1280;
 
 /// The PDM option fields, as host-order values (the wire is big-endian).
 #[repr(C)]

@@ -14,7 +14,7 @@ use pdm_common::{
     counters::{Counter, Counters},
     flow::{FLOW_CLOSED, FLOW_SELECTED, FlowKey, FlowState, PROBE_TIME_MASK, RX_PSN_VALID},
     time::encode_delta_ns,
-    wire::{IPPROTO_DSTOPTS, IPPROTO_TCP, PDM_HEADER_LEN, PdmFields},
+    wire::{IPPROTO_DSTOPTS, IPPROTO_TCP, IPV6_MIN_MTU, PDM_HEADER_LEN, PdmFields},
 };
 
 use crate::{
@@ -140,6 +140,11 @@ fn insert(
 /// the kernel shrink gso_size by 16 (TCP only; UDP GSO cannot change its segment size).
 #[inline(always)]
 fn adjust_flags(ctx: &TcContext, p: &crate::parse::Packet, gso_size: u32) -> Result<u64, Counter> {
+    // Every IPv6 link carries 1280 octets: a packet that fits that with our header needs
+    // no MTU lookup (most small packets: one helper call fewer).
+    if gso_size == 0 && ctx.len() as usize - ETH_HLEN + PDM_LEN <= IPV6_MIN_MTU as usize {
+        return Ok(0);
+    }
     let mut mtu: u32 = 0;
     // SAFETY: valid context; ifindex 0 = the skb's device.
     let ret = unsafe { bpf_check_mtu(ctx.skb.skb as *mut _, 0, &mut mtu, PDM_LEN as i32, 0) };

@@ -19,7 +19,7 @@ use pdm_common::{
     },
     psn::psn_gt,
     time::{DeltaTime, decode_delta_ns, encode_delta_ns},
-    wire::{IPPROTO_TCP, PDM_HEADER_LEN, PdmFields},
+    wire::{IPPROTO_TCP, IPV6_MIN_MTU, PDM_HEADER_LEN, PdmFields},
 };
 
 use crate::{
@@ -314,7 +314,7 @@ fn rtt(
 fn clamp_mss(p: &Packet, hook: &Hook) -> bool {
     let mut mtu: u32 = 0;
     // SAFETY: valid context; ifindex 0 = the packet's device.
-    if unsafe { bpf_check_mtu(hook.ctx_ptr(), 0, &mut mtu, 0, 0) } != 0 || mtu < 1280 {
+    if unsafe { bpf_check_mtu(hook.ctx_ptr(), 0, &mut mtu, 0, 0) } != 0 || mtu < IPV6_MIN_MTU {
         return false;
     }
     let limit = (mtu as usize - IPV6_HLEN - 20 - PDM_HEADER_LEN) as u16;
