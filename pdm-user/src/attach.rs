@@ -75,6 +75,9 @@ pub enum TcMode {
 /// How received packets are read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Ingress {
+    /// Native XDP where the driver has it and it costs nothing else; TC ingress on a
+    /// veth (where XDP would turn off the peer's GSO) or without native XDP.
+    Auto,
     /// XDP, native mode, falling back to generic (SKB) mode.
     Xdp,
     /// A TC ingress classifier (TCX): keeps the peer's GSO on veth.
@@ -186,7 +189,8 @@ impl Drop for Attached {
     }
 }
 
-/// Attaches egress (TC, TCX link) and ingress (XDP native → generic, or TC) to `iface`.
+/// Attaches egress (TC, TCX link) and ingress (XDP native → generic, TC, or the better
+/// of the two for the driver) to `iface`.
 pub fn attach(ebpf: &mut Ebpf, iface: &str, ingress: Ingress) -> Result<Attached, AttachError> {
     attach_with(ebpf, iface, ingress, TcMode::Tcx)
 }
@@ -208,10 +212,11 @@ pub fn attach_with(
         out.qdisc = Clsact::ensure(iface)?;
     }
     // On an error below, dropping `out` undoes what was attached so far.
-    let mut tc_attach = |out: &mut Attached,
-                         name: &'static str,
-                         at: TcAttachType,
-                         what: &str|
+    let tc_attach = |ebpf: &mut Ebpf,
+                     out: &mut Attached,
+                     name: &'static str,
+                     at: TcAttachType,
+                     what: &str|
      -> Result<(), AttachError> {
         match mode {
             TcMode::Tcx => {
@@ -228,42 +233,74 @@ pub fn attach_with(
         Ok(())
     };
 
-    tc_attach(&mut out, names::PROG_EGRESS, TcAttachType::Egress, "egress")?;
+    tc_attach(
+        ebpf,
+        &mut out,
+        names::PROG_EGRESS,
+        TcAttachType::Egress,
+        "egress",
+    )?;
 
-    match ingress {
-        Ingress::Tc => {
-            tc_attach(
-                &mut out,
-                names::PROG_INGRESS_TC,
-                TcAttachType::Ingress,
-                "ingress",
-            )?;
+    // With `auto`, why TC ingress was chosen over XDP.
+    let tc_because = match ingress {
+        Ingress::Tc => Some(""),
+        Ingress::Auto if crate::offload::driver(iface).as_deref() == Some("veth") => {
+            Some(" (auto: a veth, where XDP would cost the peer its GSO)")
         }
+        Ingress::Auto => match attach_xdp(ebpf, iface, XdpMode::Driver) {
+            Ok(link) => {
+                out.links.push(link);
+                out.description.push(format!(
+                    "{}: xdp native (bpf_link)",
+                    names::PROG_INGRESS_XDP
+                ));
+                None
+            }
+            Err(native) => {
+                log::debug!("native XDP is not available on {iface} ({native}): TC ingress");
+                Some(" (auto: no native XDP)")
+            }
+        },
         Ingress::Xdp => {
-            let name = names::PROG_INGRESS_XDP;
-            let prog = xdp(ebpf)?;
-            let (id, mode) = match prog.attach(iface, XdpMode::Driver) {
-                Ok(id) => (id, "native"),
+            let (link, mode) = match attach_xdp(ebpf, iface, XdpMode::Driver) {
+                Ok(link) => (link, "native"),
                 Err(native) => {
                     log::warn!(
                         "native XDP is not available on {iface} ({native}); using generic (SKB) mode"
                     );
-                    let id = prog
-                        .attach(iface, XdpMode::Skb)
-                        .map_err(|source| AttachError::Program { name, source })?;
-                    (id, "generic")
+                    (attach_xdp(ebpf, iface, XdpMode::Skb)?, "generic")
                 }
             };
-            let link = prog
-                .take_link(id)
-                .map_err(|source| AttachError::Program { name, source })?;
-            out.links
-                .push(FdLink::try_from(link).map_err(|_| AttachError::NotALink(name))?);
-            out.description
-                .push(format!("{name}: xdp {mode} (bpf_link)"));
+            out.links.push(link);
+            out.description.push(format!(
+                "{}: xdp {mode} (bpf_link)",
+                names::PROG_INGRESS_XDP
+            ));
+            None
         }
+    };
+    if let Some(because) = tc_because {
+        tc_attach(
+            ebpf,
+            &mut out,
+            names::PROG_INGRESS_TC,
+            TcAttachType::Ingress,
+            &format!("ingress{because}"),
+        )?;
     }
     Ok(out)
+}
+
+fn attach_xdp(ebpf: &mut Ebpf, iface: &str, mode: XdpMode) -> Result<FdLink, AttachError> {
+    let name = names::PROG_INGRESS_XDP;
+    let prog = xdp(ebpf)?;
+    let id = prog
+        .attach(iface, mode)
+        .map_err(|source| AttachError::Program { name, source })?;
+    let link = prog
+        .take_link(id)
+        .map_err(|source| AttachError::Program { name, source })?;
+    FdLink::try_from(link).map_err(|_| AttachError::NotALink(name))
 }
 
 fn attach_tc(

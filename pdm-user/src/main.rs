@@ -45,8 +45,9 @@ struct RunArgs {
     /// Interface to attach to.
     #[arg(short, long)]
     iface: String,
-    /// How to read received packets.
-    #[arg(long, value_enum, default_value_t = Ingress::Xdp)]
+    /// How to read received packets: `auto` takes native XDP where the driver has it,
+    /// TC ingress on a veth (XDP there costs the peer its GSO) or without native XDP.
+    #[arg(long, value_enum, default_value_t = Ingress::Auto)]
     ingress: Ingress,
     /// Give every wire packet its own PSN: turns TSO/GSO off on the interface while
     /// attached (restored on exit, or on the next start after a crash).

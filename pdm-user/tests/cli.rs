@@ -343,9 +343,11 @@ fn a_second_instance_refuses_and_the_first_keeps_working() {
 
 #[test]
 fn interface_removed_while_attached_exits_non_zero() {
-    // TCX links and XDP (the default), and the legacy netlink filters.
+    // TCX links and XDP, the default (TC ingress on a veth), and the legacy netlink
+    // filters.
     for mode in [
         &["--ingress", "xdp"][..],
+        &[],
         &["--attach", "netlink", "--ingress", "tc"],
     ] {
         let h = TwoHosts::new("gone");
@@ -398,6 +400,12 @@ fn interface_removed_while_attached_exits_non_zero() {
         assert_eq!(status.code(), Some(3), "{mode:?}: {err}");
         assert!(
             err.contains("pdm: interface pdm0 disappeared; detached and exiting"),
+            "{mode:?}: {err}"
+        );
+        // The default on a veth: TC ingress, saying why.
+        assert_eq!(
+            err.contains("pdm_ingress_tc: tc ingress (auto: a veth, where XDP would cost the peer its GSO) (tcx link)"),
+            mode.is_empty(),
             "{mode:?}: {err}"
         );
         // XDP on a veth: one warning that TC ingress keeps the peer's GSO.

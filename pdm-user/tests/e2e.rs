@@ -136,7 +136,7 @@ fn counter(lines: &[serde_json::Value], name: &str) -> u64 {
 fn traffic_carries_pdm_end_to_end() {
     let h = TwoHosts::new("e2e");
     // One host reads received packets with XDP, the other with TC: both paths run.
-    let pdm_a = Pdm::start(&h.a, &[]);
+    let pdm_a = Pdm::start(&h.a, &["--ingress", "xdp"]);
     let pdm_b = Pdm::start(&h.b, &["--ingress", "tc"]);
     let mut cap = Capture::start(&h.b);
     let started = Instant::now();
@@ -283,7 +283,7 @@ fn per_packet_mode_numbers_every_wire_packet() {
         ns.ip(&["link", "set", "dev", IFACE, "gso_max_segs", "65535"]);
     }
 
-    let pdm_a = Pdm::start(&h.a, &["--per-packet"]);
+    let pdm_a = Pdm::start(&h.a, &["--per-packet", "--ingress", "xdp"]);
     let pdm_b = Pdm::start(&h.b, &["--per-packet", "--ingress", "tc"]);
     assert_eq!(
         offloads(&h.a),
@@ -372,7 +372,7 @@ fn attached_programs(ns: &common::Netns) -> String {
 fn sigkill_leaves_nothing_attached_and_restart_restores_offloads() {
     let h = TwoHosts::new("kill");
     let original = offload_settings(&h.a);
-    let pdm = Pdm::start(&h.a, &["--per-packet"]);
+    let pdm = Pdm::start(&h.a, &["--per-packet", "--ingress", "xdp"]);
     let _peer = Pdm::start(&h.b, &["--ingress", "tc"]);
     assert!(
         attached_programs(&h.a).contains("pdm_egress"),

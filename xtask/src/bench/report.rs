@@ -345,7 +345,7 @@ fn progcost(s: &mut String, p: &Value) {
     type Rows<'a> = &'a [(&'a str, &'a str, &'a [(&'a str, &'a str, &'a str)])];
     let rows: Rows = &[
         (
-            "pdm default (XDP ingress)",
+            "pdm --ingress xdp",
             "xdp",
             &[
                 ("client", "pdm_egress", "egress (client, data)"),
@@ -359,7 +359,7 @@ fn progcost(s: &mut String, p: &Value) {
             ],
         ),
         (
-            "pdm --ingress tc",
+            "pdm default (TC ingress)",
             "tc",
             &[
                 ("client", "pdm_egress", "egress (client, data)"),
@@ -411,8 +411,8 @@ fn progcost(s: &mut String, p: &Value) {
         "| setup | small UDP: packets/s sent | programs' CPU (% of one core) | TCP bulk: Gb/s | programs' CPU (% of one core) |\n|---|---|---|---|---|"
     );
     for (label, v) in [
-        ("pdm default (XDP ingress)", &p["xdp"]),
-        ("pdm --ingress tc", &p["tc"]),
+        ("pdm --ingress xdp", &p["xdp"]),
+        ("pdm default (TC ingress)", &p["tc"]),
         ("null programs, XDP", &p["null"]["xdp"]),
         ("null programs, TC ingress", &p["null"]["tc-ingress"]),
     ] {
@@ -561,7 +561,7 @@ fn scaling(s: &mut String, sc: &Value) {
     }
     let _ = writeln!(
         s,
-        "The client sends small UDP datagrams cycling through N distinct 5-tuples (source ports 20000.. × destination ports 30000..), sendmmsg, pdm (default, XDP ingress) on both hosts with `--max-flows` = N rounded up to a power of two (at least 65536). ns/packet from bpf_stats: first pass (every packet creates an entry) and steady (a window of the same cycle once every entry exists). Entries: the flows in the kernel's table (it is mapped and its valid slots counted). Memory: `bytes_memlock` of the FLOWS map (`bpftool map show`, the kernel's own accounting) per slot (÷ max_entries) and per live flow (÷ entries). Map errors: pdm's `*_flow_map_full` counters on both hosts.\n"
+        "The client sends small UDP datagrams cycling through N distinct 5-tuples (source ports 20000.. × destination ports 30000..), sendmmsg, `pdm --ingress xdp` on both hosts with `--max-flows` = N rounded up to a power of two (at least 65536). ns/packet from bpf_stats: first pass (every packet creates an entry) and steady (a window of the same cycle once every entry exists). Entries: the flows in the kernel's table (it is mapped and its valid slots counted). Memory: `bytes_memlock` of the FLOWS map (`bpftool map show`, the kernel's own accounting) per slot (÷ max_entries) and per live flow (÷ entries). Map errors: pdm's `*_flow_map_full` counters on both hosts.\n"
     );
     let _ = writeln!(
         s,
@@ -655,7 +655,7 @@ fn commands(s: &mut String, r: &Value) {
     );
     let _ = writeln!(
         s,
-        "Inside the hosts (`ip netns exec pdm-bench-client|pdm-bench-server ...`): `target/release/pdm run --iface bench0 --json [--ingress tc] [--per-packet] [--max-flows N]`; `iperf3 -s -B fd0b::2` / `iperf3 -6 -c fd0b::2 -t T -P 1|8 -J`; `cargo xtask bench-helper tcp-sink|tcp-send [--dstopts]|udp-echo|udp-rr|udp-flood|null-prog` (the xtask binary itself). Offloads for the `offloads_off` baseline: `ethtool -K bench0 tso off gso off` and `ip link set bench0 gso_max_segs 1` on both hosts, as `pdm --per-packet` does. Program statistics: `sysctl kernel.bpf_stats_enabled=1` during each window, `bpftool -j prog show id ID`; map memory `bpftool -j map show id ID`."
+        "Inside the hosts (`ip netns exec pdm-bench-client|pdm-bench-server ...`): `target/release/pdm run --iface bench0 --json [--ingress xdp|tc] [--per-packet] [--max-flows N]`; `iperf3 -s -B fd0b::2` / `iperf3 -6 -c fd0b::2 -t T -P 1|8 -J`; `cargo xtask bench-helper tcp-sink|tcp-send [--dstopts]|udp-echo|udp-rr|udp-flood|null-prog` (the xtask binary itself). Offloads for the `offloads_off` baseline: `ethtool -K bench0 tso off gso off` and `ip link set bench0 gso_max_segs 1` on both hosts, as `pdm --per-packet` does. Program statistics: `sysctl kernel.bpf_stats_enabled=1` during each window, `bpftool -j prog show id ID`; map memory `bpftool -j map show id ID`."
     );
 }
 
@@ -682,7 +682,10 @@ fn profile(s: &mut String, p: &Value) {
         s,
         "| setup | traffic | program | % of all samples | split of the program's samples |\n|---|---|---|---|---|"
     );
-    for (key, setup) in [("xdp", "pdm default"), ("tc", "pdm --ingress tc")] {
+    for (key, setup) in [
+        ("xdp", "pdm --ingress xdp"),
+        ("tc", "pdm default (TC ingress)"),
+    ] {
         for (t, traffic) in [("udp", "small UDP"), ("tcp", "TCP bulk")] {
             let prof = &p[key]["profile"][t];
             if let Some(skip) = prof["skipped"].as_str() {
@@ -713,7 +716,10 @@ fn profile(s: &mut String, p: &Value) {
         s,
         "\nHottest functions of the whole machine (self time, % of all samples; on a shared machine this includes whatever else runs):\n"
     );
-    for (key, setup) in [("xdp", "pdm default"), ("tc", "pdm --ingress tc")] {
+    for (key, setup) in [
+        ("xdp", "pdm --ingress xdp"),
+        ("tc", "pdm default (TC ingress)"),
+    ] {
         for (t, traffic) in [("udp", "small UDP"), ("tcp", "TCP bulk")] {
             let hot = p[key]["profile"][t]["hottest"]
                 .as_array()
@@ -794,16 +800,16 @@ fn limits(s: &mut String, r: &Value) {
     };
     let _ = writeln!(
         s,
-        "- **TCP with XDP ingress on veth**: pdm default reaches {} of the no-PDM throughput (1 stream), and a program that only returns XDP_PASS reaches {}: attaching any native XDP program to a veth makes the peer hand over every segment separately instead of one GSO packet (see the shared design notes), so the limit is the XDP attachment on veth, not PDM. On a physical NIC this cost does not exist; on veth use `--ingress tc`.",
-        ratio("pdm default vs no PDM, iperf3 1 stream"),
+        "- **TCP with XDP ingress on veth**: `pdm --ingress xdp` reaches {} of the no-PDM throughput (1 stream), and a program that only returns XDP_PASS reaches {}: attaching any native XDP program to a veth makes the peer hand over every segment separately instead of one GSO packet (see the shared design notes), so the limit is the XDP attachment on veth, not PDM. On a physical NIC this cost does not exist. pdm's default, `--ingress auto`, therefore takes TC ingress on a veth (and where a driver has no native XDP).",
+        ratio("pdm --ingress xdp vs no PDM, iperf3 1 stream"),
         ratio("XDP_PASS-only program vs no PDM, iperf3 1 stream"),
     );
     let _ = writeln!(
         s,
-        "- **TCP with TC ingress**: {} of no PDM with iperf3 (1 stream), {} of the kernel's IPV6_DSTOPTS insertion with the same sender ({} with 8 streams). In the TCP bulk window the four pdm programs (egress and ingress on both hosts) took {} % of one core at {} Gb/s; both hosts share the machine's {} cores with the senders, the receivers and both pdm loaders, and the machine was {} % busy (median, iperf3 1 stream with pdm; last column of the throughput table): what CPU is left idle bounds how much pdm's programs and loaders can take without taking it from the transfer. The per-GSO-packet cost is what to reduce (see the perf split above).",
-        ratio("pdm --ingress tc vs no PDM, iperf3 1 stream"),
-        ratio("pdm --ingress tc vs kernel IPV6_DSTOPTS, pair 1 stream"),
-        ratio("pdm --ingress tc vs kernel IPV6_DSTOPTS, pair 8 streams"),
+        "- **TCP with TC ingress (the default on veth)**: {} of no PDM with iperf3 (1 stream), {} of the kernel's IPV6_DSTOPTS insertion with the same sender ({} with 8 streams). In the TCP bulk window the four pdm programs (egress and ingress on both hosts) took {} % of one core at {} Gb/s; both hosts share the machine's {} cores with the senders, the receivers and both pdm loaders, and the machine was {} % busy (median, iperf3 1 stream with pdm; last column of the throughput table): what CPU is left idle bounds how much pdm's programs and loaders can take without taking it from the transfer. The per-GSO-packet cost is what to reduce (see the perf split above).",
+        ratio("pdm default (TC ingress) vs no PDM, iperf3 1 stream"),
+        ratio("pdm default (TC ingress) vs kernel IPV6_DSTOPTS, pair 1 stream"),
+        ratio("pdm default (TC ingress) vs kernel IPV6_DSTOPTS, pair 8 streams"),
         num(&progs_core_percent(&p["tc"]["tcp"]), 1),
         num(&p["tc"]["tcp"]["traffic"]["gbps"], 1),
         r["machine"]["cores"],
@@ -815,11 +821,11 @@ fn limits(s: &mut String, r: &Value) {
     let pp = &r["throughput"]["summary"]["pdm_per_packet"]["iperf_1"];
     let _ = writeln!(
         s,
-        "- **`--per-packet`**: {} of the same-offload baseline with iperf3 (1 stream; {} with 8 streams), with XDP ingress; with `--ingress tc` {} (8 streams: {}). A program that only returns XDP_PASS, with the same offloads off, gets {} (8 streams: {}): on veth, XDP itself is the limit. Without segmentation offload every wire packet runs both programs on both hosts (about {} ns egress + {} ns ingress per packet, small-UDP figures), and the loaders, handling the RTT samples (at most one per flow per `--sample-interval`, 1 ms), took {} CPU s per GB (median) against {} for the whole transfer.",
-        ratio("pdm --per-packet vs no PDM (offloads off), iperf3 1 stream"),
-        ratio("pdm --per-packet vs no PDM (offloads off), iperf3 8 streams"),
-        ratio("pdm --per-packet --ingress tc vs no PDM (offloads off), iperf3 1 stream"),
-        ratio("pdm --per-packet --ingress tc vs no PDM (offloads off), iperf3 8 streams"),
+        "- **`--per-packet`**: {} of the same-offload baseline with iperf3 (1 stream; {} with 8 streams), with `--ingress xdp`; with TC ingress (the default on veth) {} (8 streams: {}). A program that only returns XDP_PASS, with the same offloads off, gets {} (8 streams: {}): on veth, XDP itself is the limit. Without segmentation offload every wire packet runs both programs on both hosts (about {} ns egress + {} ns ingress per packet, small-UDP figures), and the loaders, handling the RTT samples (at most one per flow per `--sample-interval`, 1 ms), took {} CPU s per GB (median) against {} for the whole transfer.",
+        ratio("pdm --per-packet --ingress xdp vs no PDM (offloads off), iperf3 1 stream"),
+        ratio("pdm --per-packet --ingress xdp vs no PDM (offloads off), iperf3 8 streams"),
+        ratio("pdm --per-packet (TC ingress) vs no PDM (offloads off), iperf3 1 stream"),
+        ratio("pdm --per-packet (TC ingress) vs no PDM (offloads off), iperf3 8 streams"),
         ratio("XDP_PASS-only program vs no PDM (offloads off), iperf3 1 stream"),
         ratio("XDP_PASS-only program vs no PDM (offloads off), iperf3 8 streams"),
         num(&udp_cost(r, "client", "pdm_egress", &["xdp", "tc"]), 0),

@@ -15,7 +15,7 @@ const ECHO_PORT: u16 = 7000;
 
 pub const MODES: &[(&str, Option<&[&str]>)] = &[
     ("baseline", None),
-    ("pdm_xdp", Some(&[])),
+    ("pdm_xdp", Some(&["--ingress", "xdp"])),
     ("pdm_tc", Some(&["--ingress", "tc"])),
 ];
 

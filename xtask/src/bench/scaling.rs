@@ -31,6 +31,8 @@ fn point(cfg: &Cfg, flows: usize) -> Result<Value> {
     // No periodic reports (each would walk the whole table); no expiry during the run;
     // the output limited to one port so the last report stays small.
     let args = [
+        "--ingress",
+        "xdp",
         "--max-flows",
         &mf,
         "--interval",
