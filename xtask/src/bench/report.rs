@@ -435,7 +435,7 @@ fn throughput(s: &mut String, t: &Value) {
     }
     let _ = writeln!(
         s,
-        "Client → server, fresh hosts for every mode; repetitions go round all modes in turn. iperf3: `iperf3 -c fd0b::2 -t T -P 1|8 -J`, CPU = iperf3's own sender + receiver process CPU (user + system, which includes the softirq work done in their context) per GB received. Pair: our bulk sender (`cargo xtask bench-helper tcp-send`, 128 KiB writes) and sink, CPU = sender + sink process CPU; `dstopts` = the same sender with the sticky `IPV6_DSTOPTS` option carrying a 16-octet PDM-shaped header, which the kernel inserts itself with the MSS accounted (the floor for adding these 16 octets). Median (min–max over repetitions).\n"
+        "Client → server, fresh hosts for every mode; repetitions go round all modes in turn. iperf3: `iperf3 -c fd0b::2 -t T -P 1|8 -J`, CPU = iperf3's own sender + receiver process CPU (user + system, which includes the softirq work done in their context) per GB received. Pair: our bulk sender (`cargo xtask bench-helper tcp-send`, 128 KiB writes) and sink, CPU = sender + sink process CPU; `dstopts` = the same sender with the sticky `IPV6_DSTOPTS` option carrying a 16-octet PDM-shaped header, which the kernel inserts itself with the MSS accounted (the floor for adding these 16 octets). Machine busy and steal: from /proc/stat over each test, all CPUs; steal is time the hypervisor gave our vCPUs to something else, the part of this VM's noise that can be seen from inside. Median (min–max over repetitions).\n"
     );
     let _ = writeln!(s, "Modes:\n");
     for m in throughput::MODES {
@@ -443,7 +443,7 @@ fn throughput(s: &mut String, t: &Value) {
     }
     let _ = writeln!(
         s,
-        "\n| mode | test | Gb/s | CPU s per GB | retransmits | pdm loaders' CPU s per GB | machine busy % |\n|---|---|---|---|---|---|---|"
+        "\n| mode | test | Gb/s | CPU s per GB | retransmits | pdm loaders' CPU s per GB | machine busy % | steal % |\n|---|---|---|---|---|---|---|---|"
     );
     for m in throughput::MODES {
         for test in throughput::TESTS {
@@ -453,14 +453,15 @@ fn throughput(s: &mut String, t: &Value) {
             }
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} |",
                 m.name,
                 test.replace('_', " × "),
                 spread(&v["gbps"], 2),
                 spread(&v["cpu_s_per_gb"], 3),
                 spread(&v["retransmits"], 0),
                 spread(&v["pdm_cpu_s_per_gb"], 3),
-                spread(&v["machine_busy_percent"], 0)
+                spread(&v["machine_busy_percent"], 0),
+                spread(&v["steal_percent"], 1)
             );
         }
     }

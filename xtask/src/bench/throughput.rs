@@ -311,6 +311,7 @@ pub fn run(cfg: &Cfg) -> Result<Value> {
                 "retransmits": stats::summary(&field("retransmits")),
                 "pdm_cpu_s_per_gb": stats::summary(&field("pdm_cpu_s_per_gb")),
                 "machine_busy_percent": stats::summary(&field("machine_busy_percent")),
+                "steal_percent": stats::summary(&field("steal_percent")),
             });
         }
     }
@@ -389,8 +390,9 @@ fn run_mode(cfg: &Cfg, m: &Mode) -> Result<(Value, Value)> {
             v["pdm_cpu_s"] = json!(l1 - l0);
             v["pdm_cpu_s_per_gb"] = json!((l1 - l0) / gb);
         }
-        v["machine_busy_percent"] =
-            json!(100.0 * (m1.0 - m0.0) as f64 / (m1.1 - m0.1).max(1) as f64);
+        let total = (m1.1 - m0.1).max(1) as f64;
+        v["machine_busy_percent"] = json!(100.0 * (m1.0 - m0.0) as f64 / total);
+        v["steal_percent"] = json!(100.0 * (m1.2 - m0.2) as f64 / total);
         Ok(v)
     };
     let mut out = json!({});
@@ -516,8 +518,9 @@ fn pair(cfg: &Cfg, sink: &KillOnDrop, streams: usize, dstopts: bool) -> Result<V
     Ok(r)
 }
 
-/// (busy, total) jiffies of all CPUs, from /proc/stat.
-fn machine_jiffies() -> (u64, u64) {
+/// (busy, total, steal) jiffies of all CPUs, from /proc/stat. Steal is the time the
+/// hypervisor ran something else while our CPUs wanted to run: the VM noise, measured.
+fn machine_jiffies() -> (u64, u64, u64) {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let v: Vec<u64> = stat
         .lines()
@@ -530,5 +533,5 @@ fn machine_jiffies() -> (u64, u64) {
     // user nice system idle iowait irq softirq steal ...
     let total: u64 = v.iter().take(8).sum();
     let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
-    (total - idle, total)
+    (total - idle, total, v.get(7).copied().unwrap_or(0))
 }
