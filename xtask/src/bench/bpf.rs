@@ -92,8 +92,8 @@ impl Window {
         Ok(Self { before })
     }
 
-    /// `{ "<label>": { "<prog>": { "runs": .., "ns_per_run": .. } } }`, programs that did
-    /// not run left out.
+    /// `{ "<label>": { "<prog>": { "runs": .., "run_time_ns": .., "ns_per_run": .. } } }`,
+    /// programs that did not run left out.
     pub fn end(self) -> Result<Value> {
         let mut out = json!({});
         for (label, before) in self.before {
@@ -109,7 +109,8 @@ impl Window {
                     continue;
                 }
                 let ns = a.ns.saturating_sub(b.ns);
-                progs[name] = json!({ "runs": cnt, "ns_per_run": ns as f64 / cnt as f64 });
+                progs[name] =
+                    json!({ "runs": cnt, "run_time_ns": ns, "ns_per_run": ns as f64 / cnt as f64 });
             }
             out[label] = progs;
         }

@@ -3,7 +3,7 @@
 //! manages and for TCP bulk; pdm on both hosts, with XDP and with TC ingress; and the
 //! same for programs that return at once (the floor of each hook).
 
-use anyhow::Result;
+use anyhow::{Context as _, Result, bail};
 use serde_json::{Value, json};
 
 use super::{
@@ -90,12 +90,33 @@ pub fn run(cfg: &Cfg) -> Result<Value> {
     Ok(out)
 }
 
-/// One TCP bulk window (iperf3, 1 stream) with bpf_stats on.
+/// One TCP bulk window (iperf3, 1 stream) with bpf_stats on, and the TCP segments the
+/// client's stack sent meanwhile: a program runs once per GSO (or GRO) packet, and the
+/// segments say how many wire packets those runs stood for.
 fn tcp_window(cfg: &Cfg, targets: &[(String, Vec<u32>)]) -> Result<Value> {
     let _on = StatsOn::new()?;
+    let sent = tcp_out_segs(NS_A)?;
     let w = Window::start(targets)?;
-    let t = throughput::iperf_client(cfg.cost_secs, 1)?;
-    Ok(json!({ "progs": w.end()?, "traffic": t }))
+    let mut t = throughput::iperf_client(cfg.cost_secs, 1)?;
+    let progs = w.end()?;
+    t["segments_sent"] = json!(tcp_out_segs(NS_A)?.saturating_sub(sent));
+    Ok(json!({ "progs": progs, "traffic": t }))
+}
+
+/// `Tcp: OutSegs` of /proc/net/snmp inside `ns` (IPv4 and IPv6 share the TCP MIB; it
+/// counts every segment of a GSO packet).
+fn tcp_out_segs(ns: &str) -> Result<u64> {
+    let snmp = hosts::in_ns(ns, &["cat", "/proc/net/snmp"])?;
+    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let (Some(names), Some(values)) = (tcp.next(), tcp.next()) else {
+        bail!("no Tcp lines in /proc/net/snmp of {ns}");
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "OutSegs")
+        .and_then(|(_, v)| v.parse().ok())
+        .with_context(|| format!("no Tcp OutSegs in /proc/net/snmp of {ns}"))
 }
 
 /// One small-UDP window with bpf_stats on: the programs' stats and what the flood did.
@@ -127,6 +148,9 @@ fn merge(windows: &[Value], rate: &str) -> Value {
                 }
                 e["runs"] =
                     json!(e["runs"].as_u64().unwrap_or(0) + p["runs"].as_u64().unwrap_or(0));
+                e["run_time_ns"] = json!(
+                    e["run_time_ns"].as_u64().unwrap_or(0) + p["run_time_ns"].as_u64().unwrap_or(0)
+                );
                 e["values"]
                     .as_array_mut()
                     .expect("array")
@@ -155,6 +179,13 @@ fn merge(windows: &[Value], rate: &str) -> Value {
     let mut traffic =
         json!({ "windows": windows.iter().map(|w| w["traffic"].clone()).collect::<Vec<_>>() });
     traffic[rate] = stats::summary(&rates)["median"].clone();
+    let segments: u64 = windows
+        .iter()
+        .filter_map(|w| w["traffic"]["segments_sent"].as_u64())
+        .sum();
+    if segments > 0 {
+        traffic["segments_sent"] = json!(segments);
+    }
     json!({ "progs": progs, "traffic": traffic })
 }
 

@@ -251,6 +251,31 @@ fn targets(s: &mut String, r: &Value) {
             mark(&own.as_f64().map(|x| x <= target).into())
         );
     }
+    // TCP bulk: one run per GSO packet on egress and per GRO packet on TC ingress, so
+    // the cost per packet on the wire is the window's run time over its segments.
+    for (side, host, prog) in [
+        ("egress", "client", "pdm_egress"),
+        ("ingress", "server", "pdm_ingress_tc"),
+    ] {
+        let w = &r["progcost"]["tc"]["tcp"];
+        let p = &w["progs"][host][prog];
+        let (Some(ns), Some(runs), Some(segs)) = (
+            p["run_time_ns"].as_u64(),
+            p["runs"].as_u64(),
+            w["traffic"]["segments_sent"].as_u64(),
+        ) else {
+            continue;
+        };
+        let target = if side == "egress" { 150.0 } else { 80.0 };
+        let per_seg = ns as f64 / segs.max(1) as f64;
+        let _ = writeln!(
+            s,
+            "| {side} program ≤ {target:.0} ns per packet (TCP bulk, default: TC ingress; per wire segment) | **{per_seg:.1} ns**: {runs} runs ({:.1} ns each, bpf_stats) for {segs} TCP segments sent (`Tcp: OutSegs`), {:.1} segments per run | {} |",
+            ns as f64 / runs.max(1) as f64,
+            segs as f64 / runs.max(1) as f64,
+            mark(&(per_seg <= target).into())
+        );
+    }
     for q in r["throughput"]["ratios"].as_array().into_iter().flatten() {
         if q["target"].is_null() {
             continue;
