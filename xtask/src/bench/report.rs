@@ -832,7 +832,7 @@ fn limits(s: &mut String, r: &Value) {
     );
     let _ = writeln!(
         s,
-        "- **TCP with TC ingress (the default on veth)**: {} of no PDM with iperf3 (1 stream), {} of the kernel's IPV6_DSTOPTS insertion with the same sender ({} with 8 streams). In the TCP bulk window the four pdm programs (egress and ingress on both hosts) took {} % of one core at {} Gb/s; both hosts share the machine's {} cores with the senders, the receivers and both pdm loaders, and the machine was {} % busy (median, iperf3 1 stream with pdm; last column of the throughput table): what CPU is left idle bounds how much pdm's programs and loaders can take without taking it from the transfer. The per-GSO-packet cost is what to reduce (see the perf split above).",
+        "- **TCP with TC ingress (the default on veth)**: {} of no PDM with iperf3 (1 stream), {} of the kernel's IPV6_DSTOPTS insertion with the same sender ({} with 8 streams). In the TCP bulk window the four pdm programs (egress and ingress on both hosts) took {} % of one core at {} Gb/s; both hosts share the machine's {} cores with the senders, the receivers and both pdm loaders, and the machine was {} % busy (median, iperf3 1 stream with pdm; the throughput table's machine busy column): what CPU is left idle bounds how much pdm's programs and loaders can take without taking it from the transfer. The per-GSO-packet cost is what to reduce (see the perf split above).",
         ratio("pdm default (TC ingress) vs no PDM, iperf3 1 stream"),
         ratio("pdm default (TC ingress) vs kernel IPV6_DSTOPTS, pair 1 stream"),
         ratio("pdm default (TC ingress) vs kernel IPV6_DSTOPTS, pair 8 streams"),
