@@ -25,14 +25,18 @@ fn pdm(ns: &Netns, args: &[&str]) -> (i32, String) {
 }
 
 fn nothing_attached(ns: &Netns) {
-    let link = ns.ip(&["-d", "link", "show", IFACE]);
+    nothing_attached_to(ns, IFACE);
+}
+
+fn nothing_attached_to(ns: &Netns, iface: &str) {
+    let link = ns.ip(&["-d", "link", "show", iface]);
     assert!(!link.contains("xdp"), "XDP left attached: {link}");
     let tcx = ns.in_ns(|| {
         use aya::programs::{SchedClassifier, TcAttachType};
         [TcAttachType::Ingress, TcAttachType::Egress]
             .into_iter()
             .map(|at| {
-                SchedClassifier::query_tcx(IFACE, at)
+                SchedClassifier::query_tcx(iface, at)
                     .expect("query tcx")
                     .1
                     .len()
@@ -40,10 +44,10 @@ fn nothing_attached(ns: &Netns) {
             .sum::<usize>()
     });
     assert_eq!(tcx, 0, "TCX programs left attached");
-    let qdiscs = ns.run("tc", &["qdisc", "show", "dev", IFACE]);
+    let qdiscs = ns.run("tc", &["qdisc", "show", "dev", iface]);
     assert!(!qdiscs.contains("clsact"), "clsact qdisc added: {qdiscs}");
     for dir in ["ingress", "egress"] {
-        let f = ns.run("tc", &["filter", "show", "dev", IFACE, dir]);
+        let f = ns.run("tc", &["filter", "show", "dev", iface, dir]);
         assert!(f.trim().is_empty(), "tc filter left on {dir}: {f}");
     }
     assert_eq!(
@@ -216,6 +220,36 @@ fn pdm_under(ns: &Netns, wrapper: &[&str]) -> (i32, String) {
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// `--ingress auto` (the default) takes TC ingress where the driver has no native XDP,
+/// and says why; `--ingress xdp` there falls back to generic XDP. Loopback has no
+/// native XDP (this kernel has no dummy driver to stand in).
+#[test]
+fn auto_ingress_takes_tc_where_the_driver_has_no_native_xdp() {
+    let ns = Netns::new("auto");
+    ns.ip(&["link", "set", "lo", "up"]);
+    clear_stale_state(&ns);
+    for (extra, want) in [
+        (
+            &[][..],
+            "pdm_ingress_tc: tc ingress (auto: no native XDP) (tcx link)",
+        ),
+        (
+            &["--ingress", "xdp"],
+            "pdm_ingress_xdp: xdp generic (bpf_link)",
+        ),
+    ] {
+        let mut args = vec!["run", "--iface", "lo", "--json", "--duration", "1s"];
+        args.extend_from_slice(extra);
+        let (code, err) = pdm(&ns, &args);
+        assert_eq!(code, 0, "pdm {args:?}: {err}");
+        assert!(
+            err.contains(want),
+            "pdm {args:?}: stderr lacks `{want}`:\n{err}"
+        );
+        nothing_attached_to(&ns, "lo");
+    }
 }
 
 #[test]

@@ -203,9 +203,18 @@ const ADJUST_ROOM_ONLY: [u64; 15] = [
     insn(0x95, 0, 0, 0, 0),
 ];
 
+/// The least an XDP program can do to time a packet: `bpf_ktime_get_ns()`, the clock
+/// pdm reads once per packet, then XDP_PASS. It shows what that read costs here.
+const CLOCK_ONLY: [u64; 3] = [
+    insn(0x85, 0, 0, 0, 5), // call bpf_ktime_get_ns
+    insn(0xb7, 0, 0, 0, 2), // r0 = XDP_PASS
+    insn(0x95, 0, 0, 0, 0),
+];
+
 /// Loads a program that returns `ret` at once and attaches it with a bpf_link to
 /// `ifindex` (in the calling thread's namespace) at `hook` ("tc-egress", "tc-ingress",
-/// "xdp"), or [`ADJUST_ROOM_ONLY`] at "tc-egress-adjust". Returns the link's fd: the
+/// "xdp"), or [`ADJUST_ROOM_ONLY`] at "tc-egress-adjust", or [`CLOCK_ONLY`] at
+/// "xdp-clock". Returns the link's fd: the
 /// program stays attached while it is open.
 pub fn attach_null(hook: &str, ifindex: u32) -> Result<i32> {
     let (prog_type, attach_type, ret, name): (u32, u32, i32, &[u8]) = match hook {
@@ -228,14 +237,15 @@ pub fn attach_null(hook: &str, ifindex: u32) -> Result<i32> {
             b"ref_adjust_room",
         ),
         "xdp" => (BPF_PROG_TYPE_XDP, BPF_XDP, 2, b"null_xdp"),
+        "xdp-clock" => (BPF_PROG_TYPE_XDP, BPF_XDP, 2, b"ref_clock_xdp"),
         _ => bail!("unknown hook {hook}"),
     };
     // r0 = ret (BPF_ALU64 | BPF_MOV | BPF_K = 0xb7); exit (0x95).
     let null: [u64; 2] = [0xb7 | ((ret as u32 as u64) << 32), 0x95];
-    let insns: &[u64] = if hook == "tc-egress-adjust" {
-        &ADJUST_ROOM_ONLY
-    } else {
-        &null
+    let insns: &[u64] = match hook {
+        "tc-egress-adjust" => &ADJUST_ROOM_ONLY,
+        "xdp-clock" => &CLOCK_ONLY,
+        _ => &null,
     };
     let license = b"GPL\0";
     let mut attr = [0u64; 16];

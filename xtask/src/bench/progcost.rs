@@ -1,7 +1,9 @@
 //! Run time per packet of each program (`kernel.bpf_stats_enabled`: run_time_ns /
 //! run_cnt over a window), for small UDP datagrams at the highest rate the sender
 //! manages and for TCP bulk; pdm on both hosts, with XDP and with TC ingress; and the
-//! same for programs that return at once (the floor of each hook).
+//! same for programs that return at once (the floor of each hook), one that only opens
+//! the 16 octets and one that only reads the clock (the two kernel costs pdm cannot
+//! avoid).
 
 use anyhow::{Context as _, Result, bail};
 use serde_json::{Value, json};
@@ -22,14 +24,17 @@ enum Setup {
     Null(&'static str),
     /// Client TC egress that only opens 16 octets (see bpf::ADJUST_ROOM_ONLY).
     AdjustRoomOnly,
+    /// Server XDP that only reads the clock (see bpf::CLOCK_ONLY).
+    ClockOnly,
 }
 
-const SETUPS: [Setup; 5] = [
+const SETUPS: [Setup; 6] = [
     Setup::Pdm("xdp"),
     Setup::Pdm("tc"),
     Setup::Null("xdp"),
     Setup::Null("tc-ingress"),
     Setup::AdjustRoomOnly,
+    Setup::ClockOnly,
 ];
 
 /// Windows of each setup, taken in rounds: every round measures every setup once, on
@@ -72,6 +77,11 @@ pub fn run(cfg: &Cfg) -> Result<Value> {
                     let ib = null_prog(NS_B, "xdp")?;
                     udp.push(udp_window(cfg, &helper_targets(&ea, &ib))?);
                 }
+                Setup::ClockOnly => {
+                    let ea = null_prog(NS_A, "tc-egress")?;
+                    let ib = null_prog(NS_B, "xdp-clock")?;
+                    udp.push(udp_window(cfg, &helper_targets(&ea, &ib))?);
+                }
             }
         }
         eprintln!("bench: progcost round {} of {} done", round + 1, cfg.reps);
@@ -85,6 +95,7 @@ pub fn run(cfg: &Cfg) -> Result<Value> {
             }
             Setup::Null(ingress) => out["null"][ingress] = json!({ "udp": udp, "tcp": tcp }),
             Setup::AdjustRoomOnly => out["adjust_room_only"] = json!({ "udp": udp }),
+            Setup::ClockOnly => out["clock_only"] = json!({ "udp": udp }),
         }
     }
     Ok(out)

@@ -164,6 +164,12 @@ fn adjust_room_only(r: &Value) -> Option<f64> {
         .as_f64()
 }
 
+/// bpf_stats' ns per run of the reference XDP program that only reads the clock (small
+/// UDP), if this run measured it.
+fn clock_only(r: &Value) -> Option<f64> {
+    r["progcost"]["clock_only"]["udp"]["progs"]["server"]["ref_clock_xdp"]["ns_per_run"].as_f64()
+}
+
 /// bpf_stats' own cost per run, per hook: the null programs' run time.
 struct Floors {
     egress: Option<f64>,
@@ -226,6 +232,16 @@ fn targets(s: &mut String, r: &Value) {
         ),
     ];
     let adjust_only = adjust_room_only(r);
+    // What one clock read costs: the clock-only XDP program less the XDP floor.
+    let clock = clock_only(r).zip(floors.xdp).map(|(c, f)| c - f);
+    let clock_note = |own: f64| {
+        clock.map_or(String::new(), |c| {
+            format!(
+                "; the clock read alone takes {c:.1} ns (an XDP program that only reads it, less the XDP floor), so {:.1} ns is pdm's own besides the clock",
+                own - c
+            )
+        })
+    };
     for (side, hook, host, prog, modes, floor, target, testrun) in rows {
         let stats = udp_cost(r, host, prog, modes);
         let own: Value = stats.as_f64().zip(floor).map(|(v, f)| v - f).into();
@@ -238,9 +254,12 @@ fn targets(s: &mut String, r: &Value) {
             && let (Some(e), Some(a)) = (stats.as_f64(), adjust_only)
         {
             testrun = format!(
-                "; a program that only calls `bpf_skb_adjust_room` takes {a:.1} ns here, so pdm's own part is {:.1} ns",
-                e - a
+                "; a program that only calls `bpf_skb_adjust_room` takes {a:.1} ns here, so pdm's own part is {:.1} ns{}",
+                e - a,
+                clock_note(e - a)
             );
+        } else if let Some(own) = own.as_f64() {
+            testrun += &clock_note(own);
         }
         let _ = writeln!(
             s,
@@ -349,7 +368,7 @@ fn progcost(s: &mut String, p: &Value) {
     }
     let _ = writeln!(
         s,
-        "`kernel.bpf_stats_enabled=1` only during each window (restored after; a BPF_ENABLE_STATS descriptor is held too, so nothing else turning the sysctl off can cut a window short); run_time_ns / run_cnt of each program as deltas over the window, median (min–max) over the repetitions' windows, programs identified by the ids the pdm process holds. The windows are taken in rounds: each round measures every setup below once (pdm with XDP, pdm with TC, the null programs, the adjust-room reference), each on fresh hosts, so that this VM's drift reaches all setups alike. Small UDP: one flow, 18-byte payload, sendmmsg as fast as the sender goes (rates in the table below). TCP bulk: iperf3, 1 stream. Egress runs on TCP see GSO super-packets (one run for up to 64 KB). bpf_stats itself adds roughly 2 × 20 ns to every run; the null programs (return at once, attached the same way) show that floor, and “− floor” is a program's small-UDP run time less its hook's null program. Without pdm there is no program: n/a.\n"
+        "`kernel.bpf_stats_enabled=1` only during each window (restored after; a BPF_ENABLE_STATS descriptor is held too, so nothing else turning the sysctl off can cut a window short); run_time_ns / run_cnt of each program as deltas over the window, median (min–max) over the repetitions' windows, programs identified by the ids the pdm process holds. The windows are taken in rounds: each round measures every setup below once (pdm with XDP, pdm with TC, the null programs, the adjust-room and clock references), each on fresh hosts, so that this VM's drift reaches all setups alike. Small UDP: one flow, 18-byte payload, sendmmsg as fast as the sender goes (rates in the table below). TCP bulk: iperf3, 1 stream. Egress runs on TCP see GSO super-packets (one run for up to 64 KB). bpf_stats itself adds roughly 2 × 20 ns to every run; the null programs (return at once, attached the same way) show that floor, and “− floor” is a program's small-UDP run time less its hook's null program. Without pdm there is no program: n/a.\n"
     );
     let _ = writeln!(
         s,
@@ -429,6 +448,33 @@ fn progcost(s: &mut String, p: &Value) {
             s,
             "| reference: return at once | {label} | {u} | | {un} | {t} | {tn} |"
         );
+    }
+    for (key, host, prog, setup, hook) in [
+        (
+            "adjust_room_only",
+            "client",
+            "ref_adjust_room",
+            "reference: only `bpf_skb_adjust_room`",
+            "pdm_egress",
+        ),
+        (
+            "clock_only",
+            "server",
+            "ref_clock_xdp",
+            "reference: only `bpf_ktime_get_ns`",
+            "pdm_ingress_xdp",
+        ),
+    ] {
+        let progs = &p[key]["udp"]["progs"];
+        if progs[host][prog].is_null() {
+            continue;
+        }
+        let (u, un) = ns_run(progs, host, prog);
+        let net = num(
+            &(progs[host][prog]["ns_per_run"].as_f64().unwrap_or(f64::NAN) - floor(hook)).into(),
+            1,
+        );
+        let _ = writeln!(s, "| {setup} | {prog} ({host}) | {u} | {net} | {un} | | |");
     }
     let _ = writeln!(s, "\nTraffic in each window:\n");
     let _ = writeln!(
