@@ -368,7 +368,7 @@ fn progcost(s: &mut String, p: &Value) {
     }
     let _ = writeln!(
         s,
-        "`kernel.bpf_stats_enabled=1` only during each window (restored after; a BPF_ENABLE_STATS descriptor is held too, so nothing else turning the sysctl off can cut a window short); run_time_ns / run_cnt of each program as deltas over the window, median (min–max) over the repetitions' windows, programs identified by the ids the pdm process holds. The windows are taken in rounds: each round measures every setup below once (pdm with XDP, pdm with TC, the null programs, the adjust-room and clock references), each on fresh hosts, so that this VM's drift reaches all setups alike. Small UDP: one flow, 18-byte payload, sendmmsg as fast as the sender goes (rates in the table below). TCP bulk: iperf3, 1 stream. Egress runs on TCP see GSO super-packets (one run for up to 64 KB). bpf_stats itself adds roughly 2 × 20 ns to every run; the null programs (return at once, attached the same way) show that floor, and “− floor” is a program's small-UDP run time less its hook's null program. Without pdm there is no program: n/a.\n"
+        "`kernel.bpf_stats_enabled=1` only during each window (restored after; a BPF_ENABLE_STATS descriptor is held too, so nothing else turning the sysctl off can cut a window short); run_time_ns / run_cnt of each program as deltas over the window, median (min–max) over the repetitions' windows, programs identified by the ids the pdm process holds. The windows are taken in rounds: each round measures every setup below once (pdm with XDP, pdm with TC, the null programs, the adjust-room and clock references), each on fresh hosts, backwards every other round, so that this VM's drift reaches all setups alike. Small UDP: one flow, 18-byte payload, sendmmsg as fast as the sender goes (rates in the table below). TCP bulk: iperf3, 1 stream. Egress runs on TCP see GSO super-packets (one run for up to 64 KB). bpf_stats itself adds roughly 2 × 20 ns to every run; the null programs (return at once, attached the same way) show that floor, and “− floor” is a program's small-UDP run time less its hook's null program. Without pdm there is no program: n/a.\n"
     );
     let _ = writeln!(
         s,
@@ -506,7 +506,7 @@ fn throughput(s: &mut String, t: &Value) {
     }
     let _ = writeln!(
         s,
-        "Client → server, fresh hosts for every mode; repetitions go round all modes in turn. iperf3: `iperf3 -c fd0b::2 -t T -P 1|8 -J`, CPU = iperf3's own sender + receiver process CPU (user + system, which includes the softirq work done in their context) per GB received. Pair: our bulk sender (`cargo xtask bench-helper tcp-send`, 128 KiB writes) and sink, CPU = sender + sink process CPU; `dstopts` = the same sender with the sticky `IPV6_DSTOPTS` option carrying a 16-octet PDM-shaped header, which the kernel inserts itself with the MSS accounted (the floor for adding these 16 octets). Machine busy and steal: from /proc/stat over each test, all CPUs; steal is time the hypervisor gave our vCPUs to something else, the part of this VM's noise that can be seen from inside. Median (min–max over repetitions).\n"
+        "Client → server, fresh hosts for every mode; repetitions go round all modes in turn, in the order listed below and backwards every other repetition (each mode sits next to what it is compared with, so a drift over a round reaches both sides alike). iperf3: `iperf3 -c fd0b::2 -t T -P 1|8 -J`, CPU = iperf3's own sender + receiver process CPU (user + system, which includes the softirq work done in their context) per GB received. Pair: our bulk sender (`cargo xtask bench-helper tcp-send`, 128 KiB writes) and sink, CPU = sender + sink process CPU; `dstopts` = the same sender with the sticky `IPV6_DSTOPTS` option carrying a 16-octet PDM-shaped header, which the kernel inserts itself with the MSS accounted (the floor for adding these 16 octets). Machine busy and steal: from /proc/stat over each test, all CPUs; steal is time the hypervisor gave our vCPUs to something else, the part of this VM's noise that can be seen from inside. Median (min–max over repetitions).\n"
     );
     let _ = writeln!(s, "Modes:\n");
     for m in throughput::MODES {
@@ -851,7 +851,7 @@ fn limits(s: &mut String, r: &Value) {
     let testrun = |case: &str| num(&r["testrun"][case]["median_ns"], 0);
     let _ = writeln!(
         s,
-        "- **Ingress, per packet**: XDP {xdp:.0} ns by bpf_stats ({:.0} ns without its own {:.0} ns), TC {tc:.0} ns ({:.0} ns without {:.0} ns). BPF_PROG_TEST_RUN, the same small UDP frame 10^6 times in one call (no hook, no bpf_stats): XDP {} ns with PDM and {} ns without, TC {} and {} ns. perf: the clock is {} % of pdm_ingress_xdp's samples, its own code {} %. Per packet it parses the headers (bounds-checked; the addresses as two 8-octet loads), hashes the flow key once (NH, keyed), finds the flow in one of two 4-way sets, and counts packets with PDM packets as one 64-bit add and octets as another (plain adds: a flow's received packets come in one CPU at a time; the locked adds were a quarter of its time); a packet with PDM adds the clock, the PSN sequence (loss, reordering, duplicates) and the DTLS to echo. The clock is the largest single part left: `bpf_ktime_get_ns` reads the TSC, which is slow in this VM.",
+        "- **Ingress, per packet**: XDP {xdp:.0} ns by bpf_stats ({:.0} ns without its own {:.0} ns), TC {tc:.0} ns ({:.0} ns without {:.0} ns). BPF_PROG_TEST_RUN, the same small UDP frame 10^6 times in one call (no hook, no bpf_stats): XDP {} ns with PDM and {} ns without, TC {} and {} ns. perf: the clock is {} % of pdm_ingress_xdp's samples, its own code {} %. Per packet it parses the headers (bounds-checked; the addresses as two 8-octet loads), hashes the flow key once (NH, keyed), finds the flow in one of two 4-way sets, and counts packets with PDM packets as one 64-bit add and octets as another (plain adds: a flow's received packets come in one CPU at a time; the locked adds were a quarter of its time); a packet with PDM adds the clock, the PSN sequence (loss, reordering, duplicates) and the DTLS to echo. {}",
         xdp - fl(floors.xdp),
         fl(floors.xdp),
         tc - fl(floors.tc),
@@ -862,6 +862,12 @@ fn limits(s: &mut String, r: &Value) {
         testrun("tc_udp_plain"),
         pct(share_in(xprof, "pdm_ingress_xdp", "ktime_get_mono_fast_ns")),
         pct(share_in(xprof, "pdm_ingress_xdp", "its own code")),
+        clock_only(r).zip(floors.xdp).map_or(String::new(), |(c, f)| format!(
+            "Measured apart, one clock read costs {:.0} ns here (an XDP program that only calls `bpf_ktime_get_ns`, less the XDP floor; perf gives the clock a larger share because its timer samples land where interrupts come back on). Besides the clock, pdm's own part is {:.0} ns with XDP and {:.0} ns with TC.",
+            c - f,
+            xdp - fl(floors.xdp) - (c - f),
+            tc - fl(floors.tc) - (c - f),
+        )),
     );
     let ratio = |label: &str| {
         r["throughput"]["ratios"]

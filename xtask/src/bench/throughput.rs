@@ -33,6 +33,8 @@ pub struct Mode {
     pub dstopts: bool,
 }
 
+/// In the order they are measured (reversed every other repetition): each mode next to
+/// what it is compared with, so that this VM's drift over a round lands on both sides.
 pub const MODES: &[Mode] = &[
     Mode {
         name: "baseline",
@@ -44,18 +46,18 @@ pub const MODES: &[Mode] = &[
         dstopts: true,
     },
     Mode {
-        name: "pdm_xdp",
-        what: "`pdm --ingress xdp` (XDP native ingress) on both hosts",
-        pdm: Some(&["--ingress", "xdp"]),
+        name: "pdm_tc",
+        what: "`pdm` default on both hosts (`--ingress auto`: TC ingress on a veth)",
+        pdm: Some(&[]),
         offloads_off: false,
         null_xdp: false,
         pair: true,
         dstopts: false,
     },
     Mode {
-        name: "pdm_tc",
-        what: "`pdm` default on both hosts (`--ingress auto`: TC ingress on a veth)",
-        pdm: Some(&[]),
+        name: "pdm_xdp",
+        what: "`pdm --ingress xdp` (XDP native ingress) on both hosts",
+        pdm: Some(&["--ingress", "xdp"]),
         offloads_off: false,
         null_xdp: false,
         pair: true,
@@ -80,18 +82,18 @@ pub const MODES: &[Mode] = &[
         dstopts: true,
     },
     Mode {
-        name: "pdm_per_packet",
-        what: "`pdm --per-packet --ingress xdp` on both hosts (it turns TSO/GSO off)",
-        pdm: Some(&["--per-packet", "--ingress", "xdp"]),
+        name: "pdm_per_packet_tc",
+        what: "`pdm --per-packet` on both hosts (TC ingress on a veth)",
+        pdm: Some(&["--per-packet"]),
         offloads_off: false,
         null_xdp: false,
         pair: true,
         dstopts: false,
     },
     Mode {
-        name: "pdm_per_packet_tc",
-        what: "`pdm --per-packet` on both hosts (TC ingress on a veth)",
-        pdm: Some(&["--per-packet"]),
+        name: "pdm_per_packet",
+        what: "`pdm --per-packet --ingress xdp` on both hosts (it turns TSO/GSO off)",
+        pdm: Some(&["--per-packet", "--ingress", "xdp"]),
         offloads_off: false,
         null_xdp: false,
         pair: true,
@@ -277,7 +279,14 @@ pub fn run(cfg: &Cfg) -> Result<Value> {
     let mut runs = json!({});
     let mut counters = json!({});
     for rep in 0..cfg.reps {
-        for m in MODES {
+        // Forward, then backward: a drift that is linear over a round then adds as much
+        // to each side of a comparison.
+        let order: Vec<&Mode> = if rep % 2 == 0 {
+            MODES.iter().collect()
+        } else {
+            MODES.iter().rev().collect()
+        };
+        for m in order {
             let r = run_mode(cfg, m).with_context(|| format!("mode {}", m.name))?;
             for (test, v) in r.0.as_object().into_iter().flatten() {
                 if runs[m.name][test].is_null() {
