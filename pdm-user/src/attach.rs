@@ -76,7 +76,8 @@ pub enum TcMode {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Ingress {
     /// Native XDP where the driver has it and it costs nothing else; TC ingress on a
-    /// veth (where XDP would turn off the peer's GSO) or without native XDP.
+    /// veth (where XDP would turn off the peer's GSO), or where native XDP cannot be
+    /// attached (no driver support, or another XDP program holds the interface).
     Auto,
     /// XDP, native mode, falling back to generic (SKB) mode.
     Xdp,
@@ -258,7 +259,7 @@ pub fn attach_with(
             }
             Err(native) => {
                 log::debug!("native XDP is not available on {iface} ({native}): TC ingress");
-                Some(" (auto: no native XDP)")
+                Some(" (auto: native XDP not available here)")
             }
         },
         Ingress::Xdp => {

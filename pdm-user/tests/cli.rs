@@ -233,7 +233,7 @@ fn auto_ingress_takes_tc_where_the_driver_has_no_native_xdp() {
     for (extra, want) in [
         (
             &[][..],
-            "pdm_ingress_tc: tc ingress (auto: no native XDP) (tcx link)",
+            "pdm_ingress_tc: tc ingress (auto: native XDP not available here) (tcx link)",
         ),
         (
             &["--ingress", "xdp"],
