@@ -38,18 +38,14 @@ const SETUPS: [Setup; 6] = [
 ];
 
 /// Windows of each setup, taken in rounds: every round measures every setup once, on
-/// fresh hosts, forwards and backwards in turn. This VM's speed drifts over minutes, and a setup measured only early or
-/// only late in the run would carry that drift into its comparison with the others.
+/// fresh hosts, forwards and backwards in turn. This VM's speed drifts over minutes,
+/// and a setup measured only early or only late in the run would carry that drift into
+/// its comparison with the others.
 pub fn run(cfg: &Cfg) -> Result<Value> {
     let mut windows: Vec<(Vec<Value>, Vec<Value>)> = vec![(Vec::new(), Vec::new()); SETUPS.len()];
     let mut out = json!({});
     for round in 0..cfg.reps {
-        // Backwards every other round, so that a drift over a round evens out.
-        let mut order: Vec<usize> = (0..SETUPS.len()).collect();
-        if round % 2 == 1 {
-            order.reverse();
-        }
-        for i in order {
+        for i in stats::round_order(SETUPS.len(), round) {
             let setup = &SETUPS[i];
             let _hosts = Hosts::create()?;
             let _iperf = throughput::iperf_server()?;

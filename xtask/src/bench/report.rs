@@ -164,11 +164,18 @@ fn adjust_room_only(r: &Value) -> Option<f64> {
         .as_f64()
 }
 
-/// bpf_stats' ns per run of the reference XDP program that only reads the clock (small
-/// UDP), if this run measured it.
-fn clock_only(r: &Value) -> Option<f64> {
-    r["progcost"]["clock_only"]["udp"]["progs"]["server"]["ref_clock_xdp"]["ns_per_run"].as_f64()
+/// What one `bpf_ktime_get_ns` costs here: the reference XDP program that only reads the
+/// clock (small UDP) less the XDP floor, if this run measured it.
+fn clock_cost(r: &Value, floors: &Floors) -> Option<f64> {
+    r["progcost"]["clock_only"]["udp"]["progs"]["server"]["ref_clock_xdp"]["ns_per_run"]
+        .as_f64()
+        .zip(floors.xdp)
+        .map(|(c, f)| c - f)
 }
+
+/// The per-packet targets of the issue, in ns.
+const EGRESS_TARGET_NS: f64 = 150.0;
+const INGRESS_TARGET_NS: f64 = 80.0;
 
 /// bpf_stats' own cost per run, per hook: the null programs' run time.
 struct Floors {
@@ -207,7 +214,7 @@ fn targets(s: &mut String, r: &Value) {
             "pdm_egress",
             &["xdp", "tc"][..],
             floors.egress,
-            150.0,
+            EGRESS_TARGET_NS,
             None,
         ),
         (
@@ -217,7 +224,7 @@ fn targets(s: &mut String, r: &Value) {
             "pdm_ingress_xdp",
             &["xdp"],
             floors.xdp,
-            80.0,
+            INGRESS_TARGET_NS,
             Some("xdp_udp_pdm"),
         ),
         (
@@ -227,13 +234,12 @@ fn targets(s: &mut String, r: &Value) {
             "pdm_ingress_tc",
             &["tc"],
             floors.tc,
-            80.0,
+            INGRESS_TARGET_NS,
             Some("tc_udp_pdm"),
         ),
     ];
     let adjust_only = adjust_room_only(r);
-    // What one clock read costs: the clock-only XDP program less the XDP floor.
-    let clock = clock_only(r).zip(floors.xdp).map(|(c, f)| c - f);
+    let clock = clock_cost(r, &floors);
     let clock_note = |own: f64| {
         clock.map_or(String::new(), |c| {
             format!(
@@ -285,7 +291,11 @@ fn targets(s: &mut String, r: &Value) {
         ) else {
             continue;
         };
-        let target = if side == "egress" { 150.0 } else { 80.0 };
+        let target = if side == "egress" {
+            EGRESS_TARGET_NS
+        } else {
+            INGRESS_TARGET_NS
+        };
         let per_seg = ns as f64 / segs.max(1) as f64;
         let _ = writeln!(
             s,
@@ -862,11 +872,10 @@ fn limits(s: &mut String, r: &Value) {
         testrun("tc_udp_plain"),
         pct(share_in(xprof, "pdm_ingress_xdp", "ktime_get_mono_fast_ns")),
         pct(share_in(xprof, "pdm_ingress_xdp", "its own code")),
-        clock_only(r).zip(floors.xdp).map_or(String::new(), |(c, f)| format!(
-            "Measured apart, one clock read costs {:.0} ns here (an XDP program that only calls `bpf_ktime_get_ns`, less the XDP floor; perf gives the clock a larger share because its timer samples land where interrupts come back on). Besides the clock, pdm's own part is {:.0} ns with XDP and {:.0} ns with TC.",
-            c - f,
-            xdp - fl(floors.xdp) - (c - f),
-            tc - fl(floors.tc) - (c - f),
+        clock_cost(r, &floors).map_or(String::new(), |c| format!(
+            "Measured apart, one clock read costs {c:.0} ns here (an XDP program that only calls `bpf_ktime_get_ns`, less the XDP floor; perf gives the clock a larger share because its timer samples land where interrupts come back on). Besides the clock, pdm's own part is {:.0} ns with XDP and {:.0} ns with TC.",
+            xdp - fl(floors.xdp) - c,
+            tc - fl(floors.tc) - c,
         )),
     );
     let ratio = |label: &str| {

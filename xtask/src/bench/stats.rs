@@ -31,3 +31,16 @@ pub fn summary(values: &[f64]) -> Value {
 pub fn med(s: &Value) -> f64 {
     s["median"].as_f64().unwrap_or(f64::NAN)
 }
+
+/// Indices 0..n in the order round `round` measures them: forwards, then backwards in
+/// the next round. A drift that is linear over a round then adds as much to each side
+/// of a comparison between neighbours.
+pub fn round_order(n: usize, round: usize) -> impl Iterator<Item = usize> {
+    (0..n).map(move |i| {
+        if round.is_multiple_of(2) {
+            i
+        } else {
+            n - 1 - i
+        }
+    })
+}

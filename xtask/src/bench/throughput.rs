@@ -279,14 +279,7 @@ pub fn run(cfg: &Cfg) -> Result<Value> {
     let mut runs = json!({});
     let mut counters = json!({});
     for rep in 0..cfg.reps {
-        // Forward, then backward: a drift that is linear over a round then adds as much
-        // to each side of a comparison.
-        let order: Vec<&Mode> = if rep % 2 == 0 {
-            MODES.iter().collect()
-        } else {
-            MODES.iter().rev().collect()
-        };
-        for m in order {
+        for m in stats::round_order(MODES.len(), rep).map(|i| &MODES[i]) {
             let r = run_mode(cfg, m).with_context(|| format!("mode {}", m.name))?;
             for (test, v) in r.0.as_object().into_iter().flatten() {
                 if runs[m.name][test].is_null() {
