@@ -64,6 +64,9 @@ counters! {
     IngressFlowMapFull => "ingress_skip_flow_map_full",
     /// SYN/SYN-ACK whose MSS was lowered to leave room for our PDM.
     IngressMssClamped => "ingress_mss_clamped",
+    /// SYN/SYN-ACK left with its MSS because an Authentication Header covers it (the
+    /// receiver's integrity check would reject the changed segment).
+    IngressMssSkipAh => "ingress_mss_skip_ah",
     /// RTT samples sent to userspace.
     IngressRttSamples => "ingress_rtt_samples",
     /// RTT samples lost because the sample ring was full (userspace too slow).

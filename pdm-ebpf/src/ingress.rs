@@ -111,9 +111,15 @@ pub fn run(data: usize, data_end: usize, hook: Hook) {
         && p.proto == IPPROTO_TCP
         && p.tcp_flags & TCP_SYN != 0
         && well_formed_syn(p, hook.packets_bytes(data, data_end).1)
-        && clamp_mss(p, &hook)
     {
-        bump(c, Counter::IngressMssClamped);
+        // AH's integrity check covers the TCP segment: a lowered MSS would make the
+        // receiver's IPsec drop the SYN, so an AH-protected SYN keeps it (as egress
+        // leaves AH packets without PDM).
+        if p.has_ah {
+            bump(c, Counter::IngressMssSkipAh);
+        } else if clamp_mss(p, &hook) {
+            bump(c, Counter::IngressMssClamped);
+        }
     }
 }
 

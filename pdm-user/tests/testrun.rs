@@ -1616,6 +1616,59 @@ fn ingress_clamps_mss() {
     });
 }
 
+/// The frame `cargo xtask fuzz --seed 0x2ea881cb9081e06c` stopped at (frame 1 351 299):
+/// Destination Options, Routing and AH headers in front of a TCP SYN with MSS 0xffdc,
+/// whose MSS the ingress programs lowered although AH's integrity check covers it.
+const FUZZ_AH_SYN: &str = "02000000000202000000000186dd6000000000b23c40fd0d00000000000000000000\
+    00000001fd0d0000000000000000000000000002330b010c0000000000000000000000002b040000d208\
+    71b0c3cdc66ebf348a8893008975e65bcb363c0104000000000000000000000000003301010c00000000\
+    00000000000000003c040000475fc31c04213a169dc1da8d87f08c70ebf6bbb63c000104000000003c00\
+    0104000000000601010c000000000000000000000000ee803d3d9c2d21a4d00648d26002857c5e4ddaf0\
+    0204ffdcf365341a8dfc87bdc1cdfcc4b581eea7c4de99db5bca87a76f3a";
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
+        .collect()
+}
+
+/// A SYN behind an Authentication Header keeps its MSS (the receiver's IPsec would
+/// drop the changed segment) and is counted; the same SYN without AH is clamped.
+#[test]
+fn ingress_leaves_ah_protected_syn_alone() {
+    let ns = common::Netns::new("mssah");
+    let ifindex = veth_1500(&ns);
+    ns.in_ns(|| {
+        let ebpf = load();
+        let syn = |port| tcp(B, A, 443, port, Tcp::Syn, &mss(1460), b"");
+        let cases = [
+            ("SYN behind AH", with_ext(&syn(50100), &[ah()]), true),
+            (
+                "SYN behind Destination Options and AH",
+                with_ext(&syn(50101), &[dstopts_padn(), ah()]),
+                true,
+            ),
+            ("the fuzz seed's frame", unhex(FUZZ_AH_SYN), true),
+            ("the same SYN without AH", syn(50102), false),
+        ];
+        for prog in [Prog::IngressXdp, Prog::IngressTc] {
+            for (name, input, protected) in &cases {
+                let what = format!("{prog:?}: {name}");
+                let (out, moved) = counting(&ebpf, || run(&ebpf, prog, input, Some(ifindex)));
+                let counted = |c| moved.iter().any(|&(m, n)| m == c && n == 1);
+                if *protected {
+                    assert_frame_eq(&what, &out, input);
+                    assert!(counted(Counter::IngressMssSkipAh), "{what}: {moved:?}");
+                } else {
+                    assert_ne!(out, *input, "{what}: clamped");
+                    assert!(counted(Counter::IngressMssClamped), "{what}: {moved:?}");
+                }
+            }
+        }
+    });
+}
+
 /// `--only` (RFC 8250 per-flow enabling): the kernel gives PDM to selected flows alone,
 /// a peer's PDM on another flow switches nothing on (it is still recorded), and SYNs of
 /// other flows keep their MSS.
