@@ -74,6 +74,10 @@ counters! {
     /// Echoed PSNs not sampled: the flow had a sample in the same tick
     /// (`--sample-interval`).
     IngressSamplesThinned => "ingress_samples_thinned",
+    /// PDM packets whose PSN could not be classified (loss, reordering, duplicates)
+    /// because other CPUs kept changing the flow's sequence state: never expected with
+    /// a few CPUs per flow; counted so that it would show.
+    IngressSeqContended => "ingress_seq_contended",
     /// A new flow took the slot of the least recently active flow of its set (either
     /// program; not a packet outcome).
     FlowEvictions => "flow_table_evictions",

@@ -190,9 +190,11 @@ impl core::hash::Hash for FlowKey {
 }
 
 /// Per-conversation state: 88 octets, so that with its key a slot is 128. Written
-/// concurrently by egress (one CPU) and ingress (another): `psn_next`, the counters and
-/// `flags` only change through atomic operations, every other field has a single writer
-/// side. The narrow counters wrap; the loader reads them often enough to widen them.
+/// concurrently by egress and ingress, each on several CPUs at once (a flow's packets
+/// are not confined to one CPU in either direction): `psn_next`, the counters, `rx_seq`
+/// and `flags` only change through atomic operations; the other fields describe the
+/// last packet sent or received, where the last writer is as right as any. The narrow
+/// counters wrap; the loader reads them often enough to widen them.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowState {
@@ -227,18 +229,18 @@ pub struct FlowState {
     pub dtls: u32,
     /// [`FLOW_VALID`], [`FLOW_CLOSED`], [`FLOW_SELECTED`].
     pub flags: u32,
+    /// The peer's PSN sequence: window, highest PSN and PSNs skipped, in one word that
+    /// ingress replaces with compare-and-swap (see [`crate::seq`]); 0 until the first
+    /// PDM packet.
+    pub rx_seq: u64,
     /// See [`ECHO_VALID`] (ingress writes).
     pub echo: u32,
-    /// Bit k set: PSN (highest received − k) was received (k < 32).
-    pub rx_window: u32,
-    /// The highest PSN received (serial-number order); valid with [`Self::rx_psn`].
-    pub rx_high: u16,
     /// PSNs received twice (GSO segments repeating one PSN do not count). Wraps.
+    /// `rx_duplicate` and `rx_reordered` form one aligned u32 that ingress adds to
+    /// atomically (see [`REORDERED_SHIFT`]): a duplicate count wrapping carries one into
+    /// the reordered count, which the loader takes back out.
     pub rx_duplicate: u16,
-    /// PSNs skipped by the peer's sequence and not (yet) seen: lost, or still to come.
-    /// Goes down again when a skipped PSN arrives late. Wraps.
-    pub rx_lost: u16,
-    /// PSNs that arrived after a later one. Wraps.
+    /// PSNs that arrived after a later one (late ones included). Wraps.
     pub rx_reordered: u16,
 }
 
@@ -266,6 +268,14 @@ impl FlowState {
 
 /// Where the PDM count sits in a (packets, PDM packets) pair counted as one u64.
 pub const COUNT_PAIR_PDM_SHIFT: u32 = 32;
+/// Where `rx_reordered` sits in the (duplicate, reordered) pair counted as one u32.
+pub const REORDERED_SHIFT: u32 = 16;
+const _: () = assert!(core::mem::offset_of!(FlowState, rx_seq) % 8 == 0);
+const _: () = assert!(core::mem::offset_of!(FlowState, rx_duplicate) % 4 == 0);
+const _: () = assert!(
+    core::mem::offset_of!(FlowState, rx_reordered)
+        == core::mem::offset_of!(FlowState, rx_duplicate) + 2
+);
 const _: () = assert!(core::mem::offset_of!(FlowState, tx_packets) % 8 == 0);
 const _: () = assert!(core::mem::offset_of!(FlowState, rx_packets) % 8 == 0);
 const _: () = assert!(

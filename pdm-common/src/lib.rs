@@ -7,6 +7,7 @@ pub mod counters;
 pub mod flow;
 pub mod psn;
 pub mod select;
+pub mod seq;
 pub mod time;
 pub mod wire;
 

@@ -154,15 +154,11 @@ pub fn add(field: *mut u64, v: u64) {
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(field, v) };
 }
 
-/// `*field += v` for the fields only ingress writes (`rx_*`). A flow's received packets
-/// are handled on one CPU at a time (they come in on one receive queue), which the
-/// PSN sequence state already relies on; a locked add here cost a quarter of the
-/// ingress program's time. Egress's fields stay atomic: one flow sends from several
-/// CPUs at once (an application's writes on one, its ACKs from softirq on another).
+/// Atomically `*field += v` on a u32 (the duplicate/reordered pair).
 #[inline(always)]
-pub fn add_unshared(field: *mut u64, v: u64) {
-    // SAFETY: `field` points into a live map value, 8-byte aligned.
-    unsafe { write_volatile(field, read_volatile(field).wrapping_add(v)) };
+pub fn add32(field: *mut u32, v: u32) {
+    // SAFETY: `field` points into a live map value, 4-byte aligned.
+    unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(field, v) };
 }
 
 /// Atomically counts `packets` and `pdm` of them carrying PDM into a pair of u32

@@ -2,7 +2,10 @@
 //! and lower the MSS of incoming SYN/SYN-ACKs so our own full-size segments still fit
 //! the MTU once egress adds PDM. Every packet is passed on.
 
-use core::ptr::{read_volatile, write_volatile};
+use core::{
+    intrinsics::{AtomicOrdering, atomic_cxchg},
+    ptr::{read_volatile, write_volatile},
+};
 
 use aya_ebpf::{
     EbpfContext,
@@ -13,18 +16,18 @@ use aya_ebpf::{
 use pdm_common::{
     counters::{Counter, Counters},
     flow::{
-        COUNT_PAIR_PDM_SHIFT, ECHO_DATA_TAKEN, ECHO_TICK_MASK, ECHO_TICK_SHIFT, ECHO_VALID,
-        FLOW_CLOSED, FLOW_SELECTED, FlowKey, FlowState, NO_SAMPLE, PROBE_TIME_MASK, RX_PSN_VALID,
-        RttSample,
+        ECHO_DATA_TAKEN, ECHO_TICK_MASK, ECHO_TICK_SHIFT, ECHO_VALID, FLOW_CLOSED, FLOW_SELECTED,
+        FlowKey, FlowState, NO_SAMPLE, PROBE_TIME_MASK, REORDERED_SHIFT, RX_PSN_VALID, RttSample,
     },
     psn::psn_gt,
+    seq::{SeqEvent, seq_step},
     time::{DeltaTime, decode_delta_ns, encode_delta_ns},
     wire::{IPPROTO_TCP, IPV6_MIN_MTU, PDM_HEADER_LEN, PdmFields},
 };
 
 use crate::{
     CLAMP_MSS, SAMPLE_TICK_SHIFT, SAMPLES,
-    flow::{add_unshared, bump, counters, get_or_create, now_ns, set_flags},
+    flow::{add, add32, bump, count, counters, get_or_create, now_ns, set_flags},
     parse::{ETH_HLEN, IPV6_HLEN, Packet, Skip, Source, TCP_FIN, TCP_RST, TCP_SYN, parse},
 };
 
@@ -140,11 +143,13 @@ fn record(
     // SAFETY: `state` points into a live map value; egress reads these fields
     // concurrently and tolerates either old or new values.
     unsafe {
-        // Packets and PDM packets as one u64 pair, as egress counts its own.
-        let pdm_packets = if p.pdm.is_some() { packets } else { 0 };
-        let pair = packets as u64 | (pdm_packets as u64) << COUNT_PAIR_PDM_SHIFT;
-        add_unshared((&raw mut (*state).rx_packets).cast(), pair);
-        add_unshared(&raw mut (*state).rx_bytes, octets);
+        // Atomic: one flow's packets may be received on several CPUs at once.
+        count(
+            &raw mut (*state).rx_packets,
+            packets,
+            if p.pdm.is_some() { packets } else { 0 },
+        );
+        add(&raw mut (*state).rx_bytes, octets);
         if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
             set_flags(state, FLOW_CLOSED);
         }
@@ -161,9 +166,8 @@ fn record(
                 (dtls.scale as u32) << 16 | dtls.delta as u32,
             );
             write_volatile(&raw mut (*state).last_recv_ns, now);
-            let first = read_volatile(&raw const (*state).rx_psn) & RX_PSN_VALID == 0;
             write_volatile(&raw mut (*state).rx_psn, RX_PSN_VALID | pdm.psn_this as u32);
-            sequence(&mut *state, pdm.psn_this, first);
+            sequence(state, pdm.psn_this, c);
             rtt(&key, slot, &mut *state, &pdm, now, carries_data(p), c);
         }
         Ok(read_volatile(&raw const (*state).flags) & FLOW_SELECTED != 0)
@@ -181,43 +185,44 @@ fn carries_data(p: &Packet) -> bool {
     p.payload_len as usize > headers
 }
 
-/// Loss, reordering and duplicates from the peer's PSN sequence: a 32-PSN window below
-/// the highest PSN seen, as IPsec's replay window does. A PSN equal to the highest is a
-/// GSO segment repeating its burst's PSN (PDMv2): neither loss nor duplicate.
+/// Loss, reordering and duplicates from the peer's PSN sequence (see
+/// `pdm_common::seq`): the state word is replaced with compare-and-swap, so packets of
+/// one flow received on several CPUs at once are each classified exactly once. A
+/// packet whose update lost the race is classified again against the winner's state.
 #[inline(always)]
-fn sequence(s: &mut FlowState, psn: u16, first: bool) {
-    if first {
-        s.rx_high = psn;
-        s.rx_window = 1;
-        return;
+fn sequence(s: *mut FlowState, psn: u16, c: Option<*mut Counters>) {
+    // SAFETY: `s` points into a live map value; `rx_seq` is 8-aligned and only ever
+    // changed by this compare-and-swap, the counter pair by atomic adds.
+    unsafe {
+        let word = &raw mut (*s).rx_seq;
+        let mut old = read_volatile(word);
+        for _ in 0..SEQ_ATTEMPTS {
+            let (new, event) = seq_step(old, psn);
+            if new != old {
+                let (seen, won) =
+                    atomic_cxchg::<u64, { AtomicOrdering::Relaxed }, { AtomicOrdering::Relaxed }>(
+                        word, old, new,
+                    );
+                if !won {
+                    old = seen;
+                    continue;
+                }
+            }
+            let pair = (&raw mut (*s).rx_duplicate).cast::<u32>();
+            match event {
+                SeqEvent::None => {}
+                SeqEvent::Duplicate => add32(pair, 1),
+                SeqEvent::Reordered => add32(pair, 1 << REORDERED_SHIFT),
+            }
+            return;
+        }
     }
-    let ahead = psn.wrapping_sub(s.rx_high) as i16;
-    if ahead == 0 {
-        return;
-    }
-    if ahead > 0 {
-        let ahead = ahead as u32;
-        s.rx_lost = s.rx_lost.wrapping_add((ahead - 1) as u16);
-        s.rx_window = if ahead >= 32 {
-            1
-        } else {
-            (s.rx_window << ahead) | 1
-        };
-        s.rx_high = psn;
-        return;
-    }
-    let back = (-(ahead as i32)) as u32;
-    if back < 32 && s.rx_window & (1 << back) != 0 {
-        s.rx_duplicate = s.rx_duplicate.wrapping_add(1);
-        return;
-    }
-    if back < 32 {
-        s.rx_window |= 1 << back;
-    }
-    // It was counted lost when the sequence skipped it.
-    s.rx_reordered = s.rx_reordered.wrapping_add(1);
-    s.rx_lost = s.rx_lost.wrapping_sub(1);
+    bump(c, Counter::IngressSeqContended);
 }
+
+/// Compare-and-swap attempts per packet. Each failure means another CPU updated the
+/// same flow in between; with two CPUs on a flow a second attempt nearly always wins.
+const SEQ_ATTEMPTS: usize = 8;
 
 /// An RTT sample when the peer echoes a PSN whose send time we hold: reception − send
 /// time − the peer's DTLR. Two send times are held: the last packet's (request/response

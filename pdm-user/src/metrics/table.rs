@@ -3,7 +3,10 @@
 
 use std::{net::Ipv6Addr, time::Duration};
 
-use pdm_common::flow::{FLOW_CLOSED, FlowKey, FlowSlot, FlowState, NO_SAMPLE, RttSample};
+use pdm_common::{
+    flow::{FLOW_CLOSED, FlowKey, FlowSlot, FlowState, NO_SAMPLE, RttSample},
+    seq,
+};
 
 use super::{
     FastMap, FlowRow, Summary,
@@ -48,8 +51,12 @@ struct Widened {
     rx_packets: u64,
     tx_pdm: u64,
     rx_pdm: u64,
-    /// Goes down when a PSN counted lost arrives late.
+    /// PSNs the peer's sequence skipped and that have not arrived (see
+    /// `pdm_common::seq`). Goes down when a skipped PSN arrives late.
     rx_lost: i64,
+    /// Of those, the ones skipped since the previous refresh that are still inside the
+    /// reordering window: not reported lost yet, they may still come.
+    rx_recent_holes: u32,
     rx_reordered: u64,
     rx_duplicate: u64,
 }
@@ -83,8 +90,17 @@ impl Widened {
                 .wrapping_sub(prev.rx_pdm)
                 .wrapping_sub(carried(now.rx_packets, prev.rx_packets)),
         );
-        self.rx_lost += i64::from(now.rx_lost.wrapping_sub(prev.rx_lost) as i16);
-        self.rx_reordered += u64::from(now.rx_reordered.wrapping_sub(prev.rx_reordered));
+        let skipped = |w| seq::unpack(w).2;
+        self.rx_lost += i64::from(skipped(now.rx_seq).wrapping_sub(skipped(prev.rx_seq)) as i16);
+        self.rx_recent_holes = seq::recent_holes(prev.rx_seq, now.rx_seq);
+        // The kernel counts (duplicate, reordered) as one u32: a duplicate count that
+        // wrapped carried one into the reordered count.
+        let carried = u16::from(now.rx_duplicate < prev.rx_duplicate);
+        self.rx_reordered += u64::from(
+            now.rx_reordered
+                .wrapping_sub(prev.rx_reordered)
+                .wrapping_sub(carried),
+        );
         self.rx_duplicate += u64::from(now.rx_duplicate.wrapping_sub(prev.rx_duplicate));
         recreated
     }
@@ -480,7 +496,7 @@ fn row(f: &Flow, now_ns: u64) -> FlowRow {
         rtt_all: Summary::default(),
         server_delay: Summary::default(),
         server_delay_all: Summary::default(),
-        rx_lost: w.rx_lost.max(0) as u64,
+        rx_lost: (w.rx_lost - i64::from(w.rx_recent_holes)).max(0) as u64,
         rx_reordered: w.rx_reordered,
         rx_duplicate: w.rx_duplicate,
         age: Duration::from_nanos(now_ns.saturating_sub(f.first_seen_ns)),
