@@ -78,6 +78,15 @@ counters! {
     /// because other CPUs kept changing the flow's sequence state: never expected with
     /// a few CPUs per flow; counted so that it would show.
     IngressSeqContended => "ingress_seq_contended",
+    /// Echoes whose DTLR claims the peer held our packet longer than the time between
+    /// our sending it and receiving the echo: no RTT, no server-delay sample.
+    IngressImplausibleDtlr => "ingress_implausible_dtlr",
+    /// Echoes whose DTLR RFC 8250's encoder cannot produce (non-zero scale, value below
+    /// 2^15): the peer's encoder is not the RFC's; no sample.
+    IngressDtlrNotExact => "ingress_dtlr_not_rfc_exact",
+    /// Echoes whose DTLR is malformed (zero value with a non-zero scale, or beyond
+    /// 64-bit nanoseconds): no sample.
+    IngressDtlrMalformed => "ingress_dtlr_malformed",
     /// A new flow took the slot of the least recently active flow of its set (either
     /// program; not a packet outcome).
     FlowEvictions => "flow_table_evictions",

@@ -305,13 +305,18 @@ pub struct RttSample {
     pub key: FlowKey,
     /// Monotonic ns of the reception.
     pub ts_ns: u64,
-    /// Reception − send time of the echoed PSN − the peer's DTLR.
+    /// Reception − send time of the echoed PSN − the peer's DTLR (never clamped: an
+    /// echo where that would be negative gives a `fault` instead).
     pub rtt_ns: u64,
     /// The peer's DTLR, when the packet carried data (its application's turnaround);
     /// [`NO_SAMPLE`] for pure ACKs, whose DTLR is only the stack's.
     pub server_delay_ns: u64,
     pub psn: u16,
-    pub _pad: [u8; 2],
+    /// 0, or a [`TimeFault`](crate::time::TimeFault) as u8: the echo gave no sample
+    /// (`rtt_ns` and `server_delay_ns` are [`NO_SAMPLE`]) because of what the peer's
+    /// DTLR said; sent all the same, so the loader can mark the flow.
+    pub fault: u8,
+    pub _pad: u8,
     /// The flow's slot in the table: the loader finds its record there without
     /// hashing the key.
     pub slot: u32,

@@ -112,6 +112,73 @@ pub const fn decode_delta_ns(dt: DeltaTime) -> u64 {
     hi + lo
 }
 
+/// Why a time a peer sent cannot be used: the delta itself (see [`decode_received`]),
+/// or what it claims against our own clock (see [`echo_rtt`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum TimeFault {
+    /// A zero DELTA with a non-zero SCALE, or a value beyond what 64-bit nanoseconds
+    /// hold (about 584 years): no encoder of a real delay produces it.
+    Malformed = 1,
+    /// A non-zero SCALE with DELTA below 2^15: RFC 8250's encoding keeps 16 significant
+    /// bits, so this came from an encoder that is not the RFC's (public PDM code exists
+    /// whose scale is one shift short and whose value wraps at 16 bits). Such a peer's
+    /// other values are wrong too, by up to a factor of two, but cannot be told apart.
+    NotRfcExact = 2,
+    /// The peer claims to have held our packet (DTLR) longer than the time between our
+    /// sending it and receiving its echo: impossible whatever the path (RFC 8250 §6:
+    /// PDM fields can be spoofed).
+    Implausible = 3,
+}
+
+impl TimeFault {
+    /// From the value carried in [`RttSample::fault`](crate::flow::RttSample::fault).
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Self::Malformed),
+            2 => Some(Self::NotRfcExact),
+            3 => Some(Self::Implausible),
+            _ => None,
+        }
+    }
+}
+
+/// The round trip of an echo, and the peer's time within it: `elapsed_ns` is the time
+/// between sending the echoed PSN and receiving the echo on our clock, `dtlr` the
+/// peer's Delta Time Last Received. A DTLR equal to the elapsed time gives RTT 0; one
+/// larger is [`TimeFault::Implausible`] and gives nothing, never a clamped 0.
+/// Usable from BPF.
+#[inline(always)]
+pub const fn echo_rtt(elapsed_ns: u64, dtlr: DeltaTime) -> Result<(u64, u64), TimeFault> {
+    let held = match decode_received(dtlr) {
+        Ok(ns) => ns,
+        Err(f) => return Err(f),
+    };
+    if held > elapsed_ns {
+        return Err(TimeFault::Implausible);
+    }
+    Ok((elapsed_ns - held, held))
+}
+
+/// Decodes a delta time received from a peer, refusing what RFC 8250's encoder never
+/// produces (see [`TimeFault`]). Usable from BPF.
+#[inline(always)]
+pub const fn decode_received(dt: DeltaTime) -> Result<u64, TimeFault> {
+    if dt.scale == 0 {
+        return Ok(dt.delta as u64 / ATTOS_PER_NS);
+    }
+    if dt.delta == 0 {
+        return Err(TimeFault::Malformed);
+    }
+    if dt.delta < 1 << 15 {
+        return Err(TimeFault::NotRfcExact);
+    }
+    match decode_delta_ns(dt) {
+        u64::MAX => Err(TimeFault::Malformed),
+        ns => Ok(ns),
+    }
+}
+
 /// Exact attoseconds `DELTA << SCALE`, or `None` if that needs more than 128 bits.
 ///
 /// For userspace only (the kernel side must not use 128-bit arithmetic).
@@ -144,6 +211,55 @@ const _: () = {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn received_deltas_an_exact_encoder_cannot_send_are_refused() {
+        let dt = |delta, scale| DeltaTime { delta, scale };
+        // Everything the encoder sends decodes as before.
+        for ns in [
+            0,
+            1,
+            65,
+            1_000,
+            2_000_000,
+            10_000_000_000,
+            1 << 40,
+            u64::MAX / 2,
+        ] {
+            let e = encode_delta_ns(ns);
+            assert_eq!(decode_received(e), Ok(decode_delta_ns(e)), "{ns} ns");
+        }
+        // Scale 0: any value (below 1 ns).
+        assert_eq!(decode_received(dt(40_000, 0)), Ok(0));
+        assert_eq!(decode_received(dt(0, 35)), Err(TimeFault::Malformed));
+        assert_eq!(decode_received(dt(61035, 80)), Err(TimeFault::Malformed));
+        assert_eq!(decode_received(dt(65535, 255)), Err(TimeFault::Malformed));
+        // One shift short: 1 us as 119208 at scale 23, wrapped to 16 bits.
+        assert_eq!(decode_received(dt(119208u32 as u16, 23)), Ok(450));
+        assert_eq!(
+            decode_received(dt((0x1_2000u32 & 0xffff) as u16, 23)),
+            Err(TimeFault::NotRfcExact)
+        );
+        assert_eq!(decode_received(dt(32767, 30)), Err(TimeFault::NotRfcExact));
+        assert!(decode_received(dt(32768, 30)).is_ok());
+    }
+
+    #[test]
+    fn an_echo_is_plausible_up_to_the_time_we_measured() {
+        let two_ms = encode_delta_ns(2_000_000);
+        let held = decode_delta_ns(two_ms);
+        assert_eq!(echo_rtt(60_000_000, two_ms), Ok((60_000_000 - held, held)));
+        assert_eq!(echo_rtt(held + 1, two_ms), Ok((1, held)));
+        assert_eq!(echo_rtt(held, two_ms), Ok((0, held)), "equal: RTT 0");
+        assert_eq!(echo_rtt(held - 1, two_ms), Err(TimeFault::Implausible));
+        let ten_s = encode_delta_ns(10_002_000_000);
+        assert_eq!(echo_rtt(2_500_000, ten_s), Err(TimeFault::Implausible));
+        let bad = DeltaTime {
+            delta: 100,
+            scale: 30,
+        };
+        assert_eq!(echo_rtt(u64::MAX, bad), Err(TimeFault::NotRfcExact));
+    }
 
     #[test]
     fn zero_is_zero_scale_zero() {

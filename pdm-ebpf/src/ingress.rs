@@ -21,7 +21,7 @@ use pdm_common::{
     },
     psn::psn_gt,
     seq::{SeqEvent, seq_step},
-    time::{DeltaTime, decode_delta_ns, encode_delta_ns},
+    time::{DeltaTime, TimeFault, echo_rtt, encode_delta_ns},
     wire::{IPPROTO_TCP, IPV6_MIN_MTU, PDM_HEADER_LEN, PdmFields},
 };
 
@@ -297,23 +297,39 @@ fn rtt(
         // SAFETY: as above.
         unsafe { write_volatile(&raw mut s.probe, 0) };
     }
-    let dtlr = decode_delta_ns(DeltaTime {
+    let elapsed = now.wrapping_sub(sent) & PROBE_TIME_MASK;
+    let dtlr = DeltaTime {
         delta: pdm.dtlr,
         scale: pdm.scale_dtlr,
-    });
-    let elapsed = now.wrapping_sub(sent) & PROBE_TIME_MASK;
+    };
+    let (rtt_ns, server_delay_ns, fault) = match echo_rtt(elapsed, dtlr) {
+        Ok((rtt, held)) => (rtt, if data_sample { held } else { NO_SAMPLE }, 0),
+        Err(f) => {
+            bump(
+                c,
+                match f {
+                    TimeFault::Implausible => Counter::IngressImplausibleDtlr,
+                    TimeFault::NotRfcExact => Counter::IngressDtlrNotExact,
+                    TimeFault::Malformed => Counter::IngressDtlrMalformed,
+                },
+            );
+            (NO_SAMPLE, NO_SAMPLE, f as u8)
+        }
+    };
     let sample = RttSample {
         key: *key,
         ts_ns: now,
-        rtt_ns: elapsed.saturating_sub(dtlr),
-        server_delay_ns: if data_sample { dtlr } else { NO_SAMPLE },
+        rtt_ns,
+        server_delay_ns,
         psn: echoed,
-        _pad: [0; 2],
+        fault,
+        _pad: 0,
         slot,
     };
     // No wakeup: userspace reads the ring on a timer, not on readiness.
     match SAMPLES.output::<RttSample>(&sample, BPF_RB_NO_WAKEUP as u64) {
-        Ok(()) => bump(c, Counter::IngressRttSamples),
+        Ok(()) if fault == 0 => bump(c, Counter::IngressRttSamples),
+        Ok(()) => {}
         Err(_) => bump(c, Counter::IngressSamplesDropped),
     }
 }

@@ -249,6 +249,7 @@ pub(crate) fn test_row(
         age: std::time::Duration::ZERO,
         idle: std::time::Duration::ZERO,
         closed: false,
+        faults: Default::default(),
     }
 }
 

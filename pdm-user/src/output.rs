@@ -149,6 +149,9 @@ pub fn write_flow(
         ("rx_lost", r.rx_lost),
         ("rx_reordered", r.rx_reordered),
         ("rx_duplicate", r.rx_duplicate),
+        ("implausible", r.faults.implausible),
+        ("dtlr_not_rfc_exact", r.faults.not_rfc_exact),
+        ("dtlr_malformed", r.faults.malformed),
     ] {
         o.u64(k, v)?;
     }
@@ -219,6 +222,6 @@ mod tests {
         assert_eq!(v["closed"], r.closed);
         // Every key the schema names, once.
         let keys = v.as_object().unwrap().len();
-        assert_eq!(keys, 10 + 9 + 3 + 4 * 7 + 3, "{v}");
+        assert_eq!(keys, 10 + 12 + 3 + 4 * 7 + 3, "{v}");
     }
 }

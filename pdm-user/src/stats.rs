@@ -16,8 +16,14 @@ use pdm_common::{
 };
 
 /// Global counters summed over CPUs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Totals(pub [u64; COUNTER_SLOTS]);
+
+impl Default for Totals {
+    fn default() -> Self {
+        Self([0; COUNTER_SLOTS])
+    }
+}
 
 impl Totals {
     pub fn get(&self, c: Counter) -> u64 {

@@ -29,7 +29,7 @@ use pdm_common::{
     counters::Counter,
     flow::{FlowKey, FlowState, RX_PSN_VALID},
     names,
-    time::{DeltaTime, decode_delta_ns},
+    time::{DeltaTime, decode_delta_ns, encode_delta_ns},
     wire::{
         IPPROTO_AH, IPPROTO_DSTOPTS, IPPROTO_ESP, IPPROTO_FRAGMENT, IPPROTO_HOPOPTS,
         IPPROTO_ICMPV6, IPPROTO_NONE, IPPROTO_ROUTING, IPPROTO_TCP, IPPROTO_UDP, PDM_HEADER_LEN,
@@ -1948,4 +1948,121 @@ fn one_flows_packets_on_two_cpus_at_once_are_counted_exactly() {
             "{prog:?}: (lost, duplicates, packets, PDM packets); {reordered} reordered"
         );
     }
+}
+
+/// CLOCK_MONOTONIC in ns: the clock `bpf_ktime_get_ns` reads.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: writes into `ts`.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Sends one request A → B through egress, makes the kernel believe it left `ago_ns`
+/// before now, and has B echo it with `dtlr`. Returns the counters that moved, and the
+/// time between the send time set and the echo's run (an upper bound of what the
+/// kernel measured, less `ago_ns`).
+fn echo_after(ebpf: &mut Ebpf, ago_ns: u64, dtlr: DeltaTime) -> (Vec<(Counter, u64)>, u64) {
+    let out = run_egress(ebpf, &udp(A, B, 7301, 7300, b"request"));
+    let sent = inserted_pdm("request", &out, L3_END, IPPROTO_UDP);
+    let mut table: aya::maps::Array<_, pdm_common::flow::FlowSlot> =
+        aya::maps::Array::try_from(ebpf.map_mut(names::FLOWS).expect("FLOWS")).expect("array");
+    let want = key(A, B, 7301, 7300, IPPROTO_UDP);
+    let index = (0..table.len())
+        .find(|&i| table.get(&i, 0).is_ok_and(|s| s.key == want))
+        .expect("the request's flow");
+    let mut slot = table.get(&index, 0).expect("slot");
+    let reply = with_ext(
+        &udp(B, A, 7300, 7301, b"response"),
+        &[dstopts_pdm(PdmFields {
+            psn_this: 0x3000 + sent.psn_this,
+            psn_last_recv: sent.psn_this,
+            scale_dtlr: dtlr.scale,
+            dtlr: dtlr.delta,
+            ..RX_FIELDS
+        })],
+    );
+    let start = monotonic_ns();
+    slot.state.last_send_ns = start - ago_ns;
+    table.set(index, slot, 0).expect("set the send time");
+    let ((), moved) = counting(ebpf, || {
+        run(ebpf, Prog::IngressXdp, &reply, None);
+    });
+    (moved, monotonic_ns() - start)
+}
+
+/// The plausibility rule in the kernel: a DTLR up to the time we measured gives a
+/// sample; one longer (by a hair or by 10 s), one RFC 8250's encoder cannot produce,
+/// and a malformed one give none and are counted apart. (DTLR equal to the measured
+/// time, to the nanosecond, cannot be staged here: `pdm_common::time::echo_rtt`, which
+/// the kernel calls, is tested at that boundary.)
+#[test]
+fn echoes_with_impossible_peer_times_give_no_sample() {
+    let mut ebpf = attach::load(&LoadOptions {
+        max_flows: 1024,
+        sample_tick_shift: 0,
+        ..LoadOptions::default()
+    })
+    .expect("load");
+    const AGO: u64 = 50_000_000;
+    let counted = |moved: &[(Counter, u64)], c| moved.iter().any(|&(m, n)| m == c && n == 1);
+    use Counter::*;
+
+    let (moved, _) = echo_after(&mut ebpf, AGO, encode_delta_ns(AGO - 1_000));
+    assert!(counted(&moved, IngressRttSamples), "1 us below: {moved:?}");
+
+    // 100 us above what the kernel can have measured: retried should the run itself
+    // have taken that long.
+    let above = encode_delta_ns(AGO + 100_000);
+    let mut tries = 0;
+    loop {
+        let (moved, took) = echo_after(&mut ebpf, AGO, above);
+        tries += 1;
+        if took < 100_000 {
+            assert!(
+                counted(&moved, IngressImplausibleDtlr),
+                "just above: {moved:?}"
+            );
+            assert!(!counted(&moved, IngressRttSamples), "just above: {moved:?}");
+            break;
+        }
+        assert!(tries < 20, "the test run never took less than 100 us");
+    }
+    let (moved, _) = echo_after(&mut ebpf, AGO, encode_delta_ns(AGO + 10_000_000_000));
+    assert!(
+        counted(&moved, IngressImplausibleDtlr),
+        "10 s above: {moved:?}"
+    );
+    let inexact = DeltaTime {
+        delta: 20_000,
+        scale: 30,
+    };
+    let (moved, _) = echo_after(&mut ebpf, AGO, inexact);
+    assert!(
+        counted(&moved, IngressDtlrNotExact),
+        "not RFC-exact: {moved:?}"
+    );
+    let zero = DeltaTime {
+        delta: 0,
+        scale: 35,
+    };
+    let (moved, _) = echo_after(&mut ebpf, AGO, zero);
+    assert!(
+        counted(&moved, IngressDtlrMalformed),
+        "malformed: {moved:?}"
+    );
+    let huge = DeltaTime {
+        delta: 60_000,
+        scale: 120,
+    };
+    let (moved, _) = echo_after(&mut ebpf, AGO, huge);
+    assert!(
+        counted(&moved, IngressDtlrMalformed),
+        "beyond 64-bit ns: {moved:?}"
+    );
+    let t = totals(&ebpf);
+    assert_eq!(t.get(IngressRttSamples), 1, "one sample in all");
 }

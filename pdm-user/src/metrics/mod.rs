@@ -56,6 +56,37 @@ pub struct FlowRow {
     pub age: Duration,
     pub idle: Duration,
     pub closed: bool,
+    /// Echoes that gave no sample because of the times the peer sent.
+    pub faults: PeerFaults,
+}
+
+/// A flow's echoes that gave no sample, by what was wrong with the peer's DTLR (see
+/// `pdm_common::time::TimeFault`). Any of them marks the flow: its peer sends times
+/// that are impossible, or not encoded as RFC 8250 says.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerFaults {
+    /// DTLR longer than the round trip we measured.
+    pub implausible: u64,
+    /// DTLR that RFC 8250's encoder cannot produce.
+    pub not_rfc_exact: u64,
+    /// DTLR with a zero value and a non-zero scale, or beyond 64-bit nanoseconds.
+    pub malformed: u64,
+}
+
+impl PeerFaults {
+    pub fn count(&mut self, f: pdm_common::time::TimeFault) {
+        use pdm_common::time::TimeFault::*;
+        match f {
+            Implausible => self.implausible += 1,
+            NotRfcExact => self.not_rfc_exact += 1,
+            Malformed => self.malformed += 1,
+        }
+    }
+
+    /// Whether the peer sent anything that gave no sample.
+    pub fn any(&self) -> bool {
+        self.implausible + self.not_rfc_exact + self.malformed != 0
+    }
 }
 
 impl FlowRow {

@@ -6,10 +6,11 @@ use std::{net::Ipv6Addr, time::Duration};
 use pdm_common::{
     flow::{FLOW_CLOSED, FlowKey, FlowSlot, FlowState, NO_SAMPLE, RttSample},
     seq,
+    time::TimeFault,
 };
 
 use super::{
-    FastMap, FlowRow, Summary,
+    FastMap, FlowRow, PeerFaults, Summary,
     distribution::{Histogram, Window},
 };
 
@@ -27,6 +28,8 @@ struct Flow {
     /// Counters and time at the previous refresh, for rates.
     prev: Option<(u64, u64, u64)>,
     rate: (f64, f64),
+    /// Echoes whose peer times gave no sample.
+    faults: PeerFaults,
     first_seen_ns: u64,
     last_active_ns: u64,
 }
@@ -289,6 +292,10 @@ impl Table {
         if f.prev.is_none() {
             f.seen = generation;
         }
+        if let Some(fault) = TimeFault::from_u8(s.fault) {
+            f.faults.count(fault);
+            return;
+        }
         let d = &mut self.delays[id as usize];
         d.rtt.push(s.ts_ns, s.rtt_ns, span);
         d.rtt_all.push(s.rtt_ns);
@@ -502,6 +509,7 @@ fn row(f: &Flow, now_ns: u64) -> FlowRow {
         age: Duration::from_nanos(now_ns.saturating_sub(f.first_seen_ns)),
         idle: Duration::from_nanos(now_ns.saturating_sub(f.last_active_ns)),
         closed: f.state.flags & FLOW_CLOSED != 0,
+        faults: f.faults,
     }
 }
 
@@ -684,6 +692,40 @@ mod tests {
         assert_eq!(rows.len(), 3, "a is kept for its grace");
         assert_eq!(rows[2].rtt.p50, Some(5000));
         assert_eq!(rows[2].tx_bytes, 10);
+    }
+
+    /// An echo the kernel refused for the peer's DTLR marks the flow and feeds no
+    /// distribution.
+    #[test]
+    fn samples_refused_for_the_peers_times_are_counted_not_used() {
+        let k = FlowKey::new([1; 16], [2; 16], 1, 2, 17);
+        let mut t = Table::new(TableConfig::default());
+        let s = 1_000_000_000;
+        let sample = |rtt_ns, fault: Option<TimeFault>| RttSample {
+            key: k,
+            ts_ns: s,
+            rtt_ns,
+            server_delay_ns: if fault.is_some() { NO_SAMPLE } else { 100 },
+            fault: fault.map_or(0, |f| f as u8),
+            ..RttSample::default()
+        };
+        t.add_sample(&sample(5000, None));
+        t.add_sample(&sample(NO_SAMPLE, Some(TimeFault::Implausible)));
+        t.add_sample(&sample(NO_SAMPLE, Some(TimeFault::Implausible)));
+        t.add_sample(&sample(NO_SAMPLE, Some(TimeFault::NotRfcExact)));
+        t.refresh(slot(k, FlowState::default()), s);
+        let rows = t.rows(s, true, true);
+        let r = &rows[0];
+        assert_eq!(
+            r.faults,
+            PeerFaults {
+                implausible: 2,
+                not_rfc_exact: 1,
+                malformed: 0
+            }
+        );
+        assert_eq!((r.rtt.samples, r.rtt.max), (1, Some(5000)));
+        assert_eq!((r.server_delay.samples, r.rtt_all.samples), (1, 1));
     }
 
     #[test]

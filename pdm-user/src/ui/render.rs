@@ -128,8 +128,15 @@ pub(super) fn direction_line(t: &Totals, dir: &str, main: &[(Counter, &str)]) ->
             skipped.push(format!("{reason} {v}"));
         } else if WITHOUT_PDM.contains(&c) {
             skipped.push(format!("{name} {v}"));
-        } else if c == Counter::IngressSamplesDropped {
-            // The distributions miss samples: worth noticing.
+        } else if matches!(
+            c,
+            Counter::IngressSamplesDropped
+                | Counter::IngressImplausibleDtlr
+                | Counter::IngressDtlrNotExact
+                | Counter::IngressDtlrMalformed
+                | Counter::IngressSeqContended
+        ) {
+            // The distributions miss samples, or a peer lies: worth noticing.
             spans.push(Span::styled(
                 format!(", {name} {v}"),
                 Style::new().fg(Color::Red),
@@ -179,6 +186,11 @@ pub(super) fn render_help(f: &mut ratatui::Frame, area: Rect) {
     lines.push(Line::raw(" < > or ← →: previous/next column"));
     lines.push(Line::raw(" ↑ ↓ PgUp PgDn Home End: scroll"));
     lines.push(Line::raw(" q Esc Ctrl-C: quit    ? h: close this help"));
+    lines.push(Line::raw(""));
+    lines.push(Line::raw(
+        " !2.1ms: the peer sent times that gave no sample",
+    ));
+    lines.push(Line::raw("   (impossible, or not RFC 8250's encoding)"));
     let width = 56.min(area.width);
     let height = (lines.len() as u16 + 2).min(area.height);
     let popup = Rect {
@@ -198,6 +210,16 @@ pub(super) fn render_help(f: &mut ratatui::Frame, area: Rect) {
 pub(super) fn cells(row: &FlowRow, labels: &RowLabels) -> [String; 11] {
     let dash = || "-".to_owned();
     let ns = |v: Option<u64>| v.map_or_else(dash, format_ns);
+    // `!`: the peer sent times that gave no sample (impossible, or not RFC 8250's
+    // encoding): its other delays are suspect too.
+    let peer_ns = |v: Option<u64>| {
+        let text = ns(v);
+        if row.faults.any() {
+            format!("!{text}")
+        } else {
+            text
+        }
+    };
     let remote = match &labels.remote_name {
         Some(name) => endpoint(name, row.proto, row.remote_port, false),
         None => endpoint(
@@ -211,9 +233,9 @@ pub(super) fn cells(row: &FlowRow, labels: &RowLabels) -> [String; 11] {
         endpoint(&row.local_addr.to_string(), row.proto, row.local_port, true),
         remote,
         proto_name(row.proto).to_owned(),
-        ns(row.rtt.p50),
-        ns(row.rtt.p99),
-        ns(row.server_delay.p50),
+        peer_ns(row.rtt.p50),
+        peer_ns(row.rtt.p99),
+        peer_ns(row.server_delay.p50),
         row.loss_percent().map_or_else(dash, format_percent),
         format_count(row.tx_pps + row.rx_pps),
         format_bytes(row.tx_bytes + row.rx_bytes),

@@ -421,3 +421,22 @@ fn fit_keeps_both_ends_of_addresses() {
     assert_eq!(fit(Column::Process, "averylongname/1", 8), "averylo…");
     assert_eq!(fit(Column::Local, "short", 8), "short");
 }
+
+/// A flow whose peer sent times that gave no sample is marked in its delay cells, and
+/// the header shows the counter in red with the other warnings.
+#[test]
+fn a_flow_whose_peer_lies_is_marked() {
+    let mut frame = frame();
+    frame.rows[0].faults.implausible = 3;
+    frame.totals.0[Counter::IngressImplausibleDtlr as usize] = 3;
+    let s = screen(&ViewState::default(), &frame, 160, 20);
+    let all = s.join("\n");
+    let udp = s
+        .iter()
+        .find(|l| l.contains("2001:db8::53") || l.contains("dns.example"));
+    let udp = udp.expect("the UDP flow's row");
+    assert!(udp.contains("!12.3ms"), "{udp}");
+    let bulk = s.iter().find(|l| l.contains(":443")).expect("bulk row");
+    assert!(!bulk.contains('!'), "{bulk}");
+    assert!(all.contains("implausible_dtlr 3"), "{all}");
+}
