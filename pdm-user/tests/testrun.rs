@@ -1803,6 +1803,10 @@ fn echo_exchanges(ebpf: &Ebpf, n: u16) -> (u64, u64) {
                 &[dstopts_pdm(PdmFields {
                     psn_this: 0x2000 + i,
                     psn_last_recv: sent.psn_this,
+                    // Held 100 ns: less than the round trip between the two test runs
+                    // (a longer one would be implausible, and give no sample).
+                    scale_dtlr: encode_delta_ns(100).scale,
+                    dtlr: encode_delta_ns(100).delta,
                     ..RX_FIELDS
                 })],
             );
