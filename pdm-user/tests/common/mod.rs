@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod chain;
+pub mod pdm_peer;
 pub mod router;
 pub mod traffic;
 
