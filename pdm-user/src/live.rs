@@ -118,7 +118,9 @@ pub async fn run(ebpf: &mut Ebpf, opts: Options) -> Result<End> {
     drain(&mut ring, &mut table, &mut batch);
     drop(sink);
     if end == End::Stopped && opts.json {
-        // A last report, so even a run shorter than one interval says what it saw.
+        // A last report, so even a run shorter than one interval says what it saw; what
+        // has not arrived by now is lost.
+        table.settle();
         report(
             ebpf,
             &flows,

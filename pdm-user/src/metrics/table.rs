@@ -185,6 +185,8 @@ pub struct Table {
     pub evicted: u64,
     /// Flows expired (idle or closed) by us.
     pub expired: u64,
+    /// Set by [`Table::settle`]: the run is over, nothing more will arrive.
+    settled: bool,
 }
 
 impl Table {
@@ -193,6 +195,12 @@ impl Table {
             config,
             ..Self::default()
         }
+    }
+
+    /// Ends the run: from the next refresh on, PSNs still missing inside a flow's
+    /// reordering window count as lost (nothing more will arrive), for a final report.
+    pub fn settle(&mut self) {
+        self.settled = true;
     }
 
     /// The id of `key`'s flow, created if new.
@@ -334,6 +342,7 @@ impl Table {
         let closed_linger = self.config.closed_linger.as_nanos() as u64;
         self.generation += 1;
         let generation = self.generation;
+        let settled = self.settled;
         let mut evicted = 0;
         let mut remove = Vec::new();
         let mut kernel = kernel.into_iter();
@@ -360,6 +369,9 @@ impl Table {
             }
             if f.wide.update(f.prev.is_some().then_some(&f.state), &state) {
                 evicted += 1;
+            }
+            if settled {
+                f.wide.rx_recent_holes = 0;
             }
             let packets = (f.wide.tx_packets, f.wide.rx_packets);
             match f.prev {
@@ -692,6 +704,35 @@ mod tests {
         assert_eq!(rows.len(), 3, "a is kept for its grace");
         assert_eq!(rows[2].rtt.p50, Some(5000));
         assert_eq!(rows[2].tx_bytes, 10);
+    }
+
+    /// PSNs skipped since the last refresh and still inside the reordering window are
+    /// not reported lost until a refresh later (they may be reordered), nor once they
+    /// arrive; at the end of the run (settle) every missing PSN is lost.
+    #[test]
+    fn recent_holes_are_reported_a_refresh_later_or_at_the_end() {
+        let k = FlowKey::new([1; 16], [2; 16], 1, 2, 17);
+        let word = |psns: &[u16]| psns.iter().fold(0, |w, &p| seq::seq_step(w, p).0);
+        let state = |psns: &[u16]| FlowState {
+            rx_seq: word(psns),
+            rx_bytes: psns.len() as u64,
+            ..FlowState::default()
+        };
+        let lost = |t: &mut Table, psns: &[u16], at: u64| {
+            t.refresh(slot(k, state(psns)), at);
+            t.rows(at, false, false)[0].rx_lost
+        };
+        let s = 1_000_000_000;
+        let mut t = Table::new(TableConfig::default());
+        assert_eq!(lost(&mut t, &[10, 13], s), 0, "11 and 12 may still come");
+        assert_eq!(lost(&mut t, &[10, 13, 12], 2 * s), 1, "12 came; 11 is lost");
+        assert_eq!(
+            lost(&mut t, &[10, 13, 12, 14, 16], 3 * s),
+            1,
+            "15 is recent"
+        );
+        t.settle();
+        assert_eq!(lost(&mut t, &[10, 13, 12, 14, 16, 18], 4 * s), 3, "the end");
     }
 
     /// An echo the kernel refused for the peer's DTLR marks the flow and feeds no

@@ -68,8 +68,16 @@ fn set_option(fd: libc::c_int, level: libc::c_int, name: libc::c_int, what: &str
     assert_eq!(r, 0, "{what}: {}", std::io::Error::last_os_error());
 }
 
-/// One request: (length, sender, receive time in realtime ns, its PDM, data).
-fn receive(fd: libc::c_int) -> Option<(usize, SocketAddr, u64, Option<PdmFields>, Vec<u8>)> {
+/// One request as received.
+struct Request {
+    from: SocketAddr,
+    /// The kernel's receive time (realtime ns).
+    rx_ns: u64,
+    pdm: Option<PdmFields>,
+    data: Vec<u8>,
+}
+
+fn receive(fd: libc::c_int) -> Option<Request> {
     let mut buf = vec![0u8; 2048];
     // SAFETY: plain data, written by recvmsg.
     let mut from: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
@@ -115,7 +123,13 @@ fn receive(fd: libc::c_int) -> Option<(usize, SocketAddr, u64, Option<PdmFields>
             0,
             from.sin6_scope_id,
         ));
-        Some((n as usize, addr, rx.expect("SO_TIMESTAMPNS"), pdm, buf))
+        buf.truncate(n as usize);
+        Some(Request {
+            from: addr,
+            rx_ns: rx.expect("SO_TIMESTAMPNS"),
+            pdm,
+            data: buf,
+        })
     }
 }
 
@@ -180,10 +194,16 @@ pub fn serve(
         let mut psn = 0x4000u16;
         let mut answers = Vec::new();
         for i in 0..n {
-            let Some((len, from, rx_ns, request, buf)) = receive(fd) else {
+            let Some(Request {
+                from,
+                rx_ns,
+                pdm,
+                data,
+            }) = receive(fd)
+            else {
                 break;
             };
-            let request = request.expect("the request carries PDM (pdm runs on the client)");
+            let request = pdm.expect("the request carries PDM (pdm runs on the client)");
             std::thread::sleep((b.hold)(i));
             let held_ns = realtime_ns().saturating_sub(rx_ns);
             let dtlr = (b.dtlr)(i, held_ns);
@@ -196,7 +216,7 @@ pub fn serve(
                 dtls: 0,
             };
             psn = psn.wrapping_add(1);
-            send_with_pdm(fd, from, &buf[..len], &sent);
+            send_with_pdm(fd, from, &data, &sent);
             answers.push(Answer {
                 request,
                 sent,
