@@ -40,6 +40,10 @@ enum Task {
         /// loader_cpu); the others' results are kept from the existing bench-results.json.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
+        /// Also measure pdm as built from this git revision (e.g. `main`, a hash) in
+        /// `progcost`, in the same rounds as this tree's: what a change costs per packet.
+        #[arg(long, value_name = "REV")]
+        baseline: Option<String>,
     },
     /// Traffic programs the benchmarks run inside their test hosts.
     #[command(hide = true)]
@@ -84,11 +88,12 @@ fn main() {
             quick,
             render,
             only,
+            baseline,
         } => {
             if render {
                 bench::render()
             } else {
-                bench::run(quick, &only)
+                bench::run(quick, &only, baseline.as_deref())
             }
         }
         Task::BenchHelper { helper } => bench::helper::run(helper),

@@ -2,7 +2,7 @@
 
 use std::{path::PathBuf, process::Command};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 
 use crate::{cmd, setup};
 
@@ -34,6 +34,46 @@ fn packages(c: &mut Command) -> &mut Command {
 pub fn build_pdm(tools: &setup::Tools) -> Result<PathBuf> {
     cmd::run(cargo(tools).args(["build", "--release", "-p", "pdm-user", "--bin", "pdm"]))?;
     Ok(workspace_root().join("target/release/pdm"))
+}
+
+/// Builds the `pdm` binary of git revision `rev` (release), in a worktree of its own
+/// under `target/baseline/` with a target directory of its own, so that the benchmark
+/// can measure it next to this tree's. Returns its path and the revision's short hash.
+pub fn build_pdm_at(tools: &setup::Tools, rev: &str) -> Result<(PathBuf, String)> {
+    let root = workspace_root();
+    let hash = cmd::output(Command::new("git").current_dir(&root).args([
+        "rev-parse",
+        "--short",
+        &format!("{rev}^{{commit}}"),
+    ]))
+    .with_context(|| format!("--baseline {rev}: not a revision of this repository"))?
+    .trim()
+    .to_owned();
+    let base = root.join("target/baseline");
+    let tree = base.join(&hash);
+    if !tree.join("Cargo.toml").is_file() {
+        // A worktree left half-made by an interrupted run is removed first.
+        let _ = std::fs::remove_dir_all(&tree);
+        cmd::run(
+            Command::new("git")
+                .current_dir(&root)
+                .args(["worktree", "prune"]),
+        )?;
+        cmd::run(
+            Command::new("git")
+                .current_dir(&root)
+                .args(["worktree", "add", "--detach", "--force"])
+                .arg(&tree)
+                .arg(&hash),
+        )?;
+    }
+    cmd::run(
+        cargo(tools)
+            .current_dir(&tree)
+            .env("CARGO_TARGET_DIR", base.join("target"))
+            .args(["build", "--release", "-p", "pdm-user", "--bin", "pdm"]),
+    )?;
+    Ok((base.join("target/release/pdm"), hash))
 }
 
 /// Builds pdm-user's example `name` (release); returns its path.

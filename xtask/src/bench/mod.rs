@@ -38,6 +38,9 @@ use crate::{setup, tasks};
 /// Sizes of one run.
 pub struct Cfg {
     pub pdm: PathBuf,
+    /// `--baseline REV`: pdm built from that revision (and its short hash), measured in
+    /// `progcost` next to this tree's, in the same rounds.
+    pub baseline: Option<(PathBuf, String)>,
     /// pdm-user's `progbench` example (BPF_PROG_TEST_RUN timings).
     pub progbench: PathBuf,
     /// Its repeat count per batch.
@@ -60,11 +63,17 @@ pub struct Cfg {
 }
 
 impl Cfg {
-    fn new(quick: bool, pdm: PathBuf, progbench: PathBuf) -> Self {
+    fn new(
+        quick: bool,
+        pdm: PathBuf,
+        progbench: PathBuf,
+        baseline: Option<(PathBuf, String)>,
+    ) -> Self {
         let scale_flows = vec![1, 1_000, 100_000, 1_000_000];
         if quick {
             Self {
                 pdm,
+                baseline,
                 progbench,
                 testrun_repeat: 200_000,
                 reps: 1,
@@ -80,6 +89,7 @@ impl Cfg {
         } else {
             Self {
                 pdm,
+                baseline,
                 progbench,
                 testrun_repeat: 1_000_000,
                 reps: 3,
@@ -96,7 +106,7 @@ impl Cfg {
     }
 }
 
-pub fn run(quick: bool, only: &[String]) -> Result<()> {
+pub fn run(quick: bool, only: &[String], baseline: Option<&str>) -> Result<()> {
     type Bench = fn(&Cfg) -> Result<Value>;
     let benches: [(&str, Bench); 6] = [
         ("progcost", progcost::run),
@@ -119,7 +129,10 @@ pub fn run(quick: bool, only: &[String]) -> Result<()> {
     let tools = setup::run()?;
     let pdm = tasks::build_pdm(&tools)?;
     let progbench = tasks::build_example(&tools, "progbench")?;
-    let cfg = Cfg::new(quick, pdm, progbench);
+    let baseline = baseline
+        .map(|rev| tasks::build_pdm_at(&tools, rev))
+        .transpose()?;
+    let cfg = Cfg::new(quick, pdm, progbench, baseline);
     let started = Instant::now();
     let root = tasks::workspace_root();
     // With --only, the other parts' figures stay as the last full run left them.

@@ -26,27 +26,37 @@ enum Setup {
     AdjustRoomOnly,
     /// Server XDP that only reads the clock (see bpf::CLOCK_ONLY).
     ClockOnly,
+    /// pdm built from `--baseline REV` on both hosts, TC ingress (the default on veth).
+    Baseline,
 }
 
-const SETUPS: [Setup; 6] = [
-    Setup::Pdm("xdp"),
-    Setup::Pdm("tc"),
-    Setup::Null("xdp"),
-    Setup::Null("tc-ingress"),
-    Setup::AdjustRoomOnly,
-    Setup::ClockOnly,
-];
+/// The setups of a run: the baseline's only with `--baseline`.
+fn setups(cfg: &Cfg) -> Vec<Setup> {
+    let mut s = vec![
+        Setup::Pdm("xdp"),
+        Setup::Pdm("tc"),
+        Setup::Null("xdp"),
+        Setup::Null("tc-ingress"),
+        Setup::AdjustRoomOnly,
+        Setup::ClockOnly,
+    ];
+    if cfg.baseline.is_some() {
+        s.push(Setup::Baseline);
+    }
+    s
+}
 
 /// Windows of each setup, taken in rounds: every round measures every setup once, on
 /// fresh hosts, forwards and backwards in turn. This VM's speed drifts over minutes,
 /// and a setup measured only early or only late in the run would carry that drift into
 /// its comparison with the others.
 pub fn run(cfg: &Cfg) -> Result<Value> {
-    let mut windows: Vec<(Vec<Value>, Vec<Value>)> = vec![(Vec::new(), Vec::new()); SETUPS.len()];
+    let setups = setups(cfg);
+    let mut windows: Vec<(Vec<Value>, Vec<Value>)> = vec![(Vec::new(), Vec::new()); setups.len()];
     let mut out = json!({});
     for round in 0..cfg.reps {
-        for i in stats::round_order(SETUPS.len(), round) {
-            let setup = &SETUPS[i];
+        for i in stats::round_order(setups.len(), round) {
+            let setup = &setups[i];
             let _hosts = Hosts::create()?;
             let _iperf = throughput::iperf_server()?;
             let (udp, tcp) = &mut windows[i];
@@ -84,11 +94,21 @@ pub fn run(cfg: &Cfg) -> Result<Value> {
                     let ib = null_prog(NS_B, "xdp-clock")?;
                     udp.push(udp_window(cfg, &helper_targets(&ea, &ib))?);
                 }
+                Setup::Baseline => {
+                    let (pdm, _) = cfg.baseline.as_ref().expect("a baseline setup");
+                    let a = Pdm::start(pdm, NS_A, &["--ingress", "tc"])?;
+                    let b = Pdm::start(pdm, NS_B, &["--ingress", "tc"])?;
+                    let targets = [bpf::pdm_target("client", &a), bpf::pdm_target("server", &b)];
+                    udp.push(udp_window(cfg, &targets)?);
+                    tcp.push(tcp_window(cfg, &targets)?);
+                    a.stop()?;
+                    b.stop()?;
+                }
             }
         }
         eprintln!("bench: progcost round {} of {} done", round + 1, cfg.reps);
     }
-    for (setup, (udp, tcp)) in SETUPS.iter().zip(&windows) {
+    for (setup, (udp, tcp)) in setups.iter().zip(&windows) {
         let (udp, tcp) = (merge(udp, "pps"), merge(tcp, "gbps"));
         match *setup {
             Setup::Pdm(ingress) => {
@@ -98,6 +118,10 @@ pub fn run(cfg: &Cfg) -> Result<Value> {
             Setup::Null(ingress) => out["null"][ingress] = json!({ "udp": udp, "tcp": tcp }),
             Setup::AdjustRoomOnly => out["adjust_room_only"] = json!({ "udp": udp }),
             Setup::ClockOnly => out["clock_only"] = json!({ "udp": udp }),
+            Setup::Baseline => {
+                let rev = cfg.baseline.as_ref().map(|(_, rev)| rev.clone());
+                out["baseline"] = json!({ "rev": rev, "tc": { "udp": udp, "tcp": tcp } });
+            }
         }
     }
     Ok(out)

@@ -427,12 +427,25 @@ fn progcost(s: &mut String, p: &Value) {
             ],
         ),
     ];
-    for (setup, key, progs) in rows {
-        for (host, prog, label) in *progs {
-            let (u, un) = ns_run(&p[*key]["udp"]["progs"], host, prog);
-            let (t, tn) = ns_run(&p[*key]["tcp"]["progs"], host, prog);
+    // With `--baseline REV`: pdm as built from REV, TC ingress, in the same rounds.
+    let baseline_label = p["baseline"]["rev"]
+        .as_str()
+        .map(|rev| format!("baseline: pdm at {rev} (TC ingress)"));
+    let baseline_rows;
+    let mut all: Vec<(&str, &Value, &[(&str, &str, &str)])> = rows
+        .iter()
+        .map(|(setup, key, progs)| (*setup, &p[*key], *progs))
+        .collect();
+    if let Some(label) = &baseline_label {
+        baseline_rows = rows[1].2;
+        all.push((label, &p["baseline"]["tc"], baseline_rows));
+    }
+    for (setup, v, progs) in all {
+        for (host, prog, label) in progs {
+            let (u, un) = ns_run(&v["udp"]["progs"], host, prog);
+            let (t, tn) = ns_run(&v["tcp"]["progs"], host, prog);
             let net = num(
-                &(p[*key]["udp"]["progs"][*host][*prog]["ns_per_run"]
+                &(v["udp"]["progs"][*host][*prog]["ns_per_run"]
                     .as_f64()
                     .unwrap_or(f64::NAN)
                     - floor(prog))
@@ -486,17 +499,55 @@ fn progcost(s: &mut String, p: &Value) {
         );
         let _ = writeln!(s, "| {setup} | {prog} ({host}) | {u} | {net} | {un} | | |");
     }
+    if let Some(rev) = p["baseline"]["rev"].as_str() {
+        let cost = |v: &Value, host: &str, prog: &str| {
+            v["udp"]["progs"][host][prog]["ns_per_run"]
+                .as_f64()
+                .unwrap_or(f64::NAN)
+                - floor(prog)
+        };
+        let _ = writeln!(
+            s,
+            "\nThis tree against {rev}, measured in the same rounds (small UDP, less the hook's floor): TC ingress {} ns against {} ns ({}×), egress {} ns against {} ns ({}×).",
+            num(&cost(&p["tc"], "server", "pdm_ingress_tc").into(), 1),
+            num(
+                &cost(&p["baseline"]["tc"], "server", "pdm_ingress_tc").into(),
+                1
+            ),
+            num(
+                &(cost(&p["tc"], "server", "pdm_ingress_tc")
+                    / cost(&p["baseline"]["tc"], "server", "pdm_ingress_tc"))
+                .into(),
+                2
+            ),
+            num(&cost(&p["tc"], "client", "pdm_egress").into(), 1),
+            num(
+                &cost(&p["baseline"]["tc"], "client", "pdm_egress").into(),
+                1
+            ),
+            num(
+                &(cost(&p["tc"], "client", "pdm_egress")
+                    / cost(&p["baseline"]["tc"], "client", "pdm_egress"))
+                .into(),
+                2
+            ),
+        );
+    }
     let _ = writeln!(s, "\nTraffic in each window:\n");
     let _ = writeln!(
         s,
         "| setup | small UDP: packets/s sent | programs' CPU (% of one core) | TCP bulk: Gb/s | programs' CPU (% of one core) |\n|---|---|---|---|---|"
     );
-    for (label, v) in [
+    let mut traffic = vec![
         ("pdm --ingress xdp", &p["xdp"]),
         ("pdm default (TC ingress)", &p["tc"]),
         ("null programs, XDP", &p["null"]["xdp"]),
         ("null programs, TC ingress", &p["null"]["tc-ingress"]),
-    ] {
+    ];
+    if let Some(label) = &baseline_label {
+        traffic.push((label, &p["baseline"]["tc"]));
+    }
+    for (label, v) in traffic {
         let _ = writeln!(
             s,
             "| {label} | {} | {} | {} | {} |",
