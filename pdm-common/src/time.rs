@@ -194,6 +194,23 @@ pub const fn decode_delta_attos(dt: DeltaTime) -> Option<u128> {
     Some(delta << dt.scale)
 }
 
+/// The round trip an observer (a capture point, a router) computes from the PDM fields
+/// alone: `DTLS(p3) − DTLR(p2)`, where the client's p3 echoes the server's p2 and p2
+/// echoed the client's last packet before it. DTLS spans the whole round trip at the
+/// client and DTLR the server's part of it, so a DTLR longer than the DTLS is
+/// [`TimeFault::Implausible`]: no sample, never a clamped 0.
+#[inline(always)]
+pub const fn observed_rtt(dtls_p3: DeltaTime, dtlr_p2: DeltaTime) -> Result<u64, TimeFault> {
+    let span = match decode_received(dtls_p3) {
+        Ok(ns) => ns,
+        Err(f) => return Err(f),
+    };
+    match echo_rtt(span, dtlr_p2) {
+        Ok((rtt, _)) => Ok(rtt),
+        Err(f) => Err(f),
+    }
+}
+
 // Compile-time spot checks (also evaluated when building for BPF): vectors from the
 // table in pdm-spec.md section 2, and the two-limb path at u64::MAX.
 const _: () = {
@@ -259,6 +276,29 @@ mod tests {
             scale: 30,
         };
         assert_eq!(echo_rtt(u64::MAX, bad), Err(TimeFault::NotRfcExact));
+    }
+
+    /// The spec's example: DTLR(p2) = 2 ms, DTLS(p3) = 62 ms gives 60 ms (to the
+    /// encoding's precision); a DTLR longer than the DTLS gives nothing.
+    #[test]
+    fn an_observer_takes_dtlr_from_dtls() {
+        let dtlr = DeltaTime {
+            delta: 58207,
+            scale: 35,
+        };
+        let dtls = DeltaTime {
+            delta: 56388,
+            scale: 40,
+        };
+        let rtt = observed_rtt(dtls, dtlr).expect("plausible");
+        assert!((59_990_000..60_010_000).contains(&rtt), "{rtt} ns");
+        assert_eq!(observed_rtt(dtlr, dtls), Err(TimeFault::Implausible));
+        assert_eq!(observed_rtt(dtls, dtls), Ok(0));
+        let inexact = DeltaTime {
+            delta: 1,
+            scale: 40,
+        };
+        assert_eq!(observed_rtt(inexact, dtlr), Err(TimeFault::NotRfcExact));
     }
 
     #[test]
