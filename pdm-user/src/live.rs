@@ -47,7 +47,10 @@ pub struct Options {
 
 /// Where each interval's results go.
 enum Sink {
-    Json,
+    /// NDJSON on stdout. The rows' buffer is kept from one report to the next: with a
+    /// table full of flows it is tens of MiB, which allocated afresh every interval made
+    /// the process's resident size jump at each report.
+    Json(Vec<FlowRow>),
     Tui(ui::Ui),
 }
 
@@ -62,7 +65,7 @@ pub async fn run(ebpf: &mut Ebpf, opts: Options) -> Result<End> {
     let drain_tick = tokio::time::sleep(DRAIN_SLOW);
     tokio::pin!(drain_tick);
     let mut sink = if opts.json {
-        Sink::Json
+        Sink::Json(Vec::new())
     } else {
         Sink::Tui(ui::Ui::start().context("starting the terminal view (use --json for a log)")?)
     };
@@ -78,7 +81,7 @@ pub async fn run(ebpf: &mut Ebpf, opts: Options) -> Result<End> {
     };
     let names = Names::new(opts.resolve);
     let mut labels = Labels::default();
-    let mut table = Table::new(opts.table);
+    let mut table = Table::with_capacity(opts.table, flows.slots());
     let mut batch = Vec::with_capacity(SAMPLE_BATCH);
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -128,7 +131,7 @@ pub async fn run(ebpf: &mut Ebpf, opts: Options) -> Result<End> {
             &mut table,
             &names,
             &mut labels,
-            &mut Sink::Json,
+            &mut Sink::Json(Vec::new()),
             log.as_mut(),
         )?;
     }
@@ -186,21 +189,21 @@ fn report(
     // The since-start summaries go to NDJSON only (the view does not show them), and
     // the view needs window summaries and labels only for the rows on screen (unless it
     // sorts by them).
-    let since_start = log.is_some() || matches!(sink, Sink::Json);
+    let since_start = log.is_some() || matches!(sink, Sink::Json(_));
     let mut rows = match sink {
         Sink::Tui(ui) => ui.take_rows(),
-        Sink::Json => Vec::new(),
+        Sink::Json(buffer) => std::mem::take(buffer),
     };
+    let keep = |r: &FlowRow| opts.filter.matches(r);
     let expired = if since_start {
         let expired = table.refresh(flows.live(), now);
-        table.rows_into(&mut rows, now, true, true);
+        table.rows_into(&mut rows, now, true, true, keep);
         expired
     } else {
         // The view's rows, built in the same pass over the flows.
-        table.refresh_rows(flows.live(), now, Some(&mut rows))
+        table.refresh_rows(flows.live(), now, Some(&mut rows), keep)
     };
     flows.remove(&expired);
-    rows.retain(|r| opts.filter.matches(r));
     let shown = match sink {
         Sink::Tui(ui) if !since_start => ui.shown_rows(&rows),
         _ => None,
@@ -228,14 +231,18 @@ fn report(
         json(log, opts, &totals, table, &rows, &labels)?;
     }
     match sink {
-        Sink::Json => json(
-            &mut std::io::stdout().lock(),
-            opts,
-            &totals,
-            table,
-            &rows,
-            &labels,
-        ),
+        Sink::Json(buffer) => {
+            let written = json(
+                &mut std::io::stdout().lock(),
+                opts,
+                &totals,
+                table,
+                &rows,
+                &labels,
+            );
+            *buffer = rows;
+            written
+        }
         Sink::Tui(ui) => ui
             .draw(ui::Frame {
                 iface: opts.iface.clone(),

@@ -100,6 +100,11 @@ impl FlowTable {
         Ok(Self { slots, len })
     }
 
+    /// Slots in the table (live or not).
+    pub fn slots(&self) -> usize {
+        self.len
+    }
+
     fn slot(&self, i: usize) -> *mut FlowSlot {
         debug_assert!(i < self.len);
         // SAFETY: in bounds of the mapping.

@@ -28,8 +28,6 @@ struct Flow {
     /// Counters and time at the previous refresh, for rates.
     prev: Option<(u64, u64, u64)>,
     rate: (f64, f64),
-    /// Echoes whose peer times gave no sample.
-    faults: PeerFaults,
     first_seen_ns: u64,
     last_active_ns: u64,
 }
@@ -41,6 +39,9 @@ struct Delays {
     server_delay: Window,
     rtt_all: Histogram,
     server_delay_all: Histogram,
+    /// Echoes whose peer times gave no sample (here rather than in [`Flow`], which a
+    /// refresh walks for every flow: only samples touch it).
+    faults: PeerFaults,
 }
 
 /// The kernel's narrow per-flow counters (16 and 32 bits, to fit a flow in 128 octets),
@@ -197,6 +198,18 @@ impl Table {
         }
     }
 
+    /// A table with room for `flows` flows known at once (the kernel table's slots):
+    /// reserved up front, so that a flood of new flows fills it page by page instead of
+    /// growing it by doubling, which copied tens of MiB mid-flood and left the process
+    /// that much larger at once. Reserved memory costs nothing until a flow uses it.
+    pub fn with_capacity(config: TableConfig, flows: usize) -> Self {
+        let mut t = Self::new(config);
+        t.flows.reserve_exact(flows);
+        t.delays.reserve_exact(flows);
+        t.index.reserve(flows);
+        t
+    }
+
     /// Ends the run: from the next refresh on, PSNs still missing inside a flow's
     /// reordering window count as lost (nothing more will arrive), for a final report.
     pub fn settle(&mut self) {
@@ -249,10 +262,20 @@ impl Table {
             self.by_slot.resize(slot + 1, NO_FLOW);
         }
         let known = self.by_slot[slot];
-        if let Some(Some(f)) = self.flows.get(known as usize)
-            && f.key.same(key)
-        {
-            return known;
+        if let Some(Some(f)) = self.flows.get(known as usize) {
+            if f.key.same(key) {
+                return known;
+            }
+            // The kernel gave the slot to another flow: the one we knew there was
+            // evicted. One that never carried PDM is forgotten now rather than at the end
+            // of the refresh (as it would be unless it moved), so its record makes room
+            // for the new flow: under a flood of new 5-tuples the records stay within
+            // the kernel table's size instead of reaching twice it.
+            // (A flow known only from a sample has not been scanned yet: it keeps its
+            // refresh of grace.)
+            if f.prev.is_some() && f.wide.tx_pdm + f.wide.rx_pdm == 0 && f.seen != self.generation {
+                self.forget(known);
+            }
         }
         let id = self.id(key);
         self.by_slot[slot] = id;
@@ -300,11 +323,11 @@ impl Table {
         if f.prev.is_none() {
             f.seen = generation;
         }
+        let d = &mut self.delays[id as usize];
         if let Some(fault) = TimeFault::from_u8(s.fault) {
-            f.faults.count(fault);
+            d.faults.count(fault);
             return;
         }
-        let d = &mut self.delays[id as usize];
         d.rtt.push(s.ts_ns, s.rtt_ns, span);
         d.rtt_all.push(s.rtt_ns);
         if s.server_delay_ns != NO_SAMPLE {
@@ -321,22 +344,22 @@ impl Table {
         kernel: impl IntoIterator<Item = (u32, FlowSlot)>,
         now_ns: u64,
     ) -> Vec<(u32, FlowKey)> {
-        self.refresh_rows(kernel, now_ns, None)
+        self.refresh_rows(kernel, now_ns, None, |_| true)
     }
 
-    /// As [`Table::refresh`], and into `rows` (cleared first) every flow as
-    /// [`Table::rows_into`] would give it without summaries, built while each flow is
-    /// at hand: at 10 000 flows, walking them all again for the rows was a large part of
-    /// the live view's time, most of it waiting for memory.
+    /// As [`Table::refresh`], and into `rows` (cleared first) every flow that `keep`
+    /// accepts as [`Table::rows_into`] would give it without summaries, built while each
+    /// flow is at hand: at 10 000 flows, walking them all again for the rows was a large
+    /// part of the live view's time, most of it waiting for memory.
     pub fn refresh_rows(
         &mut self,
         kernel: impl IntoIterator<Item = (u32, FlowSlot)>,
         now_ns: u64,
         mut rows: Option<&mut Vec<FlowRow>>,
+        keep: impl Fn(&FlowRow) -> bool,
     ) -> Vec<(u32, FlowKey)> {
         if let Some(rows) = rows.as_deref_mut() {
             rows.clear();
-            rows.reserve(self.index.len());
         }
         let idle_timeout = self.config.idle_timeout.as_nanos() as u64;
         let closed_linger = self.config.closed_linger.as_nanos() as u64;
@@ -396,7 +419,10 @@ impl Table {
                 remove.push((slot, key));
                 self.forget(id);
             } else if let Some(rows) = rows.as_deref_mut() {
-                rows.push(row(f, now_ns));
+                let r = row(f, now_ns);
+                if keep(&r) {
+                    rows.push(r);
+                }
             }
         }
         // Known flows the kernel no longer has, and that we did not remove: the table
@@ -409,10 +435,10 @@ impl Table {
                 continue;
             };
             let had_pdm = f.wide.tx_pdm + f.wide.rx_pdm != 0;
-            let keep = f.seen == generation
+            let kept = f.seen == generation
                 || (f.prev.is_none() && generation - f.seen <= 1)
                 || (had_pdm && generation - f.seen <= PDM_FLOW_GRACE);
-            if !keep {
+            if !kept {
                 if f.prev.is_some() {
                     evicted += 1;
                 }
@@ -422,7 +448,10 @@ impl Table {
                 && let Some(rows) = rows.as_deref_mut()
             {
                 // Kept for its grace period: still shown.
-                rows.push(row(f, now_ns));
+                let r = row(f, now_ns);
+                if keep(&r) {
+                    rows.push(r);
+                }
             }
         }
         self.evicted += evicted;
@@ -446,6 +475,7 @@ impl Table {
             let d = &self.delays[id as usize];
             row.rtt = d.rtt.summary(now_ns, span);
             row.server_delay = d.server_delay.summary(now_ns, span);
+            row.faults = d.faults;
         }
     }
 
@@ -456,30 +486,34 @@ impl Table {
     /// of a refresh).
     pub fn rows(&self, now_ns: u64, windows: bool, since_start: bool) -> Vec<FlowRow> {
         let mut rows = Vec::new();
-        self.rows_into(&mut rows, now_ns, windows, since_start);
+        self.rows_into(&mut rows, now_ns, windows, since_start, |_| true);
         rows
     }
 
-    /// As [`Table::rows`], into a vector used before: at 10 000 flows the rows are
-    /// megabytes, and allocating them afresh each refresh costs page faults.
+    /// As [`Table::rows`], for the flows `keep` accepts (before their summaries are
+    /// computed), into a vector used before: at 10 000 flows the rows are megabytes, and
+    /// allocating them afresh each refresh costs page faults and resident memory.
     pub fn rows_into(
         &self,
         rows: &mut Vec<FlowRow>,
         now_ns: u64,
         windows: bool,
         since_start: bool,
+        keep: impl Fn(&FlowRow) -> bool,
     ) {
         rows.clear();
-        // Sized up front: growing a vector of 10 000 rows moves megabytes.
-        rows.reserve(self.index.len());
         let span = self.config.window.as_nanos() as u64;
         rows.extend(
             self.flows
                 .iter()
                 .zip(&self.delays)
                 .filter_map(|(f, d)| Some((f.as_ref().filter(|f| f.prev.is_some())?, d)))
-                .map(|(f, d)| {
-                    let mut r = row(f, now_ns);
+                .filter_map(|(f, d)| {
+                    let r = row(f, now_ns);
+                    keep(&r).then_some((r, d))
+                })
+                .map(|(mut r, d)| {
+                    r.faults = d.faults;
                     if windows {
                         r.rtt = d.rtt.summary(now_ns, span);
                         r.server_delay = d.server_delay.summary(now_ns, span);
@@ -521,7 +555,7 @@ fn row(f: &Flow, now_ns: u64) -> FlowRow {
         age: Duration::from_nanos(now_ns.saturating_sub(f.first_seen_ns)),
         idle: Duration::from_nanos(now_ns.saturating_sub(f.last_active_ns)),
         closed: f.state.flags & FLOW_CLOSED != 0,
-        faults: f.faults,
+        faults: PeerFaults::default(),
     }
 }
 
@@ -645,7 +679,7 @@ mod tests {
         for (i, scan) in scans.into_iter().enumerate() {
             let now = (i as u64 + 1) * s;
             let mut during = Vec::new();
-            let ea = a.refresh_rows(scan.clone(), now, Some(&mut during));
+            let ea = a.refresh_rows(scan.clone(), now, Some(&mut during), |_| true);
             let eb = b.refresh(scan, now);
             assert_eq!(ea, eb);
             let mut after = b.rows(now, false, false);
@@ -704,6 +738,64 @@ mod tests {
         assert_eq!(rows.len(), 3, "a is kept for its grace");
         assert_eq!(rows[2].rtt.p50, Some(5000));
         assert_eq!(rows[2].tx_bytes, 10);
+    }
+
+    /// A flood of new 5-tuples through a small kernel table: each refresh sees only
+    /// new flows in the same slots. Records of flows that never carried PDM make room
+    /// for the ones that took their slots, so the table's memory stays at the kernel
+    /// table's size; a flow with PDM keeps its record through its grace.
+    #[test]
+    fn records_stay_within_the_kernel_tables_size_under_a_flood() {
+        let mut t = Table::new(TableConfig::default());
+        let s = 1_000_000_000;
+        let flow = |i: u32| {
+            let mut remote = [0u8; 16];
+            remote[12..].copy_from_slice(&i.to_be_bytes());
+            FlowKey::new([1; 16], remote, 1, 2, 17)
+        };
+        let real = FlowKey::new([1; 16], [9; 16], 7, 7, 6);
+        let with_pdm = FlowState {
+            tx_bytes: 100,
+            tx_pdm: 1,
+            tx_packets: 1,
+            ..FlowState::default()
+        };
+        t.refresh(
+            [(
+                0,
+                FlowSlot {
+                    key: real,
+                    state: with_pdm,
+                },
+            )],
+            s,
+        );
+        for round in 1..=50u32 {
+            let scan = (0..4).map(|slot| {
+                (
+                    slot,
+                    FlowSlot {
+                        key: flow(round * 4 + slot),
+                        state: FlowState {
+                            rx_bytes: 60,
+                            rx_packets: 1,
+                            ..FlowState::default()
+                        },
+                    },
+                )
+            });
+            t.refresh(scan, (1 + u64::from(round)) * s);
+            assert!(
+                t.flows.len() <= 4 + 1,
+                "round {round}: {} records",
+                t.flows.len()
+            );
+        }
+        assert_eq!(
+            t.len(),
+            4,
+            "the flood's last four; the real flow's grace is over"
+        );
     }
 
     /// PSNs skipped since the last refresh and still inside the reordering window are
