@@ -405,11 +405,11 @@ fn sigkill_leaves_nothing_attached_and_restart_restores_offloads() {
     let again = Pdm::start(&h.a, &[]);
     assert!(
         again
-            .stderr_lines
+            .stderr_lines()
             .iter()
             .any(|l| l.contains("restored TSO on / GSO on")),
         "restart did not report restoring offloads: {:?}",
-        again.stderr_lines
+        again.stderr_lines()
     );
     assert_eq!(offloads(&h.a), (true, true), "restart restored TSO/GSO");
     assert_eq!(

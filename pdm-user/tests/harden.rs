@@ -5,12 +5,10 @@
 mod common;
 
 use std::{
-    io::{BufRead as _, BufReader, Read as _, Write as _},
+    io::{Read as _, Write as _},
     net::TcpStream,
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
-    process::{Child, Stdio},
     sync::{
-        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
         mpsc,
     },
@@ -18,140 +16,10 @@ use std::{
 };
 
 use common::{
-    ADDR_A, ADDR_B, IFACE, Netns, Pdm, TwoHosts, pdm_bin, run_state,
+    ADDR_A, ADDR_B, IFACE, Netns, Pdm, TwoHosts, run_state,
     traffic::{checking_sink, pattern, sock},
 };
 use serde_json::Value;
-
-/// A `pdm run --json` whose NDJSON is read while it runs (Pdm::start only hands it
-/// over at the end), so that a test can watch a flow during an attack.
-struct LivePdm {
-    child: Option<Child>,
-    lines: Arc<Mutex<Vec<Value>>>,
-    stderr: Arc<Mutex<Vec<String>>>,
-}
-
-impl LivePdm {
-    fn start(ns: &Netns, extra: &[&str]) -> Self {
-        let mut child = ns
-            .cmd(pdm_bin())
-            .args(["run", "--iface", IFACE, "--json"])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn pdm");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let out = child.stdout.take().expect("stdout");
-        let l = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| {
-                    panic!("pdm printed a line that is not JSON ({e}): {line}")
-                });
-                l.lock().expect("lines").push(v);
-            }
-        });
-        let err = child.stderr.take().expect("stderr");
-        let e = stderr.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                e.lock().expect("stderr").push(line);
-            }
-        });
-        let mut p = Self {
-            child: Some(child),
-            lines,
-            stderr,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !common::both_attached(&p.stderr()) {
-            let exited = p.child.as_mut().expect("child").try_wait().expect("wait");
-            assert!(
-                exited.is_none() && Instant::now() < deadline,
-                "pdm did not attach ({exited:?}): {:?}",
-                p.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        p
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
-    }
-
-    fn stderr(&self) -> Vec<String> {
-        self.stderr.lock().expect("stderr").clone()
-    }
-
-    fn lines(&self) -> Vec<Value> {
-        self.lines.lock().expect("lines").clone()
-    }
-
-    /// The last counters line so far.
-    fn last_counters(&self) -> Option<Value> {
-        self.lines
-            .lock()
-            .expect("lines")
-            .iter()
-            .rev()
-            .find(|l| l["type"] == "counters")
-            .cloned()
-    }
-
-    /// Resident memory of the pdm process, in KiB (`ip netns exec` execs pdm, so the
-    /// child's pid is pdm's).
-    fn rss_kib(&self) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("pdm status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .expect("VmRSS")
-    }
-
-    /// SIGTERM; waits (bounded) and returns every JSON line.
-    fn stop(mut self) -> Vec<Value> {
-        let mut child = self.child.take().expect("running");
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            if let Some(s) = child.try_wait().expect("wait") {
-                break s;
-            }
-            assert!(Instant::now() < deadline, "pdm did not exit on SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        assert!(status.success(), "pdm exited with {status}");
-        // Let the reader thread take the last lines (bounded).
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let mut n = usize::MAX;
-        while Instant::now() < deadline {
-            let now = self.lines.lock().expect("lines").len();
-            if now == n {
-                break;
-            }
-            n = now;
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        self.lines()
-    }
-}
-
-impl Drop for LivePdm {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
 
 fn mac(ns: &Netns) -> [u8; 6] {
     let v: Value = serde_json::from_str(&ns.ip(&["-j", "link", "show", IFACE])).expect("ip -j");
@@ -481,7 +349,7 @@ fn flood_of_spoofed_flows_keeps_the_real_flow_measured() {
     let _pdm_b = Pdm::start(&h.b, &["--ingress", "tc"]);
     let filter = format!("port {REAL_PORT}");
     let max_flows = MAX_FLOWS.to_string();
-    let pdm = LivePdm::start(
+    let pdm = Pdm::start(
         &h.a,
         &[
             "--max-flows",
@@ -784,11 +652,11 @@ fn netlink_attach_carries_pdm_and_is_removed_on_exit_and_after_sigkill() {
     // Captured from once a's filters are in place: what a sent before is not pdm's.
     let mut cap = Capture::start(&h.b);
     assert!(
-        pdm.stderr_lines
+        pdm.stderr_lines()
             .iter()
             .any(|l| l.contains("pdm_egress: tc egress (netlink filter, clsact)")),
         "{:?}",
-        pdm.stderr_lines
+        pdm.stderr_lines()
     );
     let egress = tc_filters(&h.a, "egress");
     let ingress = tc_filters(&h.a, "ingress");
@@ -845,11 +713,11 @@ fn netlink_attach_carries_pdm_and_is_removed_on_exit_and_after_sigkill() {
     let again = Pdm::start(&h.a, &["--ingress", "tc"]);
     assert!(
         again
-            .stderr_lines
+            .stderr_lines()
             .iter()
             .any(|l| l.contains("removed tc filter pdm_egress") && l.contains("clsact qdisc")),
         "restart did not report removing the stale filters: {:?}",
-        again.stderr_lines
+        again.stderr_lines()
     );
     for dir in ["egress", "ingress"] {
         let f = tc_filters(&h.a, dir);

@@ -7,7 +7,7 @@ use anyhow::{Context as _, Result};
 use crate::{cmd, setup};
 
 /// Host crates; `pdm-ebpf` only builds for the BPF target (through pdm-user's build.rs).
-const HOST_PACKAGES: &[&str] = &["pdm-common", "pdm-user", "xtask"];
+const HOST_PACKAGES: &[&str] = &["pdm-common", "pdm-user", "testbed", "xtask"];
 
 pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -2,9 +2,7 @@
 //! namespace, for traces: the routers forward and, like the server, answer with ICMPv6
 //! errors without rate limit (otherwise a trace's probes go unanswered).
 
-use std::process::Command;
-
-use super::{Netns, run_ok, warm_up};
+use super::{Netns, warm_up};
 
 /// Each link is its own /64: fd10:1:: client—r1, fd10:2:: r1—r2, fd10:3:: r2—r3,
 /// fd10:4:: r3—server. The router addresses are the ones their Time Exceeded comes
@@ -44,16 +42,9 @@ impl Chain {
             (&c.r3, "fd10:4::fe", &c.server, SERVER),
         ];
         for (l, laddr, r, raddr) in links {
-            run_ok(Command::new("ip").args([
-                "link", "add", "tmpl", "netns", &l.name, "type", "veth", "peer", "name", "tmpr",
-                "netns", &r.name,
-            ]));
-            l.ip(&["link", "set", "tmpl", "name", RIGHT]);
-            r.ip(&["link", "set", "tmpr", "name", LEFT]);
-            for (ns, dev, addr) in [(l, RIGHT, laddr), (r, LEFT, raddr)] {
-                ns.ip(&["addr", "add", &format!("{addr}/64"), "dev", dev, "nodad"]);
-                ns.ip(&["link", "set", dev, "up"]);
-            }
+            l.veth(RIGHT, r, LEFT);
+            l.add_addr(RIGHT, laddr, 64);
+            r.add_addr(LEFT, raddr, 64);
         }
         c.client.ip(&["route", "add", "default", "via", R1]);
         c.r1.ip(&["route", "add", "default", "via", R2]);

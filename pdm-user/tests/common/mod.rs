@@ -7,80 +7,69 @@ pub mod pdm_peer;
 pub mod router;
 pub mod traffic;
 
-use std::{
-    fs::File,
-    io::{BufRead as _, BufReader},
-    os::fd::AsRawFd as _,
-    process::{Child, Command, Output, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
-    time::{Duration, Instant},
-};
+use std::process::{Command, Output, Stdio};
 
-static NEXT: AtomicU32 = AtomicU32::new(0);
+use serde_json::Value;
 
-/// A network namespace of the test's own.
+#[allow(unused_imports)] // some test files use it
+pub use testbed::both_attached;
+
+/// A network namespace of the test's own (a unique name), removed on drop; the test
+/// library's, with every step expected to succeed.
 pub struct Netns {
     pub name: String,
+    inner: testbed::Netns,
 }
 
 impl Netns {
     pub fn new(tag: &str) -> Self {
-        let name = format!(
-            "pdmt-{tag}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        run_ok(Command::new("ip").args(["netns", "add", &name]));
-        let ns = Self { name };
-        // No Duplicate Address Detection: a tentative link-local address cannot answer
-        // Neighbor Discovery, which delays or loses the first packets of a test by ~1 s.
-        for key in ["default", "all"] {
-            ns.run(
-                "sysctl",
-                &["-qw", &format!("net.ipv6.conf.{key}.accept_dad=0")],
-            );
+        let inner = testbed::Netns::unique(tag).expect("create a namespace");
+        Self {
+            name: inner.name().to_owned(),
+            inner,
         }
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
     }
 
     /// `ip -n NS args...`, which must succeed.
     pub fn ip(&self, args: &[&str]) -> String {
-        let out = run_ok(Command::new("ip").arg("-n").arg(&self.name).args(args));
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        self.inner.ip(args).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// A command that runs inside the namespace.
     pub fn cmd(&self, program: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name, program]);
-        c
+        self.inner.command(program)
     }
 
     /// Runs `program args...` in the namespace; must succeed; returns stdout.
     pub fn run(&self, program: &str, args: &[&str]) -> String {
-        let out = run_ok(self.cmd(program).args(args));
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        self.inner
+            .run(program, args)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Runs `f` on a thread that has entered this namespace (sockets it opens live here).
     pub fn in_ns<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                self.enter();
-                f()
-            })
-            .join()
-            .expect("thread in namespace panicked")
-        })
+        self.inner.in_ns(f)
     }
 
     /// Moves the calling thread into the namespace.
     pub fn enter(&self) {
-        let f = File::open(format!("/run/netns/{}", self.name)).expect("netns file");
-        // SAFETY: valid fd; affects only the calling thread.
-        let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
+        self.inner.enter().expect("enter the namespace");
+    }
+
+    /// A veth pair, `iface` here and `peer_iface` in `peer`, both up.
+    pub fn veth(&self, iface: &str, peer: &Netns, peer_iface: &str) {
+        self.inner
+            .veth(iface, &peer.inner, peer_iface)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// `addr/prefix` on `iface`, usable at once.
+    pub fn add_addr(&self, iface: &str, addr: &str, prefix: u8) {
+        let addr = addr.parse().expect("an IPv6 address");
+        self.inner
+            .add_addr(iface, addr, prefix)
+            .unwrap_or_else(|e| panic!("{e}"));
     }
 
     pub fn ifindex(&self, iface: &str) -> u32 {
@@ -92,23 +81,6 @@ impl Netns {
         let out = self.run("nstat", &["-az", "--json", counter]);
         let v: serde_json::Value = serde_json::from_str(&out).expect("nstat json");
         v["kernel"][counter].as_u64().unwrap_or(0)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        // Kill anything still running in it first, so the namespace really goes.
-        let _ = Command::new("ip")
-            .args(["netns", "pids", &self.name])
-            .output()
-            .map(|o| {
-                for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
-                    let _ = Command::new("kill").args(["-9", pid]).status();
-                }
-            });
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
     }
 }
 
@@ -150,96 +122,63 @@ impl TwoHosts {
     pub fn new(tag: &str) -> Self {
         let a = Netns::new(&format!("{tag}a"));
         let b = Netns::new(&format!("{tag}b"));
-        run_ok(Command::new("ip").args([
-            "link", "add", "pdmtmp0", "netns", &a.name, "type", "veth", "peer", "name", "pdmtmp1",
-            "netns", &b.name,
-        ]));
-        a.ip(&["link", "set", "pdmtmp0", "name", IFACE]);
-        b.ip(&["link", "set", "pdmtmp1", "name", IFACE]);
-        for (ns, addr) in [(&a, ADDR_A), (&b, ADDR_B)] {
-            ns.ip(&["addr", "add", &format!("{addr}/64"), "dev", IFACE, "nodad"]);
-            ns.ip(&["link", "set", IFACE, "up"]);
-        }
+        a.veth(IFACE, &b, IFACE);
+        a.add_addr(IFACE, ADDR_A, 64);
+        b.add_addr(IFACE, ADDR_B, 64);
         warm_up(&a, ADDR_B);
         Self { a, b }
     }
-}
-
-/// A running `pdm run`, stopped with SIGTERM on drop.
-pub struct Pdm {
-    pub child: Option<Child>,
-    pub stderr_lines: Vec<String>,
 }
 
 pub fn pdm_bin() -> &'static str {
     env!("CARGO_BIN_EXE_pdm")
 }
 
+/// A running `pdm run --iface IFACE --json`: the test library's, with every step
+/// expected to succeed; stopped with SIGTERM on drop.
+pub struct Pdm(testbed::Pdm);
+
 impl Pdm {
     /// Starts `pdm run --iface IFACE --json <extra>` in `ns` and waits until it has attached.
     pub fn start(ns: &Netns, extra: &[&str]) -> Self {
-        let mut child = ns
-            .cmd(pdm_bin())
-            .args(["run", "--iface", IFACE, "--json"])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn pdm");
-        let stderr = child.stderr.take().expect("stderr");
-        let mut lines = Vec::new();
-        let mut reader = BufReader::new(stderr);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !both_attached(&lines) {
-            let mut line = String::new();
-            let n = reader.read_line(&mut line).expect("read pdm stderr");
-            assert!(
-                n > 0 && Instant::now() < deadline,
-                "pdm did not attach: {lines:?}"
-            );
-            lines.push(line.trim_end().to_owned());
-        }
-        // Keep draining stderr so pdm never blocks on a full pipe.
-        std::thread::spawn(move || for _ in reader.lines() {});
-        Self {
-            child: Some(child),
-            stderr_lines: lines,
-        }
+        let mut args = vec!["run", "--iface", IFACE, "--json"];
+        args.extend_from_slice(extra);
+        Self(
+            testbed::Pdm::start(pdm_bin().as_ref(), &ns.name, &args)
+                .unwrap_or_else(|e| panic!("{e}")),
+        )
     }
 
     pub fn pid(&self) -> i32 {
-        self.child.as_ref().expect("running").id() as i32
+        self.0.pid() as i32
+    }
+
+    /// Its log lines so far.
+    pub fn stderr_lines(&self) -> Vec<String> {
+        self.0.stderr()
+    }
+
+    /// Its NDJSON lines so far.
+    pub fn lines(&self) -> Vec<Value> {
+        self.0.lines()
+    }
+
+    pub fn last_counters(&self) -> Option<Value> {
+        self.0.last_counters()
+    }
+
+    pub fn rss_kib(&self) -> u64 {
+        self.0.rss_kib().expect("pdm's VmRSS")
     }
 
     /// SIGTERM, wait, and return the JSON lines it printed.
-    pub fn stop(mut self) -> Vec<serde_json::Value> {
-        let child = self.child.take().expect("running");
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let out = child.wait_with_output().expect("wait pdm");
-        assert!(out.status.success(), "pdm exited with {}", out.status);
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("pdm --json line is JSON"))
-            .collect()
+    pub fn stop(self) -> Vec<Value> {
+        self.0.stop().unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// SIGKILL, as a crash would.
-    pub fn kill(mut self) {
-        let mut child = self.child.take().expect("running");
-        child.kill().expect("kill pdm");
-        let _ = child.wait();
-    }
-}
-
-impl Drop for Pdm {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let _ = child.wait();
-        }
+    pub fn kill(self) {
+        self.0.kill();
     }
 }
 
@@ -290,14 +229,4 @@ pub fn offload_settings(ns: &Netns) -> String {
         .expect("gso_max_segs in ip -d link")
         .to_owned();
     format!("{ethtool}gso_max_segs {segs}")
-}
-
-/// Whether pdm's start-up lines so far report both programs attached (egress and
-/// ingress each log one "attached to" line).
-pub fn both_attached(stderr_lines: &[String]) -> bool {
-    stderr_lines
-        .iter()
-        .filter(|l| l.contains("attached to"))
-        .count()
-        >= 2
 }

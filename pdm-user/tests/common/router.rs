@@ -45,43 +45,12 @@ impl Line {
         let client = Netns::new(&format!("{tag}c"));
         let router = Netns::new(&format!("{tag}r"));
         let server = Netns::new(&format!("{tag}s"));
-        for (ns, peer, ifr) in [(&client, "rc", "tmpc"), (&server, "rs", "tmps")] {
-            super::run_ok(std::process::Command::new("ip").args([
-                "link",
-                "add",
-                ifr,
-                "netns",
-                &ns.name,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                peer,
-                "netns",
-                &router.name,
-            ]));
-            ns.ip(&["link", "set", ifr, "name", CLIENT_IF]);
-            ns.ip(&["link", "set", CLIENT_IF, "up"]);
-            router.ip(&["link", "set", peer, "up"]);
-        }
-        client.ip(&[
-            "addr",
-            "add",
-            &format!("{CLIENT_ADDR}/64"),
-            "dev",
-            CLIENT_IF,
-            "nodad",
-        ]);
-        server.ip(&[
-            "addr",
-            "add",
-            &format!("{SERVER_ADDR}/64"),
-            "dev",
-            SERVER_IF,
-            "nodad",
-        ]);
-        router.ip(&["addr", "add", "fd0e:1::fe/64", "dev", "rc", "nodad"]);
-        router.ip(&["addr", "add", "fd0e:2::fe/64", "dev", "rs", "nodad"]);
+        client.veth(CLIENT_IF, &router, "rc");
+        server.veth(SERVER_IF, &router, "rs");
+        client.add_addr(CLIENT_IF, CLIENT_ADDR, 64);
+        server.add_addr(SERVER_IF, SERVER_ADDR, 64);
+        router.add_addr("rc", "fd0e:1::fe", 64);
+        router.add_addr("rs", "fd0e:2::fe", 64);
         client.ip(&["route", "add", "default", "via", "fd0e:1::fe"]);
         server.ip(&["route", "add", "default", "via", "fd0e:2::fe"]);
         router.run("sysctl", &["-qw", "net.ipv6.conf.all.forwarding=1"]);
