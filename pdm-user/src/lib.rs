@@ -2,6 +2,7 @@
 //! maps, and restoring the interface to how it was found.
 
 pub mod attach;
+pub mod demo;
 pub mod duration;
 pub mod filter;
 pub mod iface;
@@ -11,7 +12,6 @@ pub mod names;
 pub mod offload;
 pub mod output;
 pub mod stats;
-pub mod testbed;
 pub mod trace;
 pub mod ui;
 

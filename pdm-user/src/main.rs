@@ -11,7 +11,7 @@ use pdm_user::{
     filter::Filter,
     iface, live,
     metrics::TableConfig,
-    offload, testbed, trace,
+    demo, offload, trace,
 };
 
 #[derive(Parser)]
@@ -185,14 +185,14 @@ fn block_on(f: impl Future<Output = Result<ExitCode>>) -> Result<ExitCode> {
 /// The embedded demo: test hosts, traffic, and `pdm run` on the client host.
 fn demo(a: DemoArgs) -> Result<ExitCode> {
     check_privileges()?;
-    let testbed = testbed::Testbed::create().context("creating the demo hosts")?;
-    let server_pdm = testbed::ServerPdm::attach().context("attaching pdm on the demo server")?;
-    let traffic = testbed::start_traffic(a.processing_time).context("starting the demo traffic")?;
+    let hosts = demo::DemoHosts::create().context("creating the demo hosts")?;
+    let server_pdm = demo::ServerPdm::attach().context("attaching pdm on the demo server")?;
+    let traffic = demo::start_traffic(a.processing_time).context("starting the demo traffic")?;
     // This thread (which runs pdm) joins the client host; the traffic threads are
     // already in theirs.
-    testbed::enter(testbed::CLIENT_NS)?;
+    hosts.client.enter()?;
     let result = block_on(run(RunArgs {
-        iface: testbed::IFACE.into(),
+        iface: demo::IFACE.into(),
         // veth: TC ingress keeps the peer's GSO (see README).
         ingress: Ingress::Tc,
         per_packet: false,
@@ -212,7 +212,7 @@ fn demo(a: DemoArgs) -> Result<ExitCode> {
     }));
     drop(traffic);
     drop(server_pdm);
-    drop(testbed);
+    drop(hosts);
     result
 }
 

@@ -6,7 +6,7 @@ mod common;
 use std::process::{Command, Stdio};
 
 use common::pdm_bin;
-use pdm_user::testbed::{CLIENT_NS, SERVER_NS};
+use pdm_user::demo::{CLIENT_NS, SERVER_NS};
 
 fn demo_namespaces() -> Vec<String> {
     let out = Command::new("ip")
@@ -53,8 +53,8 @@ fn demo_measures_its_flows_and_cleans_up_even_after_sigkill() {
         |proto: &str, port: u16| common::last_flow(&lines, proto, (port != 0).then_some(port));
     let us = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or_else(|| panic!("{k}: {v}"));
     for (proto, port) in [
-        ("tcp", pdm_user::testbed::PORT_RR),
-        ("udp", pdm_user::testbed::PORT_UDP),
+        ("tcp", pdm_user::demo::PORT_RR),
+        ("udp", pdm_user::demo::PORT_UDP),
     ] {
         let f = flow(proto, port);
         let sd = us(f, "server_delay_us_p50");
@@ -64,7 +64,7 @@ fn demo_measures_its_flows_and_cleans_up_even_after_sigkill() {
         );
         assert!(us(f, "rtt_us_p50") < 2000.0, "{f}");
     }
-    let bulk = flow("tcp", pdm_user::testbed::PORT_BULK);
+    let bulk = flow("tcp", pdm_user::demo::PORT_BULK);
     assert!(
         bulk["tx_bytes"].as_u64() > Some(10_000_000),
         "bulk flow: {bulk}"

@@ -9,7 +9,7 @@ mod pdm;
 
 use std::process::{Command, Stdio};
 
-pub use netns::{Netns, command_in, remove};
+pub use netns::{Netns, command_in, enter, remove};
 pub use pdm::{Pdm, both_attached};
 
 #[derive(Debug, thiserror::Error)]

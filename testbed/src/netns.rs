@@ -121,7 +121,8 @@ pub fn command_in(ns: &str, program: impl AsRef<OsStr>) -> Command {
     c
 }
 
-fn enter(name: &str) -> Result<()> {
+/// Moves the calling thread into namespace `name`.
+pub fn enter(name: &str) -> Result<()> {
     let fail = |source| Error::Enter {
         name: name.to_owned(),
         source,

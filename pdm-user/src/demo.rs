@@ -1,10 +1,9 @@
-//! Test hosts for the embedded demo: two network namespaces joined by a veth pair, a
-//! server with a per-request processing time, and a client producing a TCP
-//! request/response flow, a bulk TCP flow, a UDP request/response flow and ping6.
+//! The embedded demo: two test hosts (the `testbed` library's namespaces joined by a
+//! veth pair), a server with a per-request processing time, and a client producing a
+//! TCP request/response flow, a bulk TCP flow, a UDP request/response flow and ping6.
 //! Everything is removed on drop; leftovers of a crashed run are removed on the next.
 
 use std::{
-    fs::File,
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
     os::fd::AsRawFd as _,
@@ -18,7 +17,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 
 pub const CLIENT_NS: &str = "pdm-demo-client";
 pub const SERVER_NS: &str = "pdm-demo-server";
@@ -30,97 +29,25 @@ pub const PORT_RR: u16 = 7100;
 pub const PORT_BULK: u16 = 7101;
 pub const PORT_UDP: u16 = 7102;
 
-fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .context("running `ip` (iproute2)")?;
-    if !out.status.success() {
-        bail!(
-            "`ip {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
-/// Removes a namespace and everything running in it (ignores one that is not there).
-fn remove_ns(name: &str) {
-    if let Ok(out) = Command::new("ip").args(["netns", "pids", name]).output() {
-        let me = std::process::id() as i32;
-        let pids = String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .filter_map(|p| p.parse::<i32>().ok())
-            // Our own threads may be in it (the demo runs pdm there).
-            .filter(|&p| p != me)
-            .collect::<Vec<_>>();
-        for pid in pids {
-            // SAFETY: plain kill(2).
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-    }
-    let _ = Command::new("ip")
-        .args(["netns", "del", name])
-        .stderr(Stdio::null())
-        .status();
-}
-
 /// Moves the calling thread into namespace `name`.
 pub fn enter(name: &str) -> Result<()> {
-    let f = File::open(format!("/run/netns/{name}"))
-        .with_context(|| format!("opening namespace {name}"))?;
-    // SAFETY: valid fd; affects only the calling thread.
-    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("setns");
-    }
-    Ok(())
+    testbed::enter(name).map_err(Into::into)
 }
 
-/// The two demo hosts.
-pub struct Testbed {
-    _private: (),
+/// The two demo hosts, removed on drop (a crashed run's leftovers are removed first).
+pub struct DemoHosts {
+    pub client: testbed::Netns,
+    pub server: testbed::Netns,
 }
 
-impl Testbed {
+impl DemoHosts {
     pub fn create() -> Result<Self> {
-        // A crashed run may have left them behind.
-        remove_ns(CLIENT_NS);
-        remove_ns(SERVER_NS);
-        let tb = Self { _private: () };
-        ip(&["netns", "add", CLIENT_NS])?;
-        ip(&["netns", "add", SERVER_NS])?;
-        ip(&[
-            "link", "add", "pdmdemo0", "netns", CLIENT_NS, "type", "veth", "peer", "name",
-            "pdmdemo1", "netns", SERVER_NS,
-        ])?;
-        for (ns, dev, addr) in [
-            (CLIENT_NS, "pdmdemo0", CLIENT_ADDR),
-            (SERVER_NS, "pdmdemo1", SERVER_ADDR),
-        ] {
-            ip(&["-n", ns, "link", "set", dev, "name", IFACE])?;
-            ip(&[
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{addr}/64"),
-                "dev",
-                IFACE,
-                "nodad",
-            ])?;
-            ip(&["-n", ns, "link", "set", IFACE, "up"])?;
-            ip(&["-n", ns, "link", "set", "lo", "up"])?;
-        }
-        Ok(tb)
-    }
-}
-
-impl Drop for Testbed {
-    fn drop(&mut self) {
-        remove_ns(CLIENT_NS);
-        remove_ns(SERVER_NS);
+        let client = testbed::Netns::create(CLIENT_NS)?;
+        let server = testbed::Netns::create(SERVER_NS)?;
+        client.veth(IFACE, &server, IFACE)?;
+        client.add_addr(IFACE, CLIENT_ADDR.parse()?, 64)?;
+        server.add_addr(IFACE, SERVER_ADDR.parse()?, 64)?;
+        Ok(Self { client, server })
     }
 }
 
