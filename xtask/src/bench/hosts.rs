@@ -5,8 +5,7 @@ use std::{
     fs::File,
     io::{BufRead as _, BufReader},
     net::SocketAddr,
-    os::fd::AsRawFd as _,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -23,36 +22,26 @@ pub const IFACE: &str = "bench0";
 pub const ADDR_A: &str = "fd0b::1";
 pub const ADDR_B: &str = "fd0b::2";
 
-/// Two namespaces joined by veth; removed on drop (and before creation, if a crashed
-/// run left them).
-pub struct Hosts;
+/// Two namespaces joined by veth (the testbed library's); removed on drop (and before
+/// creation, if a crashed run left them).
+pub struct Hosts {
+    _a: testbed::Netns,
+    _b: testbed::Netns,
+}
 
 impl Hosts {
     pub fn create() -> Result<Self> {
-        remove_hosts();
-        let ip = |args: &[&str]| cmd::output(Command::new("ip").args(args)).map(drop);
-        ip(&["netns", "add", NS_A])?;
-        let hosts = Self;
-        ip(&["netns", "add", NS_B])?;
-        ip(&[
-            "link", "add", "pdmbc0", "netns", NS_A, "type", "veth", "peer", "name", "pdmbs0",
-            "netns", NS_B,
-        ])?;
-        for (ns, dev, addr) in [(NS_A, "pdmbc0", ADDR_A), (NS_B, "pdmbs0", ADDR_B)] {
-            in_ns(ns, &["sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0"])?;
-            ip(&["-n", ns, "link", "set", dev, "name", IFACE])?;
-            let cidr = format!("{addr}/64");
-            ip(&["-n", ns, "addr", "add", &cidr, "dev", IFACE, "nodad"])?;
-            ip(&["-n", ns, "link", "set", IFACE, "up"])?;
-            ip(&["-n", ns, "link", "set", "lo", "up"])?;
-        }
+        let a = testbed::Netns::create(NS_A)?;
+        let b = testbed::Netns::create(NS_B)?;
+        a.veth(IFACE, &b, IFACE)?;
+        a.add_addr(IFACE, ADDR_A.parse()?, 64)?;
+        b.add_addr(IFACE, ADDR_B.parse()?, 64)?;
         // The server drops the flood's datagrams (destination ports 30000-31999) as soon
         // as they are received, instead of answering each with a port-unreachable.
-        in_ns(NS_B, &["nft", "add", "table", "inet", "pdmbench"])?;
-        in_ns(
-            NS_B,
+        b.run("nft", &["add", "table", "inet", "pdmbench"])?;
+        b.run(
+            "nft",
             &[
-                "nft",
                 "add",
                 "chain",
                 "inet",
@@ -61,10 +50,9 @@ impl Hosts {
                 "{ type filter hook input priority 0 ; }",
             ],
         )?;
-        in_ns(
-            NS_B,
+        b.run(
+            "nft",
             &[
-                "nft",
                 "add",
                 "rule",
                 "inet",
@@ -80,29 +68,15 @@ impl Hosts {
         // Resolve the neighbours once, so the first measured packet does not wait (the
         // link may take a moment to come up).
         wait_for("the veth link", Duration::from_secs(10), || {
-            in_ns(NS_A, &["ping", "-6", "-c", "1", "-W", "1", ADDR_B]).is_ok()
+            a.run("ping", &["-6", "-c", "1", "-W", "1", ADDR_B]).is_ok()
         })?;
-        Ok(hosts)
-    }
-}
-
-impl Drop for Hosts {
-    fn drop(&mut self) {
-        remove_hosts();
+        Ok(Self { _a: a, _b: b })
     }
 }
 
 pub fn remove_hosts() {
     for ns in [NS_A, NS_B] {
-        if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
-            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                let _ = Command::new("kill").args(["-9", pid]).status();
-            }
-        }
-        let _ = Command::new("ip")
-            .args(["netns", "del", ns])
-            .stderr(Stdio::null())
-            .status();
+        testbed::remove(ns);
     }
 }
 
@@ -111,13 +85,7 @@ pub fn in_ns(ns: &str, args: &[&str]) -> Result<String> {
     cmd::output(Command::new("ip").args(["netns", "exec", ns]).args(args))
 }
 
-/// A command that runs `program` inside `ns` (`ip netns exec` execs it, so the child's
-/// pid is the program's).
-pub fn command_in(ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", ns]).arg(program);
-    c
-}
+pub use testbed::command_in;
 
 /// This binary's hidden `bench-helper` subcommand, inside `ns`.
 pub fn helper(ns: &str, args: &[&str]) -> Result<Command> {
@@ -136,12 +104,7 @@ pub fn helper_json(ns: &str, args: &[&str]) -> Result<Value> {
 
 /// Moves the calling thread into `ns`.
 pub fn enter(ns: &str) -> Result<()> {
-    let f = File::open(format!("/run/netns/{ns}"))?;
-    // SAFETY: valid fd; affects the calling thread only.
-    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        bail!("setns {ns}: {}", std::io::Error::last_os_error());
-    }
-    Ok(())
+    testbed::enter(ns).map_err(Into::into)
 }
 
 pub fn sock(addr: &str, port: u16) -> SocketAddr {
@@ -220,12 +183,11 @@ pub fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// One `pdm run` inside a namespace. `stop` ends it with SIGTERM (so it detaches and
-/// restores offloads) and returns its last counters line; drop kills it.
+/// One `pdm run` inside a namespace (the testbed library's handle). `stop` ends it with
+/// SIGTERM (so it detaches and restores offloads) and returns its last counters line;
+/// drop stops it too.
 pub struct Pdm {
-    child: KillOnDrop,
-    stdout: PathBuf,
-    stderr: PathBuf,
+    pdm: testbed::Pdm,
     pub ns: &'static str,
 }
 
@@ -233,42 +195,16 @@ impl Pdm {
     /// Starts `pdm run -i bench0 --json ARGS` in `ns` and waits until both programs
     /// are attached.
     pub fn start(pdm: &Path, ns: &'static str, args: &[&str]) -> Result<Self> {
-        let base = std::env::temp_dir().join(format!("pdm-bench-{}-{ns}", std::process::id()));
-        let stdout = base.with_extension("ndjson");
-        let stderr = base.with_extension("log");
-        let mut c = command_in(ns, pdm);
-        c.args(["run", "--iface", IFACE, "--json"])
-            .args(args)
-            .stdout(File::create(&stdout)?)
-            .stderr(File::create(&stderr)?);
-        let mut p = Self {
-            child: KillOnDrop::spawn(&mut c)?,
-            stdout,
-            stderr,
+        let mut all = vec!["run", "--iface", IFACE, "--json"];
+        all.extend_from_slice(args);
+        Ok(Self {
+            pdm: testbed::Pdm::start(pdm, ns, &all)?,
             ns,
-        };
-        let started = Instant::now();
-        loop {
-            let log = std::fs::read_to_string(&p.stderr).unwrap_or_default();
-            if log.matches("attached to").count() >= 2 {
-                break;
-            }
-            if let Some(status) = p.child.0.try_wait()? {
-                bail!(
-                    "pdm in {ns} exited ({status}) before attaching: {}",
-                    log.trim()
-                );
-            }
-            if started.elapsed() > Duration::from_secs(60) {
-                bail!("pdm in {ns} did not attach within 60 s: {}", log.trim());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(p)
+        })
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.pid()
+        self.pdm.pid()
     }
 
     /// Ids of the BPF programs (`prog_id`) or maps (`map_id`) this process holds.
@@ -277,34 +213,14 @@ impl Pdm {
     }
 
     /// SIGTERM, wait (bounded), and the last counters object it printed.
-    pub fn stop(mut self) -> Result<Value> {
-        // SAFETY: signalling the child we started.
-        unsafe { libc::kill(self.pid() as i32, libc::SIGTERM) };
-        let started = Instant::now();
-        while self.child.0.try_wait()?.is_none() {
-            if started.elapsed() > Duration::from_secs(60) {
-                bail!("pdm in {} did not exit within 60 s of SIGTERM", self.ns);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let f = File::open(&self.stdout)?;
-        let mut last = None;
-        for line in BufReader::new(f).lines().map_while(Result::ok) {
-            if line.contains("\"counters\"")
-                && let Ok(v) = serde_json::from_str::<Value>(&line)
-                && v["type"] == "counters"
-            {
-                last = Some(v);
-            }
-        }
-        last.context("pdm printed no counters line")
-    }
-}
-
-impl Drop for Pdm {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.stdout);
-        let _ = std::fs::remove_file(&self.stderr);
+    pub fn stop(self) -> Result<Value> {
+        let ns = self.ns;
+        self.pdm
+            .stop()?
+            .into_iter()
+            .rev()
+            .find(|l| l["type"] == "counters")
+            .with_context(|| format!("pdm in {ns} printed no counters line"))
     }
 }
 
