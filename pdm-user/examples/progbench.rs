@@ -10,9 +10,11 @@
 //!
 //! Prints one JSON object: {"<case>": {"ns": [per batch...], "median_ns": x}, ...}.
 
-use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp};
-use pdm_common::{names, wire::PdmFields};
-use pdm_user::attach::{self, LoadOptions};
+use pdm_common::wire::PdmFields;
+use pdm_user::{
+    attach::{self, LoadOptions},
+    testrun::{self, Prog},
+};
 
 const A: [u8; 16] = [0xfd, 0x0b, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 const B: [u8; 16] = [0xfd, 0x0b, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
@@ -51,34 +53,11 @@ fn udp_frame(pdm: bool, outgoing: bool) -> Vec<u8> {
     frame
 }
 
-#[derive(Clone, Copy)]
-enum Prog {
-    Xdp,
-    TcIngress,
-    Egress,
-}
-
 fn time(ebpf: &aya::Ebpf, which: Prog, frame: &[u8], repeat: u32) -> f64 {
-    let mut out = vec![0u8; frame.len() + 256];
-    let opts = TestRunOptions {
-        data_in: Some(frame),
-        data_out: Some(&mut out),
-        repeat,
-        ..Default::default()
-    };
-    let prog = |name| ebpf.program(name).expect("program in the object");
-    let tc = |name| -> &SchedClassifier { prog(name).try_into().expect("classifier") };
-    let r = match which {
-        Prog::Xdp => {
-            let p: &Xdp = prog(names::PROG_INGRESS_XDP).try_into().expect("xdp");
-            p.test_run(opts)
-        }
-        Prog::TcIngress => tc(names::PROG_INGRESS_TC).test_run(opts),
-        Prog::Egress => tc(names::PROG_EGRESS).test_run(opts),
-    }
-    .expect("BPF_PROG_TEST_RUN (needs root)");
-    // The kernel reports the mean run time over the repeats.
-    r.duration.as_nanos() as f64
+    testrun::run(ebpf, which, frame, None, repeat)
+        .expect("BPF_PROG_TEST_RUN (needs root)")
+        .duration
+        .as_nanos() as f64
 }
 
 fn main() {
@@ -89,10 +68,10 @@ fn main() {
     let ebpf = attach::load(&LoadOptions::default()).expect("load the eBPF programs (needs root)");
     let mut out = serde_json::Map::new();
     for (case, which, pdm) in [
-        ("xdp_udp_pdm", Prog::Xdp, true),
-        ("xdp_udp_plain", Prog::Xdp, false),
-        ("tc_udp_pdm", Prog::TcIngress, true),
-        ("tc_udp_plain", Prog::TcIngress, false),
+        ("xdp_udp_pdm", Prog::IngressXdp, true),
+        ("xdp_udp_plain", Prog::IngressXdp, false),
+        ("tc_udp_pdm", Prog::IngressTc, true),
+        ("tc_udp_plain", Prog::IngressTc, false),
     ] {
         let frame = udp_frame(pdm, false);
         let mut ns: Vec<f64> = (0..BATCHES)

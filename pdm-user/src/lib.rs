@@ -12,6 +12,7 @@ pub mod names;
 pub mod offload;
 pub mod output;
 pub mod stats;
+pub mod testrun;
 pub mod trace;
 pub mod ui;
 

@@ -17,27 +17,22 @@
 
 mod common;
 
-use aya::{
-    Ebpf,
-    programs::{ProgramError, SchedClassifier, TestRun as _, TestRunOptions, Xdp},
-};
+use aya::programs::ProgramError;
 use etherparse::SlicedPacket;
 use pdm_common::{
     counters::Counter,
-    names,
     wire::{PDM_HEADER_LEN, PDM_OPTION_LEN, PDM_OPTION_TYPE, PdmFields},
 };
 use pdm_user::{
     attach::{self, LoadOptions},
     stats::{self, Totals},
+    testrun::{self, Prog},
 };
 
 const DEFAULT_SEED: u64 = 0x5eed_0f9d_e42b;
 const DEFAULT_FRAMES: u64 = 100_000;
 const ETH: usize = 14;
 const IP6: usize = 40;
-const TC_ACT_UNSPEC: u32 = -1i32 as u32;
-const XDP_PASS: u32 = 2;
 
 /// splitmix64: small, fast, and the same sequence everywhere for a seed.
 struct Rng(u64);
@@ -250,24 +245,6 @@ fn mutate(rng: &mut Rng, f: &mut Vec<u8>) {
     }
 }
 
-fn run(ebpf: &Ebpf, prog: &str, input: &[u8]) -> Result<(u32, Vec<u8>), ProgramError> {
-    let mut out = vec![0u8; input.len() + PDM_HEADER_LEN + 256];
-    let opts = TestRunOptions {
-        data_in: Some(input),
-        data_out: Some(&mut out),
-        ..Default::default()
-    };
-    let r = if prog == names::PROG_INGRESS_XDP {
-        let p: &Xdp = ebpf.program(prog).expect(prog).try_into().expect("xdp");
-        p.test_run(opts)?
-    } else {
-        let p: &SchedClassifier = ebpf.program(prog).expect(prog).try_into().expect("tc");
-        p.test_run(opts)?
-    };
-    out.truncate(r.data_size_out as usize);
-    Ok((r.return_value, out))
-}
-
 /// Where egress must put PDM in `f`, by a walk of our own: after the IPv6 header and any
 /// Hop-by-Hop (first only) and Routing headers. (offset, offset of the Next Header octet
 /// pointing there).
@@ -400,13 +377,9 @@ fn random_and_mutated_frames_through_every_program() {
                 hex(out)
             )
         };
-        for prog in [
-            names::PROG_EGRESS,
-            names::PROG_INGRESS_XDP,
-            names::PROG_INGRESS_TC,
-        ] {
-            let (ret, out) = match run(&ebpf, prog, &f) {
-                Ok(r) => r,
+        for prog in Prog::ALL {
+            let (ret, out) = match testrun::run(&ebpf, prog, &f, None, 1) {
+                Ok(r) => (r.ret, r.frame),
                 // The kernel refuses skb test runs shorter than the headers the
                 // ethertype announces (and XDP runs shorter than Ethernet), before any
                 // program runs.
@@ -416,17 +389,13 @@ fn random_and_mutated_frames_through_every_program() {
                     refused += 1;
                     continue;
                 }
-                Err(e) => fail(&format!("{prog}: test run failed: {e}"), &[]),
+                Err(e) => fail(&format!("{}: test run failed: {e}", prog.name()), &[]),
             };
-            let pass = if prog == names::PROG_INGRESS_XDP {
-                XDP_PASS
-            } else {
-                TC_ACT_UNSPEC
-            };
-            if ret != pass {
-                fail(&format!("{prog} returned {ret}, not pass"), &out);
+            let prog_name = prog.name();
+            if ret != prog.pass() {
+                fail(&format!("{prog_name} returned {ret}, not pass"), &out);
             }
-            if prog == names::PROG_EGRESS {
+            if prog == Prog::Egress {
                 egress_runs += 1;
                 match check_egress(&f, &out) {
                     Ok(true) => inserted += 1,
@@ -436,7 +405,7 @@ fn random_and_mutated_frames_through_every_program() {
             } else {
                 ingress_runs += 1;
                 if let Err(e) = check_ingress(&f, &out) {
-                    fail(&format!("{prog}: {e}"), &out);
+                    fail(&format!("{prog_name}: {e}"), &out);
                 }
             }
         }

@@ -17,10 +17,7 @@ mod common;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use aya::{
-    Ebpf,
-    programs::{Program, ProgramError, SchedClassifier, TestRun as _, TestRunOptions, Xdp},
-};
+use aya::{Ebpf, programs::ProgramError};
 use etherparse::{
     Icmpv6Type, NetSlice, PacketBuilder, SlicedPacket, TcpOptionElement, TransportSlice,
     icmpv6::DestUnreachableCode,
@@ -40,6 +37,7 @@ use pdm_user::{
     attach::{self, LoadOptions},
     filter::Filter,
     stats::{self, Totals},
+    testrun::{self, Prog},
 };
 
 // ---------------------------------------------------------------------------------------
@@ -61,10 +59,6 @@ const A: [u8; 16] = [0xfd, 0x0d, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 /// fd0d::2, the peer.
 const B: [u8; 16] = [0xfd, 0x0d, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
 
-/// What a classifier returns: TC_ACT_UNSPEC, as the test run reports it (u32).
-const TC_ACT_UNSPEC: u32 = -1i32 as u32;
-const XDP_PASS: u32 = 2;
-
 /// MTU of the test veth devices.
 const MTU: usize = 1500;
 
@@ -79,51 +73,6 @@ fn load() -> Ebpf {
     .expect("load and verify the eBPF object (needs root and BPF)")
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Prog {
-    Egress,
-    IngressXdp,
-    IngressTc,
-}
-
-impl Prog {
-    /// What the program returns for every packet (all of them are passed on).
-    fn pass(self) -> u32 {
-        match self {
-            Prog::IngressXdp => XDP_PASS,
-            Prog::Egress | Prog::IngressTc => TC_ACT_UNSPEC,
-        }
-    }
-}
-
-/// `struct __sk_buff` as test-run context (UAPI linux/bpf.h, 192 octets): everything
-/// zero but `ifindex` (offset 40), so the kernel gives the skb that device instead of
-/// loopback. The kernel rejects non-zero fields it does not take from userspace.
-fn sk_buff_ctx(ifindex: u32) -> [u8; 192] {
-    let mut ctx = [0u8; 192];
-    ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
-    ctx
-}
-
-/// `struct xdp_md` as test-run context: data = 0, data_end = frame length (the kernel
-/// insists), data_meta = 0, ingress_ifindex, rx_queue_index = 0, egress_ifindex = 0.
-fn xdp_md_ctx(ifindex: u32, frame_len: usize) -> [u8; 24] {
-    let mut ctx = [0u8; 24];
-    ctx[4..8].copy_from_slice(&(frame_len as u32).to_ne_bytes());
-    ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
-    ctx
-}
-
-fn program<'a, T>(ebpf: &'a Ebpf, name: &str) -> &'a T
-where
-    &'a T: TryFrom<&'a Program, Error = ProgramError>,
-{
-    ebpf.program(name)
-        .unwrap_or_else(|| panic!("program {name} in the object"))
-        .try_into()
-        .unwrap_or_else(|e| panic!("program {name} has the expected type: {e}"))
-}
-
 /// One BPF_PROG_TEST_RUN of `prog` on `frame`: (return value, output frame). With
 /// `ifindex`, the context names that device (of the calling thread's namespace).
 fn try_run(
@@ -132,34 +81,7 @@ fn try_run(
     frame: &[u8],
     ifindex: Option<u32>,
 ) -> Result<(u32, Vec<u8>), ProgramError> {
-    // Room for our 16 octets and then some: a too-small buffer is ENOSPC.
-    let mut out = vec![0u8; frame.len() + PDM_HEADER_LEN + 256];
-    let skb_ctx;
-    let xdp_ctx;
-    let ctx_in: Option<&[u8]> = match (prog, ifindex) {
-        (_, None) => None,
-        (Prog::IngressXdp, Some(i)) => {
-            xdp_ctx = xdp_md_ctx(i, frame.len());
-            Some(&xdp_ctx)
-        }
-        (Prog::Egress | Prog::IngressTc, Some(i)) => {
-            skb_ctx = sk_buff_ctx(i);
-            Some(&skb_ctx)
-        }
-    };
-    let opts = TestRunOptions {
-        data_in: Some(frame),
-        data_out: Some(&mut out),
-        ctx_in,
-        ..Default::default()
-    };
-    let result = match prog {
-        Prog::Egress => program::<SchedClassifier>(ebpf, names::PROG_EGRESS).test_run(opts),
-        Prog::IngressTc => program::<SchedClassifier>(ebpf, names::PROG_INGRESS_TC).test_run(opts),
-        Prog::IngressXdp => program::<Xdp>(ebpf, names::PROG_INGRESS_XDP).test_run(opts),
-    }?;
-    out.truncate(result.data_size_out as usize);
-    Ok((result.return_value, out))
+    testrun::run(ebpf, prog, frame, ifindex, 1).map(|r| (r.ret, r.frame))
 }
 
 /// Runs `prog` and checks it passed the packet on; returns the output frame.
