@@ -8,10 +8,11 @@ use pdm_common::flow::DEFAULT_MAX_FLOWS;
 use pdm_user::duration::parse as parse_duration;
 use pdm_user::{
     attach::{self, Ingress, LoadOptions, TcMode},
+    demo,
     filter::Filter,
     iface, live,
     metrics::TableConfig,
-    demo, offload, trace,
+    offload, trace,
 };
 
 #[derive(Parser)]
