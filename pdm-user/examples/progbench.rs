@@ -11,7 +11,7 @@
 //! Prints one JSON object: {"<case>": {"ns": [per batch...], "median_ns": x}, ...}.
 
 use pdm_common::wire::PdmFields;
-use pdm_user::{
+use pdm_user::kernel::{
     attach::{self, LoadOptions},
     testrun::{self, Prog},
 };

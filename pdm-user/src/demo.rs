@@ -70,8 +70,13 @@ impl ServerPdm {
         let (stop_tx, stop_rx) = mpsc::channel::<()>();
         let thread = std::thread::spawn(move || {
             let attached = enter(SERVER_NS).and_then(|()| {
-                let mut ebpf = crate::attach::load(&crate::attach::LoadOptions::default())?;
-                let links = crate::attach::attach(&mut ebpf, IFACE, crate::attach::Ingress::Tc)?;
+                let mut ebpf =
+                    crate::kernel::attach::load(&crate::kernel::attach::LoadOptions::default())?;
+                let links = crate::kernel::attach::attach(
+                    &mut ebpf,
+                    IFACE,
+                    crate::kernel::attach::Ingress::Tc,
+                )?;
                 Ok((ebpf, links))
             });
             match attached {

@@ -12,7 +12,7 @@ use pdm_common::select::{
     HostKey, MAX_HOST_ADDRS, MAX_TERMS, Rules, TERM_HOST, TERM_PORT, TERM_PROTO,
 };
 
-use crate::metrics::FlowRow;
+use crate::engine::FlowRow;
 
 /// What the error messages list as accepted.
 const ACCEPTED: &str =
@@ -224,7 +224,7 @@ pub(crate) fn test_row(
     remote: &str,
     remote_port: u16,
 ) -> FlowRow {
-    use crate::metrics::Summary;
+    use crate::engine::Summary;
     FlowRow {
         proto,
         local_addr: local.parse().expect("test address"),

@@ -5,21 +5,19 @@
 use std::{io::Write as _, time::Duration};
 
 use anyhow::{Context as _, Result};
-use aya::{
-    Ebpf,
-    maps::{MapData, RingBuf},
-};
-use pdm_common::{flow::RttSample, names};
+use aya::Ebpf;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
+    engine::{self, FlowRow, Table, TableConfig},
     filter::Filter,
-    iface,
-    metrics::{self, FlowRow, Table, TableConfig},
-    names::Names,
-    output,
-    stats::{self, FlowTable, Totals},
-    ui::{self, RowLabels},
+    kernel::maps::{self, Totals},
+    sinks::{
+        ndjson,
+        tui::{self, RowLabels},
+    },
+    sources::kernel::KernelSource,
+    sys::{iface, lookup::Lookups},
 };
 
 /// Why the loop ended.
@@ -51,23 +49,20 @@ enum Sink {
     /// table full of flows it is tens of MiB, which allocated afresh every interval made
     /// the process's resident size jump at each report.
     Json(Vec<FlowRow>),
-    Tui(ui::Ui),
+    Tui(tui::Ui),
 }
 
 pub async fn run(ebpf: &mut Ebpf, opts: Options) -> Result<End> {
-    let ring = RingBuf::try_from(ebpf.take_map(names::SAMPLES).context("no SAMPLES map")?)
-        .context("opening the sample ring")?;
     // Drained on a short timer rather than on readiness: at 10 000 samples a second,
     // waking for each one was a quarter of pdm's CPU time. Samples carry their kernel
     // timestamps, so reading them a little later changes nothing.
-    let mut ring = RingFd(ring);
-    let flows = FlowTable::open(ebpf).context("opening the flow table")?;
+    let mut kernel = KernelSource::open(ebpf)?;
     let drain_tick = tokio::time::sleep(DRAIN_SLOW);
     tokio::pin!(drain_tick);
     let mut sink = if opts.json {
         Sink::Json(Vec::new())
     } else {
-        Sink::Tui(ui::Ui::start().context("starting the terminal view (use --json for a log)")?)
+        Sink::Tui(tui::Ui::start().context("starting the terminal view (use --json for a log)")?)
     };
     let mut log = match &opts.log {
         Some(path) => Some(
@@ -79,10 +74,9 @@ pub async fn run(ebpf: &mut Ebpf, opts: Options) -> Result<End> {
         ),
         None => None,
     };
-    let names = Names::new(opts.resolve);
+    let names = Lookups::new(opts.resolve);
     let mut labels = Labels::default();
-    let mut table = Table::with_capacity(opts.table, flows.slots());
-    let mut batch = Vec::with_capacity(SAMPLE_BATCH);
+    let mut table = Table::with_capacity(opts.table, kernel.slots());
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut tick = tokio::time::interval(opts.interval);
@@ -95,7 +89,7 @@ pub async fn run(ebpf: &mut Ebpf, opts: Options) -> Result<End> {
             _ = sigint.recv() => break End::Stopped,
             _ = sigterm.recv() => break End::Stopped,
             _ = &mut drain_tick => {
-                let n = drain(&mut ring, &mut table, &mut batch);
+                let n = kernel.drain(&mut table);
                 let next = if n > DRAIN_BUSY { DRAIN_FAST } else { DRAIN_SLOW };
                 drain_tick.as_mut().reset(tokio::time::Instant::now() + next);
             }
@@ -107,18 +101,18 @@ pub async fn run(ebpf: &mut Ebpf, opts: Options) -> Result<End> {
                 }
             }
             _ = tick.tick() => {
-                drain(&mut ring, &mut table, &mut batch);
+                kernel.drain(&mut table);
                 if iface::index(&opts.iface).ok() != Some(opts.ifindex) {
                     break End::InterfaceGone;
                 }
-                report(ebpf, &flows, &opts, &mut table, &names, &mut labels, &mut sink, log.as_mut())?;
+                report(ebpf, &kernel, &opts, &mut table, &names, &mut labels, &mut sink, log.as_mut())?;
                 if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
                     break End::Stopped;
                 }
             }
         }
     };
-    drain(&mut ring, &mut table, &mut batch);
+    kernel.drain(&mut table);
     drop(sink);
     if end == End::Stopped && opts.json {
         // A last report, so even a run shorter than one interval says what it saw; what
@@ -126,7 +120,7 @@ pub async fn run(ebpf: &mut Ebpf, opts: Options) -> Result<End> {
         table.settle();
         report(
             ebpf,
-            &flows,
+            &kernel,
             &opts,
             &mut table,
             &names,
@@ -147,45 +141,19 @@ const DRAIN_SLOW: Duration = Duration::from_millis(100);
 const DRAIN_FAST: Duration = Duration::from_millis(25);
 const DRAIN_BUSY: usize = 2_000;
 
-/// The sample ring buffer.
-struct RingFd(RingBuf<MapData>);
-
-/// Samples handed to the table at once: it looks a few ahead in a batch to overlap
-/// their cache misses. Small enough to stay in the cache.
-const SAMPLE_BATCH: usize = 1024;
-
-/// Takes every sample waiting in the ring; returns how many there were.
-fn drain(ring: &mut RingFd, table: &mut Table, batch: &mut Vec<RttSample>) -> usize {
-    let mut n = 0;
-    batch.clear();
-    while let Some(item) = ring.0.next() {
-        n += 1;
-        if item.len() >= size_of::<RttSample>() {
-            // SAFETY: the kernel wrote an RttSample (plain data) here; read unaligned.
-            batch.push(unsafe { item.as_ptr().cast::<RttSample>().read_unaligned() });
-        }
-        if batch.len() == SAMPLE_BATCH {
-            table.add_samples(batch);
-            batch.clear();
-        }
-    }
-    table.add_samples(batch);
-    n
-}
-
 #[allow(clippy::too_many_arguments)]
 fn report(
     ebpf: &mut Ebpf,
-    flows: &FlowTable,
+    kernel: &KernelSource,
     opts: &Options,
     table: &mut Table,
-    names: &Names,
+    names: &Lookups,
     labels: &mut Labels,
     sink: &mut Sink,
     log: Option<&mut std::fs::File>,
 ) -> Result<()> {
-    let totals = stats::totals(ebpf).context("reading counters")?;
-    let now = metrics::monotonic_ns();
+    let totals = maps::totals(ebpf).context("reading counters")?;
+    let now = engine::monotonic_ns();
     // The since-start summaries go to NDJSON only (the view does not show them), and
     // the view needs window summaries and labels only for the rows on screen (unless it
     // sorts by them).
@@ -196,14 +164,14 @@ fn report(
     };
     let keep = |r: &FlowRow| opts.filter.matches(r);
     let expired = if since_start {
-        let expired = table.refresh(flows.live(), now);
+        let expired = table.refresh(kernel.flows(), now);
         table.rows_into(&mut rows, now, true, true, keep);
         expired
     } else {
         // The view's rows, built in the same pass over the flows.
-        table.refresh_rows(flows.live(), now, Some(&mut rows), keep)
+        table.refresh_rows(kernel.flows(), now, Some(&mut rows), keep)
     };
-    flows.remove(&expired);
+    kernel.remove(&expired);
     let shown = match sink {
         Sink::Tui(ui) if !since_start => ui.shown_rows(&rows),
         _ => None,
@@ -244,7 +212,7 @@ fn report(
             written
         }
         Sink::Tui(ui) => ui
-            .draw(ui::Frame {
+            .draw(tui::Frame {
                 iface: opts.iface.clone(),
                 attach: opts.attach.clone(),
                 totals,
@@ -269,9 +237,9 @@ fn json(
     // One buffer for the whole report: stdout is line-buffered, and a write per flow
     // line was a syscall per flow.
     let mut out = std::io::BufWriter::with_capacity(1 << 16, out);
-    let ts = output::unix_now();
+    let ts = ndjson::unix_now();
     for (r, l) in rows.iter().zip(labels) {
-        output::write_flow(
+        ndjson::write_flow(
             &mut out,
             ts,
             &opts.iface,
@@ -280,7 +248,7 @@ fn json(
             l.process.as_deref(),
         )?;
     }
-    let line = output::counters_json(
+    let line = ndjson::counters_json(
         ts,
         &opts.iface,
         totals,
@@ -293,12 +261,12 @@ fn json(
     Ok(())
 }
 
-/// Names and owning processes per flow, asked of [`Names`] again only every
+/// Names and owning processes per flow, asked of [`Lookups`] again only every
 /// [`LABEL_REFRESH`] reports: they rarely change, and asking for 10 000 flows every
 /// second was a large part of a refresh.
 #[derive(Default)]
 struct Labels {
-    cache: metrics::FastMap<LabelKey, (RowLabels, u64)>,
+    cache: engine::FastMap<LabelKey, (RowLabels, u64)>,
     report: u64,
 }
 
@@ -308,7 +276,7 @@ const LABEL_REFRESH: u64 = 5;
 type LabelKey = (u8, [u8; 16], u16, [u8; 16], u16);
 
 impl Labels {
-    fn for_rows(&mut self, rows: &[FlowRow], names: &Names) -> Vec<RowLabels> {
+    fn for_rows(&mut self, rows: &[FlowRow], lookups: &Lookups) -> Vec<RowLabels> {
         self.report += 1;
         let now = self.report;
         let out = rows
@@ -327,11 +295,11 @@ impl Labels {
                     .or_insert_with(|| (RowLabels::default(), 0));
                 if entry.1 == 0
                     || now - entry.1 >= LABEL_REFRESH
-                    || entry.0.remote_name.is_none() && names.remote_name(r.remote_addr).is_some()
+                    || entry.0.remote_name.is_none() && lookups.remote_name(r.remote_addr).is_some()
                 {
                     entry.0 = RowLabels {
-                        remote_name: names.remote_name(r.remote_addr),
-                        process: names.process(r),
+                        remote_name: lookups.remote_name(r.remote_addr),
+                        process: lookups.process(r),
                     };
                     entry.1 = now;
                 }

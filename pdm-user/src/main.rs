@@ -5,14 +5,18 @@ use std::{io::IsTerminal as _, process::ExitCode, time::Duration};
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 use pdm_common::flow::DEFAULT_MAX_FLOWS;
-use pdm_user::duration::parse as parse_duration;
 use pdm_user::{
-    attach::{self, Ingress, LoadOptions, TcMode},
     demo,
+    duration::parse as parse_duration,
+    engine::TableConfig,
     filter::Filter,
-    iface, live,
-    metrics::TableConfig,
-    offload, trace,
+    kernel::{
+        attach::{self, Ingress, LoadOptions, TcMode},
+        offload,
+    },
+    live,
+    sys::iface,
+    trace,
 };
 
 #[derive(Parser)]

@@ -23,9 +23,9 @@ use pdm_common::{
     counters::Counter,
     wire::{PDM_HEADER_LEN, PDM_OPTION_LEN, PDM_OPTION_TYPE, PdmFields},
 };
-use pdm_user::{
+use pdm_user::kernel::{
     attach::{self, LoadOptions},
-    stats::{self, Totals},
+    maps::{self, Totals},
     testrun::{self, Prog},
 };
 
@@ -364,7 +364,7 @@ fn random_and_mutated_frames_through_every_program() {
         ..LoadOptions::default()
     })
     .expect("load the eBPF programs (needs root)");
-    let start = stats::totals(&ebpf).expect("counters");
+    let start = maps::totals(&ebpf).expect("counters");
     let mut rng = Rng(seed);
     let (mut egress_runs, mut ingress_runs, mut inserted, mut refused) = (0u64, 0u64, 0u64, 0u64);
     for i in 0..frames {
@@ -410,7 +410,7 @@ fn random_and_mutated_frames_through_every_program() {
             }
         }
     }
-    let end = stats::totals(&ebpf).expect("counters");
+    let end = maps::totals(&ebpf).expect("counters");
     let m = |c| moved(&start, &end, c);
     assert_eq!(
         m(Counter::EgressPackets),

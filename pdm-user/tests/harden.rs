@@ -142,7 +142,7 @@ fn flood(
     max_time: Duration,
 ) -> FloodReport {
     ns.enter();
-    let ifindex = pdm_user::iface::index(IFACE).expect("flood interface");
+    let ifindex = pdm_user::sys::iface::index(IFACE).expect("flood interface");
     // SAFETY: plain socket calls with buffers we own; the OwnedFd closes the socket.
     let fd = unsafe {
         let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0);

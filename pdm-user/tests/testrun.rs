@@ -34,10 +34,12 @@ use pdm_common::{
     },
 };
 use pdm_user::{
-    attach::{self, LoadOptions},
     filter::Filter,
-    stats::{self, Totals},
-    testrun::{self, Prog},
+    kernel::{
+        attach::{self, LoadOptions},
+        maps::{self, Totals},
+        testrun::{self, Prog},
+    },
 };
 
 // ---------------------------------------------------------------------------------------
@@ -97,11 +99,11 @@ fn run_egress(ebpf: &Ebpf, frame: &[u8]) -> Vec<u8> {
 }
 
 fn totals(ebpf: &Ebpf) -> Totals {
-    stats::totals(ebpf).expect("read COUNTERS")
+    maps::totals(ebpf).expect("read COUNTERS")
 }
 
 fn flows(ebpf: &Ebpf) -> Vec<(FlowKey, FlowState)> {
-    stats::flows(ebpf).expect("read FLOWS")
+    maps::flows(ebpf).expect("read FLOWS")
 }
 
 fn flow(ebpf: &Ebpf, key: &FlowKey) -> Option<FlowState> {

@@ -108,7 +108,7 @@ fn the_view_shows_what_the_log_records_and_quits_on_q() {
             .unwrap_or_else(|| panic!("{key}: {last}"))
             * 1000.0)
             .round() as u64;
-        let shown = pdm_user::ui::format_ns(ns);
+        let shown = pdm_user::sinks::tui::format_ns(ns);
         assert!(
             row.contains(&shown),
             "{key}: log says {shown}, the view shows:\n{row}"

@@ -294,7 +294,7 @@ fn reverse_names(addrs: impl Iterator<Item = Ipv6Addr>) -> HashMap<Ipv6Addr, Str
     std::thread::scope(|s| {
         let handles: Vec<_> = unique
             .iter()
-            .map(|&a| s.spawn(move || (a, crate::names::reverse_lookup(a))))
+            .map(|&a| s.spawn(move || (a, crate::sys::lookup::reverse_lookup(a))))
             .collect();
         handles
             .into_iter()

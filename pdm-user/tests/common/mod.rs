@@ -73,7 +73,7 @@ impl Netns {
     }
 
     pub fn ifindex(&self, iface: &str) -> u32 {
-        self.in_ns(|| pdm_user::iface::index(iface).expect("interface exists"))
+        self.in_ns(|| pdm_user::sys::iface::index(iface).expect("interface exists"))
     }
 
     /// One value of `nstat -az` (e.g. TcpRetransSegs), absolute.

@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::metrics::FlowRow;
+use crate::engine::FlowRow;
 
 /// How stale the /proc snapshot may get: a process owning a new flow shows up within it.
 const PROC_RESCAN: Duration = Duration::from_secs(5);
@@ -26,15 +26,15 @@ const DNS_WORKERS: usize = 4;
 /// long run's memory stays bounded.
 const DNS_CACHE_MAX: usize = 100_000;
 
-pub struct Names {
+pub struct Lookups {
     dns: Option<Dns>,
     procs: Mutex<Procs>,
 }
 
-impl Names {
+impl Lookups {
     /// `resolve_dns` false: no reverse lookups at all (no thread, no DNS traffic).
-    pub fn new(resolve_dns: bool) -> Names {
-        Names {
+    pub fn new(resolve_dns: bool) -> Lookups {
+        Lookups {
             dns: resolve_dns.then(Dns::start),
             procs: Mutex::new(Procs::default()),
         }
@@ -219,7 +219,7 @@ type Ends = (SocketAddrV6, SocketAddrV6);
 /// The /proc snapshot: socket inodes by their ends, and owners by inode.
 #[derive(Default)]
 struct Procs {
-    sockets: HashMap<SocketTable, crate::metrics::FastMap<Ends, u64>>,
+    sockets: HashMap<SocketTable, crate::engine::FastMap<Ends, u64>>,
     sockets_read: Option<Instant>,
     /// Wait before the next read of the socket tables: reading /proc/net/udp6 costs the
     /// kernel time that grows faster than the number of sockets (10 000 sockets took
@@ -405,7 +405,7 @@ mod tests {
         let (_server, _) = listener.accept().expect("accept");
         let (la, lp) = v6(client.local_addr().expect("addr"));
         let (ra, rp) = v6(client.peer_addr().expect("addr"));
-        let names = Names::new(false);
+        let names = Lookups::new(false);
         let mut row = test_row(6, "::", lp, "::", rp);
         (row.local_addr, row.remote_addr) = (la, ra);
         assert_eq!(names.process(&row), Some(me()));
@@ -427,23 +427,23 @@ mod tests {
         let (la, lp) = v6(socket.local_addr().expect("addr"));
         let mut row = test_row(17, "::", lp, "fd00::99", 5353);
         row.local_addr = la;
-        assert_eq!(Names::new(false).process(&row), Some(me()));
+        assert_eq!(Lookups::new(false).process(&row), Some(me()));
     }
 
     #[test]
     fn flows_without_a_socket_table_have_no_process() {
-        let names = Names::new(false);
+        let names = Lookups::new(false);
         assert_eq!(names.process(&test_row(50, "::1", 0, "::1", 0)), None);
     }
 
     #[test]
     fn names_off_means_no_lookup() {
-        assert_eq!(Names::new(false).remote_name(Ipv6Addr::LOCALHOST), None);
+        assert_eq!(Lookups::new(false).remote_name(Ipv6Addr::LOCALHOST), None);
     }
 
     #[test]
     fn reverse_lookup_runs_in_the_background() {
-        let names = Names::new(true);
+        let names = Lookups::new(true);
         // Documentation prefix: no name anywhere; the first call never blocks.
         let doc: Ipv6Addr = "2001:db8::1".parse().expect("literal");
         let started = Instant::now();

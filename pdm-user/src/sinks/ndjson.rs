@@ -9,8 +9,8 @@ use std::{
 use serde_json::{Value, json};
 
 use crate::{
-    metrics::{FlowRow, Summary},
-    stats::Totals,
+    engine::{FlowRow, Summary},
+    kernel::maps::Totals,
 };
 
 /// Seconds since the Unix epoch, as a float.

@@ -1,7 +1,7 @@
 use ratatui::{backend::TestBackend, buffer::Buffer};
 
 use super::*;
-use crate::{filter::test_row, metrics::Summary};
+use crate::{engine::Summary, filter::test_row};
 
 fn summary(p50_ns: u64, p99_ns: u64) -> Summary {
     Summary {

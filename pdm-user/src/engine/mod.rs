@@ -1,5 +1,6 @@
-//! Per-flow measurements: RTT and server-delay distributions from the kernel's samples,
-//! counters and rates from its flow table, and flow expiry.
+//! The flow-metrics engine: RTT and server-delay distributions from the samples a
+//! source hands it, counters and rates from its flow-table snapshots, loss, and flow
+//! expiry; rows ([`FlowRow`]) for the sinks.
 //!
 //! Distributions are kept twice: the samples of a sliding window (default 10 s, exact
 //! percentiles) and a log-bucketed histogram since the flow started (bounded memory,

@@ -24,7 +24,7 @@ use pdm_common::{
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::{filter::Filter, iface};
+use crate::{filter::Filter, sys::iface};
 
 #[derive(Debug, Error)]
 pub enum AttachError {
@@ -245,7 +245,7 @@ pub fn attach_with(
     // With `auto`, why TC ingress was chosen over XDP.
     let tc_because = match ingress {
         Ingress::Tc => Some(""),
-        Ingress::Auto if crate::offload::driver(iface).as_deref() == Some("veth") => {
+        Ingress::Auto if crate::kernel::offload::driver(iface).as_deref() == Some("veth") => {
             Some(" (auto: a veth, where XDP would cost the peer its GSO)")
         }
         Ingress::Auto => match attach_xdp(ebpf, iface, XdpMode::Driver) {

@@ -32,8 +32,8 @@ use ratatui::{
 };
 
 use crate::{
-    metrics::{FlowRow, proto_name},
-    stats::Totals,
+    engine::{FlowRow, proto_name},
+    kernel::maps::Totals,
 };
 
 mod format;
