@@ -42,7 +42,7 @@ pub const PROBE_TIME_MASK: u64 = (1 << 48) - 1;
 pub const ECHO_VALID: u32 = 1 << 16;
 pub const ECHO_DATA_TAKEN: u32 = 1 << 17;
 /// [`FlowState::echo`]: the sample tick (monotonic ns >> the loader's
-/// [`SAMPLE_TICK_SHIFT`](crate::names::SAMPLE_TICK_SHIFT), modulo 2^14) of the last
+/// [`Config::sample_tick_shift`](crate::config::Config::sample_tick_shift), modulo 2^14) of the last
 /// echoed PSN that was sampled. A bulk flow echoes a new PSN every ACK; one sample per
 /// tick per flow keeps the ring and the loader at a bounded rate, as pping does.
 pub const ECHO_TICK_SHIFT: u32 = 18;

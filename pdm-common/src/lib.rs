@@ -3,6 +3,7 @@
 //! and pass the verifier when called from `pdm-ebpf`.
 #![no_std]
 
+pub mod config;
 pub mod counters;
 pub mod flow;
 pub mod psn;
@@ -19,17 +20,8 @@ pub mod names {
     pub const PROG_EGRESS: &str = "pdm_egress";
     pub const PROG_INGRESS_XDP: &str = "pdm_ingress_xdp";
     pub const PROG_INGRESS_TC: &str = "pdm_ingress_tc";
-    /// Global: non-zero to lower the MSS of received SYN/SYN-ACKs by the PDM length.
-    pub const CLAMP_MSS: &str = "CLAMP_MSS";
-    /// Global: number of flow-table sets − 1 (the table has a power-of-two size).
-    pub const FLOW_SET_MASK: &str = "FLOW_SET_MASK";
-    /// Global: the flow hash's random key, chosen at each load.
-    pub const FLOW_HASH_KEY: &str = "FLOW_HASH_KEY";
-    /// Global: log2 of the minimum time between a flow's RTT samples, in ns (see
-    /// [`ECHO_TICK_SHIFT`](crate::flow::ECHO_TICK_SHIFT)); 0 samples every echo.
-    pub const SAMPLE_TICK_SHIFT: &str = "SAMPLE_TICK_SHIFT";
-    /// Global: the `--only` selection rules (no terms: every flow).
-    pub const ONLY: &str = "ONLY";
+    /// Global: the loader's settings ([`crate::config::Config`]).
+    pub const CONFIG: &str = "CONFIG";
     /// The `--only` host terms' addresses.
     pub const ONLY_HOSTS: &str = "ONLY_HOSTS";
 }

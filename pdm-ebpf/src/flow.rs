@@ -16,7 +16,7 @@ use pdm_common::{
     select::HostKey,
 };
 
-use crate::{COUNTERS, FLOW_HASH_KEY, FLOW_SET_MASK, FLOWS, ONLY, ONLY_HOSTS};
+use crate::{CONFIG, COUNTERS, FLOWS, ONLY_HOSTS};
 
 /// This CPU's counter block (the per-CPU array lookup is inlined by the verifier).
 #[inline(always)]
@@ -52,8 +52,12 @@ pub fn now_ns() -> u64 {
 #[inline(always)]
 pub fn get_or_create(key: &FlowKey, c: Option<*mut Counters>) -> Option<(*mut FlowState, u32)> {
     // SAFETY: globals the loader sets before load.
-    let (hash_key, mask) =
-        unsafe { (read_volatile(&FLOW_HASH_KEY), read_volatile(&FLOW_SET_MASK)) };
+    let (hash_key, mask) = unsafe {
+        (
+            read_volatile(&raw const CONFIG.hash_key),
+            read_volatile(&raw const CONFIG.set_mask),
+        )
+    };
     let (first, second) = key.set_bases(&hash_key, mask);
     let mut victim: *mut FlowSlot = core::ptr::null_mut();
     let mut victim_index = 0;
@@ -135,7 +139,7 @@ pub fn get_or_create(key: &FlowKey, c: Option<*mut Counters>) -> Option<(*mut Fl
 #[inline(always)]
 fn selected(key: &FlowKey) -> bool {
     // SAFETY: a global the loader sets before load.
-    let rules = unsafe { read_volatile(&raw const ONLY) };
+    let rules = unsafe { read_volatile(&raw const CONFIG.only) };
     rules.selects(key, |term, addr| {
         let k = HostKey { term, addr: *addr };
         // SAFETY: a plain lookup; the value is not used.

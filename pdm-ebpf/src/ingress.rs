@@ -26,7 +26,7 @@ use pdm_common::{
 };
 
 use crate::{
-    CLAMP_MSS, SAMPLE_TICK_SHIFT, SAMPLES,
+    CONFIG, SAMPLES,
     flow::{add, add32, bump, count, counters, get_or_create, now_ns, set_flags},
     parse::{ETH_HLEN, IPV6_HLEN, Packet, Skip, Source, TCP_FIN, TCP_RST, TCP_SYN, parse},
 };
@@ -107,7 +107,7 @@ pub fn run(data: usize, data_end: usize, hook: Hook) {
         }
     };
     // SAFETY: a global the loader sets before load.
-    let clamp = unsafe { read_volatile(&CLAMP_MSS) } != 0;
+    let clamp = unsafe { read_volatile(&raw const CONFIG.clamp_mss) } != 0;
     // Only flows that get PDM need room for it: `--only` leaves the rest untouched.
     if clamp
         && selected
@@ -278,7 +278,7 @@ fn rtt(
         // A new echoed PSN is sampled only in a tick other than the last sampled one's.
         // A skipped PSN is still marked taken: a later echo of it would be late.
         // SAFETY: a global the loader sets before attaching.
-        let shift = unsafe { read_volatile(&SAMPLE_TICK_SHIFT) } as u32;
+        let shift = unsafe { read_volatile(&raw const CONFIG.sample_tick_shift) } as u32;
         let tick = ((now >> shift) as u32 & ECHO_TICK_MASK) << ECHO_TICK_SHIFT;
         if shift != 0 && s.echo & ECHO_VALID != 0 && tick == echo_tick {
             s.echo = ECHO_VALID | ECHO_DATA_TAKEN | echo_tick | echoed as u32;

@@ -19,9 +19,10 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use pdm_common::{
+    config::Config,
     counters::Counters,
-    flow::{DEFAULT_MAX_FLOWS, FlowSlot, HashKey, SAMPLES_RING_BYTES},
-    select::{HostKey, MAX_HOST_ADDRS, Rules},
+    flow::{DEFAULT_MAX_FLOWS, FlowSlot, SAMPLES_RING_BYTES},
+    select::{HostKey, MAX_HOST_ADDRS},
 };
 
 /// The flow table: one slot per conversation in a set-associative array (see
@@ -40,33 +41,10 @@ static SAMPLES: RingBuf = RingBuf::with_byte_size(SAMPLES_RING_BYTES, 0);
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(1, 0);
 
-/// Set by the loader: non-zero to lower the MSS of received SYN/SYN-ACKs so that full
-/// segments still fit the MTU once we add our 16 octets.
+/// Set by the loader before load: its settings (see pdm_common::config). Read-only here,
+/// so the verifier knows every field as a constant.
 #[unsafe(no_mangle)]
-static CLAMP_MSS: u8 = 1;
-
-/// Set by the loader: flow-table sets − 1.
-#[unsafe(no_mangle)]
-static FLOW_SET_MASK: u32 = DEFAULT_MAX_FLOWS / pdm_common::flow::FLOW_WAYS - 1;
-
-/// Set by the loader: a random key per load for the flow hash.
-#[unsafe(no_mangle)]
-static FLOW_HASH_KEY: HashKey = HashKey([0; 6]);
-
-/// Set by the loader: log2 of the sample tick in ns (`--sample-interval`).
-#[unsafe(no_mangle)]
-static SAMPLE_TICK_SHIFT: u8 = pdm_common::flow::DEFAULT_SAMPLE_TICK_SHIFT;
-
-/// Set by the loader: `--only`'s rules (no terms: PDM on every flow).
-#[unsafe(no_mangle)]
-static ONLY: Rules = Rules {
-    count: 0,
-    terms: [pdm_common::select::Term {
-        kind: 0,
-        _pad: 0,
-        value: 0,
-    }; pdm_common::select::MAX_TERMS],
-};
+static CONFIG: Config = Config::DEFAULT;
 
 /// `--only`'s host-term addresses, filled by the loader before it attaches.
 #[map(name = "ONLY_HOSTS")]

@@ -17,6 +17,7 @@ use aya::programs::{
 };
 use aya::{Ebpf, EbpfLoader, maps::HashMap};
 use pdm_common::{
+    config::Config,
     flow::{DEFAULT_MAX_FLOWS, DEFAULT_SAMPLE_TICK_SHIFT, FLOW_WAYS, HashKey, table_slots},
     names,
     select::HostKey,
@@ -107,18 +108,19 @@ impl Default for LoadOptions {
 
 /// Loads the object and has the kernel verify every program. Attaches nothing.
 pub fn load(opts: &LoadOptions) -> Result<Ebpf, AttachError> {
-    let clamp: u8 = opts.clamp_mss.into();
     let slots = table_slots(opts.max_flows);
-    let set_mask = slots / FLOW_WAYS - 1;
-    let hash_key = random_hash_key();
     let (only, only_hosts) = opts.only.kernel_form();
+    let config = Config {
+        hash_key: random_hash_key(),
+        only,
+        set_mask: slots / FLOW_WAYS - 1,
+        clamp_mss: opts.clamp_mss.into(),
+        sample_tick_shift: opts.sample_tick_shift,
+        ..Config::DEFAULT
+    };
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(names::FLOWS, slots)
-        .override_global(names::CLAMP_MSS, &clamp, true)
-        .override_global(names::FLOW_SET_MASK, &set_mask, true)
-        .override_global(names::FLOW_HASH_KEY, &hash_key, true)
-        .override_global(names::ONLY, &only, true)
-        .override_global(names::SAMPLE_TICK_SHIFT, &opts.sample_tick_shift, true)
+        .override_global(names::CONFIG, &config, true)
         .load(crate::EBPF_OBJECT)
         .map_err(AttachError::Load)?;
     let mut hosts: HashMap<_, HostKey, u8> = ebpf
