@@ -5,9 +5,12 @@
 use std::{collections::BTreeMap, process::Command};
 
 use anyhow::{Context as _, Result, bail};
-use serde_json::{Value, json};
+use serde::Deserialize;
 
-use super::hosts::{Pdm, Sysctl};
+use super::{
+    hosts::{Pdm, Sysctl},
+    results::{Host, HostProgs, MapInfo, Prog, ProgRun},
+};
 use crate::cmd;
 
 /// `kernel.bpf_stats_enabled=1` while alive; the old value is put back on drop. Also
@@ -47,16 +50,27 @@ pub struct RunStats {
     pub cnt: u64,
 }
 
-pub fn prog_info(id: u32) -> Result<Value> {
-    let out =
-        cmd::output(Command::new("bpftool").args(["-j", "prog", "show", "id", &id.to_string()]))?;
-    Ok(serde_json::from_str(&out)?)
+/// What this reads of `bpftool prog show`: the run-time fields are missing until
+/// statistics were first enabled.
+#[derive(Deserialize)]
+pub struct ProgInfo {
+    pub name: String,
+    #[serde(default)]
+    pub run_time_ns: u64,
+    #[serde(default)]
+    pub run_cnt: u64,
 }
 
-pub fn map_info(id: u32) -> Result<Value> {
+pub fn prog_info(id: u32) -> Result<ProgInfo> {
+    let out =
+        cmd::output(Command::new("bpftool").args(["-j", "prog", "show", "id", &id.to_string()]))?;
+    serde_json::from_str(&out).with_context(|| format!("bpftool prog show id {id}: {out}"))
+}
+
+pub fn map_info(id: u32) -> Result<MapInfo> {
     let out =
         cmd::output(Command::new("bpftool").args(["-j", "map", "show", "id", &id.to_string()]))?;
-    Ok(serde_json::from_str(&out)?)
+    serde_json::from_str(&out).with_context(|| format!("bpftool map show id {id}: {out}"))
 }
 
 /// Program name → (id, stats).
@@ -67,12 +81,11 @@ pub fn snapshot(ids: &[u32]) -> Result<Snapshot> {
     let mut m = BTreeMap::new();
     for &id in ids {
         let p = prog_info(id)?;
-        let name = p["name"].as_str().unwrap_or("?").to_owned();
         let s = RunStats {
-            ns: p["run_time_ns"].as_u64().unwrap_or(0),
-            cnt: p["run_cnt"].as_u64().unwrap_or(0),
+            ns: p.run_time_ns,
+            cnt: p.run_cnt,
         };
-        m.insert(name, (id, s));
+        m.insert(p.name, (id, s));
     }
     Ok(m)
 }
@@ -80,28 +93,31 @@ pub fn snapshot(ids: &[u32]) -> Result<Snapshot> {
 /// Measures the programs of several pdm instances (and optional extra program ids)
 /// around `f`: per program, runs and ns per run over that window.
 pub struct Window {
-    before: Vec<(String, Snapshot)>,
+    before: Vec<(Host, Snapshot)>,
 }
 
+/// The programs of one host to measure, by id.
+pub type Target = (Host, Vec<u32>);
+
 impl Window {
-    pub fn start(targets: &[(String, Vec<u32>)]) -> Result<Self> {
+    pub fn start(targets: &[Target]) -> Result<Self> {
         let mut before = Vec::new();
-        for (label, ids) in targets {
-            before.push((label.clone(), snapshot(ids)?));
+        for (host, ids) in targets {
+            before.push((*host, snapshot(ids)?));
         }
         Ok(Self { before })
     }
 
-    /// `{ "<label>": { "<prog>": { "runs": .., "run_time_ns": .., "ns_per_run": .. } } }`,
-    /// programs that did not run left out.
-    pub fn end(self) -> Result<Value> {
-        let mut out = json!({});
-        for (label, before) in self.before {
+    /// Per host and program, the runs and run time over the window; programs that did
+    /// not run left out.
+    pub fn end(self) -> Result<HostProgs<ProgRun>> {
+        let mut out = HostProgs::default();
+        for (host, before) in self.before {
             let ids: Vec<u32> = before.values().map(|(id, _)| *id).collect();
             let after = snapshot(&ids)?;
-            let mut progs = json!({});
-            for (name, (_, b)) in &before {
-                let Some((_, a)) = after.get(name) else {
+            let progs = out.0.entry(host).or_default();
+            for (name, (_, b)) in before {
+                let Some((_, a)) = after.get(&name) else {
                     continue;
                 };
                 let cnt = a.cnt.saturating_sub(b.cnt);
@@ -109,25 +125,28 @@ impl Window {
                     continue;
                 }
                 let ns = a.ns.saturating_sub(b.ns);
-                progs[name] =
-                    json!({ "runs": cnt, "run_time_ns": ns, "ns_per_run": ns as f64 / cnt as f64 });
+                let run = ProgRun {
+                    runs: cnt,
+                    run_time_ns: ns,
+                    ns_per_run: ns as f64 / cnt as f64,
+                };
+                progs.insert(name, run);
             }
-            out[label] = progs;
         }
         Ok(out)
     }
 }
 
-/// The pdm programs (by name, for the window) of a running pdm.
-pub fn pdm_target(label: &str, pdm: &Pdm) -> (String, Vec<u32>) {
-    (label.to_owned(), pdm.ids("prog_id"))
+/// The pdm programs of a running pdm, on `host`.
+pub fn pdm_target(host: Host, pdm: &Pdm) -> Target {
+    (host, pdm.ids("prog_id"))
 }
 
 /// The map named `name` held by a running pdm: its `bpftool map show` object.
-pub fn pdm_map(pdm: &Pdm, name: &str) -> Result<Value> {
+pub fn pdm_map(pdm: &Pdm, name: &str) -> Result<MapInfo> {
     for id in pdm.ids("map_id") {
         let m = map_info(id)?;
-        if m["name"].as_str() == Some(name) {
+        if m.name == name {
             return Ok(m);
         }
     }
@@ -217,29 +236,31 @@ const CLOCK_ONLY: [u64; 3] = [
 /// "xdp-clock". Returns the link's fd: the
 /// program stays attached while it is open.
 pub fn attach_null(hook: &str, ifindex: u32) -> Result<i32> {
-    let (prog_type, attach_type, ret, name): (u32, u32, i32, &[u8]) = match hook {
+    // The program's name is the one progcost's figures are keyed by.
+    let (prog_type, attach_type, ret, prog) = match hook {
         "tc-egress" => (
             BPF_PROG_TYPE_SCHED_CLS,
             BPF_TCX_EGRESS,
             -1,
-            b"null_tc_egress",
+            Prog::NullTcEgress,
         ),
         "tc-ingress" => (
             BPF_PROG_TYPE_SCHED_CLS,
             BPF_TCX_INGRESS,
             -1,
-            b"null_tc_ingress",
+            Prog::NullTcIngress,
         ),
         "tc-egress-adjust" => (
             BPF_PROG_TYPE_SCHED_CLS,
             BPF_TCX_EGRESS,
             -1,
-            b"ref_adjust_room",
+            Prog::RefAdjustRoom,
         ),
-        "xdp" => (BPF_PROG_TYPE_XDP, BPF_XDP, 2, b"null_xdp"),
-        "xdp-clock" => (BPF_PROG_TYPE_XDP, BPF_XDP, 2, b"ref_clock_xdp"),
+        "xdp" => (BPF_PROG_TYPE_XDP, BPF_XDP, 2, Prog::NullXdp),
+        "xdp-clock" => (BPF_PROG_TYPE_XDP, BPF_XDP, 2, Prog::RefClockXdp),
         _ => bail!("unknown hook {hook}"),
     };
+    let name = prog.name().as_bytes();
     // r0 = ret (BPF_ALU64 | BPF_MOV | BPF_K = 0xb7); exit (0x95).
     let null: [u64; 2] = [0xb7 | ((ret as u32 as u64) << 32), 0x95];
     let insns: &[u64] = match hook {

@@ -13,19 +13,19 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use serde_json::{Value, json};
 
 use super::{
     Cfg,
     hosts::{
         ADDR_A, ADDR_B, Hosts, IFACE, KillOnDrop, NS_A, NS_B, cpu_ticks, enter, rss_kib, sock,
     },
+    results::{LoaderCpu, LoaderOutput, LoaderUse},
 };
 use crate::cmd;
 
 const ECHO_PORT: u16 = 7000;
 
-pub fn run(cfg: &Cfg) -> Result<Value> {
+pub fn run(cfg: &Cfg) -> Result<LoaderCpu> {
     loader_cpu(&cfg.pdm, 10_000, cfg.loader_settle, cfg.loader_secs)
 }
 
@@ -84,7 +84,7 @@ fn udp_flows(flows: usize, stop: Arc<AtomicBool>) -> Result<Vec<std::thread::Joi
 
 /// The loader's CPU and memory with `flows` active flows and a 1 s refresh, with the
 /// live view (under tmux, so it has a terminal) and with NDJSON to /dev/null.
-fn loader_cpu(pdm: &Path, flows: usize, settle: Duration, secs: u64) -> Result<Value> {
+fn loader_cpu(pdm: &Path, flows: usize, settle: Duration, secs: u64) -> Result<LoaderCpu> {
     let _hosts = Hosts::create()?;
     // RLIMIT_NOFILE for one socket per flow.
     let lim = libc::rlimit {
@@ -103,11 +103,12 @@ fn loader_cpu(pdm: &Path, flows: usize, settle: Duration, secs: u64) -> Result<V
     )?;
     let stop = Arc::new(AtomicBool::new(false));
     let threads = udp_flows(flows, stop.clone())?;
-    let mut out = json!({ "flows": flows, "seconds": secs });
+    let mut used = Vec::new();
     let mut json_child = None;
-    for mode in ["view", "json"] {
+    for &output in LoaderOutput::ALL {
+        let mode = output.name();
         let session = format!("pdm-bench-{}", std::process::id());
-        let pid = if mode == "view" {
+        let pid = if output == LoaderOutput::View {
             let line = format!(
                 "ip netns exec {NS_A} {} run --iface {IFACE} --ingress tc",
                 pdm.display()
@@ -152,12 +153,15 @@ fn loader_cpu(pdm: &Path, flows: usize, settle: Duration, secs: u64) -> Result<V
         std::thread::sleep(Duration::from_secs(secs));
         let ticks = cpu_ticks(pid)? - t0;
         let percent = ticks as f64 / started.elapsed().as_secs_f64(); // 100 ticks = 1 core-second
-        out[mode] = json!({ "cpu_percent_of_one_core": percent, "rss_kib": rss_kib(pid) });
+        used.push(LoaderUse {
+            cpu_percent_of_one_core: percent,
+            rss_kib: rss_kib(pid),
+        });
         eprintln!(
             "bench: loader with {flows} flows ({mode}): {percent:.2} % of one core, {} KiB RSS",
             rss_kib(pid)
         );
-        if mode == "view" {
+        if output == LoaderOutput::View {
             let _ = Command::new("tmux")
                 .args(["kill-session", "-t", &session])
                 .status();
@@ -174,5 +178,11 @@ fn loader_cpu(pdm: &Path, flows: usize, settle: Duration, secs: u64) -> Result<V
     for t in threads {
         let _ = t.join();
     }
-    Ok(out)
+    let [view, json] = <[LoaderUse; 2]>::try_from(used).expect("both outputs measured");
+    Ok(LoaderCpu {
+        flows: flows as u64,
+        seconds: secs,
+        view,
+        json,
+    })
 }

@@ -8,8 +8,9 @@
 //! [`profile`] adds a perf profile of each program. [`hosts`] makes the hosts and undoes
 //! every change (also on Ctrl-C); [`helper`] is the traffic the hosts run (hidden
 //! `cargo xtask bench-helper` subcommands); [`bpf`] reads the kernel's statistics;
-//! [`report`] writes the tables (`cargo xtask bench --render` rewrites BENCHMARKS.md
-//! from bench-results.json).
+//! [`results`] are the figures as bench-results.json holds them; [`report`] writes
+//! BENCHMARKS.md from them (`cargo xtask bench --render` rewrites it from
+//! bench-results.json).
 
 mod bpf;
 pub mod helper;
@@ -18,6 +19,7 @@ mod loader;
 mod profile;
 mod progcost;
 mod report;
+mod results;
 mod rr;
 mod scaling;
 mod stats;
@@ -25,14 +27,14 @@ mod testrun;
 mod throughput;
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
 };
 
-use anyhow::Result;
-use serde_json::{Value, json};
+use anyhow::{Context as _, Result};
 
+use self::results::{Bench, BenchResults, Config, Machine, Outcome, WallSecs};
 use crate::{setup, tasks};
 
 /// Sizes of one run.
@@ -107,24 +109,25 @@ impl Cfg {
 }
 
 pub fn run(quick: bool, only: &[String], baseline: Option<&str>) -> Result<()> {
-    type Bench = fn(&Cfg) -> Result<Value>;
-    let benches: [(&str, Bench); 6] = [
-        ("progcost", progcost::run),
-        ("testrun", testrun::run),
-        ("throughput", throughput::run),
-        ("rr", rr::run),
-        ("scaling", scaling::run),
-        ("loader_cpu", loader::run),
-    ];
-    if let Some(unknown) = only
+    let only = only
         .iter()
-        .find(|o| !benches.iter().any(|(name, _)| name == o))
-    {
-        anyhow::bail!(
-            "--only {unknown}: no such benchmark (one of: {})",
-            benches.map(|(name, _)| name).join(", ")
-        );
-    }
+        .map(|o| {
+            Bench::from_name(o).with_context(|| {
+                let names: Vec<&str> = Bench::ALL.iter().map(|b| b.name()).collect();
+                format!(
+                    "--only {o}: no such benchmark (one of: {})",
+                    names.join(", ")
+                )
+            })
+        })
+        .collect::<Result<Vec<Bench>>>()?;
+    let root = tasks::workspace_root();
+    // With --only, the other parts' figures stay as the last full run left them.
+    let mut earlier = if only.is_empty() {
+        None
+    } else {
+        read_results(&root.join("bench-results.json"))?
+    };
     hosts::clean_up_on_signal();
     let tools = setup::run()?;
     let pdm = tasks::build_pdm(&tools)?;
@@ -134,43 +137,51 @@ pub fn run(quick: bool, only: &[String], baseline: Option<&str>) -> Result<()> {
         .transpose()?;
     let cfg = Cfg::new(quick, pdm, progbench, baseline);
     let started = Instant::now();
-    let root = tasks::workspace_root();
-    // With --only, the other parts' figures stay as the last full run left them.
-    let previous: Option<Value> = (!only.is_empty())
-        .then(|| std::fs::read_to_string(root.join("bench-results.json")).ok())
-        .flatten()
-        .and_then(|s| serde_json::from_str(&s).ok());
-    let mut results = json!({
-        "machine": machine(),
-        "quick": quick,
-        "config": {
-            "reps": cfg.reps, "tcp_secs": cfg.tcp_secs, "cost_secs": cfg.cost_secs,
-            "rr_count": cfg.rr_count, "scale_secs": cfg.scale_secs,
-            "scale_flows": cfg.scale_flows, "loader_secs": cfg.loader_secs,
+    let mut results = BenchResults {
+        machine: machine(),
+        quick,
+        config: Config {
+            reps: cfg.reps,
+            tcp_secs: cfg.tcp_secs,
+            cost_secs: cfg.cost_secs,
+            rr_count: cfg.rr_count,
+            scale_secs: cfg.scale_secs,
+            scale_flows: cfg.scale_flows.clone(),
+            loader_secs: cfg.loader_secs,
         },
-        "check": pdm_check(&cfg),
-    });
-    for (name, f) in benches {
-        if !only.is_empty() && !only.iter().any(|o| o == name) {
-            if let Some(prev) = &previous {
-                results[name] = prev[name].clone();
-                results["wall_secs"][name] = prev["wall_secs"][name].clone();
+        check: pdm_check(&cfg),
+        progcost: None,
+        testrun: None,
+        throughput: None,
+        rr: None,
+        scaling: None,
+        loader_cpu: None,
+        wall_secs: WallSecs::default(),
+        only: (!only.is_empty()).then(|| only.clone()),
+    };
+    for &bench in Bench::ALL {
+        if !only.is_empty() && !only.contains(&bench) {
+            if let Some(earlier) = &mut earlier {
+                results.keep_from(earlier, bench);
             }
             continue;
         }
         let t = Instant::now();
-        eprintln!("bench: {name} ...");
-        // A failed benchmark is reported as such; the others still run.
-        results[name] = f(&cfg).unwrap_or_else(|e| {
-            eprintln!("bench: {name} failed: {e:#}");
-            json!({ "error": format!("{e:#}") })
-        });
-        results["wall_secs"][name] = json!(t.elapsed().as_secs_f64());
+        eprintln!("bench: {} ...", bench.name());
+        match bench {
+            Bench::Progcost => results.progcost = Some(outcome(bench, progcost::run(&cfg))),
+            Bench::Testrun => results.testrun = Some(outcome(bench, testrun::run(&cfg))),
+            Bench::Throughput => results.throughput = Some(outcome(bench, throughput::run(&cfg))),
+            Bench::Rr => results.rr = Some(outcome(bench, rr::run(&cfg))),
+            Bench::Scaling => results.scaling = Some(outcome(bench, scaling::run(&cfg))),
+            Bench::LoaderCpu => results.loader_cpu = Some(outcome(bench, loader::run(&cfg))),
+        }
+        results
+            .wall_secs
+            .per_bench
+            .insert(bench, t.elapsed().as_secs_f64());
     }
-    results["wall_secs"]["total"] = json!(started.elapsed().as_secs_f64());
-    if !only.is_empty() {
-        results["only"] = json!(only);
-    }
+    results.wall_secs.total = started.elapsed().as_secs_f64();
     std::fs::write(
         root.join("bench-results.json"),
         serde_json::to_string_pretty(&results)? + "\n",
@@ -183,23 +194,51 @@ pub fn run(quick: bool, only: &[String], baseline: Option<&str>) -> Result<()> {
     Ok(())
 }
 
+/// A benchmark's figures, or its failure: reported as such, and the others still run.
+fn outcome<T>(bench: Bench, r: Result<T>) -> Outcome<T> {
+    match r {
+        Ok(figures) => Outcome::Done(figures),
+        Err(e) => {
+            eprintln!("bench: {} failed: {e:#}", bench.name());
+            Outcome::Failed(format!("{e:#}"))
+        }
+    }
+}
+
+/// An earlier bench-results.json, if there is one. One that no longer reads is an error
+/// rather than ignored: `--only` would silently drop every part it did not rerun.
+fn read_results(path: &Path) -> Result<Option<BenchResults>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let results = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{} does not read as bench results (a full `cargo xtask bench` rewrites it)",
+            path.display()
+        )
+    })?;
+    Ok(Some(results))
+}
+
 /// BENCHMARKS.md again from bench-results.json (after a change to the report only).
 pub fn render() -> Result<()> {
     let root = tasks::workspace_root();
-    let results: Value =
-        serde_json::from_str(&std::fs::read_to_string(root.join("bench-results.json"))?)?;
+    let results = read_results(&root.join("bench-results.json"))?
+        .context("no bench-results.json: run `cargo xtask bench` first")?;
     std::fs::write(root.join("BENCHMARKS.md"), report::render(&results))?;
     eprintln!("bench: wrote BENCHMARKS.md from bench-results.json");
     Ok(())
 }
 
 /// `pdm check`: verified instruction counts of the programs.
-fn pdm_check(cfg: &Cfg) -> Value {
+fn pdm_check(cfg: &Cfg) -> String {
     let out = crate::cmd::output(Command::new(&cfg.pdm).arg("check")).unwrap_or_default();
-    json!(out.trim())
+    out.trim().to_owned()
 }
 
-fn machine() -> Value {
+fn machine() -> Machine {
     let uname = Command::new("uname")
         .arg("-r")
         .output()
@@ -232,13 +271,13 @@ fn machine() -> Value {
             })
             .unwrap_or_default()
     };
-    json!({
-        "kernel": uname,
-        "cpu": cpu,
-        "cores": cores,
-        "loadavg_at_start": load.trim(),
-        "iperf3": tool("iperf3", "--version"),
-        "bpftool": tool("bpftool", "version"),
-        "date": tool("date", "-u"),
-    })
+    Machine {
+        kernel: uname,
+        cpu,
+        cores,
+        loadavg_at_start: load.trim().to_owned(),
+        iperf3: tool("iperf3", "--version"),
+        bpftool: tool("bpftool", "version"),
+        date: tool("date", "-u"),
+    }
 }

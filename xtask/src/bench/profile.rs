@@ -6,31 +6,42 @@
 //! without it.)
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
-use serde_json::{Value, json};
 
-use super::hosts::KillOnDrop;
+use super::{
+    hosts::KillOnDrop,
+    results::{Profile, Prog, ProgProfile, Recorded},
+};
 use crate::cmd;
 
 pub fn available() -> bool {
     cmd::on_path("perf")
 }
 
-/// The programs attributed, by name. perf names a program "bpf_prog_<tag>_<name>" with
-/// the tag of its main function, not the program's tag that bpftool shows, so programs
-/// are matched by name: on a shared machine another pdm's samples would count too.
-pub const PROGRAMS: &[&str] = &["pdm_egress", "pdm_ingress_xdp", "pdm_ingress_tc"];
+/// The programs attributed: pdm's, by name. perf names a program
+/// "bpf_prog_<tag>_<name>" with the tag of its main function, not the program's tag that
+/// bpftool shows, so programs are matched by name: on a shared machine another pdm's
+/// samples would count too.
+const PROGRAMS: [Prog; 3] = Prog::PDM;
+
+/// What a program's samples in its own code (no callee below it) are filed under.
+pub const OWN_CODE: &str = "its own code";
+/// What a program's samples reallocating the packet's head are filed under (as well as
+/// under the callee they were in).
+pub const EXPAND_HEAD: &str = "pskb_expand_head (within adjust_room)";
 
 /// Records the whole machine for `secs` while `traffic` runs (it should last about as
 /// long), and summarises for [`PROGRAMS`].
-pub fn during(secs: f64, traffic: impl FnOnce() -> Result<Value>) -> Result<Value> {
+pub fn during<T>(secs: f64, traffic: impl FnOnce() -> Result<T>) -> Result<Profile<T>> {
     if !available() {
-        return Ok(json!({ "skipped": "perf not installed" }));
+        return Ok(Profile::Skipped {
+            skipped: "perf not installed".into(),
+        });
     }
     let data = std::env::temp_dir().join(format!("pdm-bench-{}.perf", std::process::id()));
     let mut perf = KillOnDrop::spawn(
@@ -57,9 +68,7 @@ pub fn during(secs: f64, traffic: impl FnOnce() -> Result<Value>) -> Result<Valu
     )
     .context("perf script");
     let _ = std::fs::remove_file(&data);
-    let mut out = summarise(&script?);
-    out["traffic"] = t;
-    Ok(out)
+    Ok(Profile::Recorded(summarise(&script?, t)))
 }
 
 /// "bpf_prog_<tag>_<name>" → "<name> (BPF)"; other symbols as they are.
@@ -73,10 +82,10 @@ fn short(sym: &str) -> String {
     }
 }
 
-fn summarise(script: &str) -> Value {
+fn summarise<T>(script: &str, traffic: T) -> Recorded<T> {
     let mut total = 0u64;
     let mut leaf: HashMap<String, u64> = HashMap::new();
-    let mut progs: HashMap<&str, (u64, HashMap<String, u64>)> = HashMap::new();
+    let mut progs: HashMap<Prog, (u64, HashMap<String, u64>)> = HashMap::new();
     for sample in script.split("\n\n") {
         let frames: Vec<&str> = sample
             .lines()
@@ -91,13 +100,13 @@ fn summarise(script: &str) -> Value {
         // The innermost pdm program on the stack, and what it was running.
         for (i, f) in frames.iter().enumerate() {
             let Some(p) = PROGRAMS
-                .iter()
-                .find(|p| f.starts_with("bpf_prog_") && f.ends_with(&format!("_{p}")))
+                .into_iter()
+                .find(|p| f.starts_with("bpf_prog_") && f.ends_with(&format!("_{}", p.name())))
             else {
                 continue;
             };
             let callee = if i == 0 {
-                "its own code".to_owned()
+                OWN_CODE.to_owned()
             } else {
                 short(frames[i - 1])
             };
@@ -106,32 +115,35 @@ fn summarise(script: &str) -> Value {
             *e.1.entry(callee).or_default() += 1;
             // Reallocating the packet's head, wherever below the program.
             if frames[..i].contains(&"pskb_expand_head") {
-                *e.1.entry("pskb_expand_head (within adjust_room)".into())
-                    .or_default() += 1;
+                *e.1.entry(EXPAND_HEAD.into()).or_default() += 1;
             }
             break;
         }
     }
     let pct = |n: u64, of: u64| 100.0 * n as f64 / of.max(1) as f64;
-    let top = |m: &HashMap<String, u64>, of: u64, n: usize| -> Vec<Value> {
+    let top = |m: &HashMap<String, u64>, of: u64, n: usize| -> Vec<(String, f64)> {
         let mut v: Vec<(&String, &u64)> = m.iter().collect();
         v.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
         v.into_iter()
             .take(n)
-            .map(|(k, c)| json!([k, pct(*c, of)]))
+            .map(|(k, c)| (k.clone(), pct(*c, of)))
             .collect()
     };
-    let mut programs = json!({});
-    for (p, (n, callees)) in &progs {
-        programs[*p] = json!({
-            "samples": n,
-            "percent_of_all": pct(*n, total),
-            "in": top(callees, *n, 9),
-        });
+    let programs: BTreeMap<String, ProgProfile> = progs
+        .iter()
+        .map(|(p, (n, callees))| {
+            let profile = ProgProfile {
+                samples: *n,
+                percent_of_all: pct(*n, total),
+                split: top(callees, *n, 9),
+            };
+            (p.name().to_owned(), profile)
+        })
+        .collect();
+    Recorded {
+        samples: total,
+        programs,
+        hottest: top(&leaf, total, 12),
+        traffic,
     }
-    json!({
-        "samples": total,
-        "programs": programs,
-        "hottest": top(&leaf, total, 12),
-    })
 }

@@ -5,23 +5,30 @@
 //! the 16 octets and one that only reads the clock (the two kernel costs pdm cannot
 //! avoid).
 
+use std::collections::BTreeMap;
+
 use anyhow::{Context as _, Result, bail};
-use serde_json::{Value, json};
 
 use super::{
     Cfg,
-    bpf::{self, StatsOn, Window},
+    bpf::{self, StatsOn, Target, Window},
     hosts::{self, ADDR_A, ADDR_B, Hosts, KillOnDrop, NS_A, NS_B, Pdm},
-    profile, stats, throughput,
+    profile,
+    results::{
+        BaselineSetup, ClientServer, CountersLine, Flood, Host, HostProgs, Ingress, IperfWindow,
+        MergedProg, NullHook, NullSetups, PdmCounters, PdmSetup, ProfilePair, ProgRun, ProgWindow,
+        Progcost, TcpTraffic, TcpWindows, UdpOnly, UdpTraffic, UdpWindows, Windows,
+    },
+    stats, throughput,
 };
 
 /// What one window measures.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Setup {
     /// pdm on both hosts, with this ingress.
-    Pdm(&'static str),
+    Pdm(Ingress),
     /// Programs that return at once (client TC egress, server ingress on this hook).
-    Null(&'static str),
+    Null(NullHook),
     /// Client TC egress that only opens 16 octets (see bpf::ADJUST_ROOM_ONLY).
     AdjustRoomOnly,
     /// Server XDP that only reads the clock (see bpf::CLOCK_ONLY).
@@ -33,10 +40,10 @@ enum Setup {
 /// The setups of a run: the baseline's only with `--baseline`.
 fn setups(cfg: &Cfg) -> Vec<Setup> {
     let mut s = vec![
-        Setup::Pdm("xdp"),
-        Setup::Pdm("tc"),
-        Setup::Null("xdp"),
-        Setup::Null("tc-ingress"),
+        Setup::Pdm(Ingress::Xdp),
+        Setup::Pdm(Ingress::Tc),
+        Setup::Null(NullHook::Xdp),
+        Setup::Null(NullHook::TcIngress),
         Setup::AdjustRoomOnly,
         Setup::ClockOnly,
     ];
@@ -46,61 +53,74 @@ fn setups(cfg: &Cfg) -> Vec<Setup> {
     s
 }
 
+/// What the rounds gathered for one setup.
+#[derive(Default)]
+struct Gathered {
+    udp: Vec<ProgWindow<Flood>>,
+    tcp: Vec<ProgWindow<IperfWindow>>,
+    /// pdm setups: the first round's profile, the last round's counters.
+    profile: Option<ProfilePair>,
+    counters: Option<ClientServer<PdmCounters>>,
+}
+
 /// Windows of each setup, taken in rounds: every round measures every setup once, on
 /// fresh hosts, forwards and backwards in turn. This VM's speed drifts over minutes,
 /// and a setup measured only early or only late in the run would carry that drift into
 /// its comparison with the others.
-pub fn run(cfg: &Cfg) -> Result<Value> {
+pub fn run(cfg: &Cfg) -> Result<Progcost> {
     let setups = setups(cfg);
-    let mut windows: Vec<(Vec<Value>, Vec<Value>)> = vec![(Vec::new(), Vec::new()); setups.len()];
-    let mut out = json!({});
+    let mut gathered: BTreeMap<Setup, Gathered> = BTreeMap::new();
     for round in 0..cfg.reps {
         for i in stats::round_order(setups.len(), round) {
-            let setup = &setups[i];
+            let setup = setups[i];
             let _hosts = Hosts::create()?;
             let _iperf = throughput::iperf_server()?;
-            let (udp, tcp) = &mut windows[i];
-            match *setup {
+            let g = gathered.entry(setup).or_default();
+            match setup {
                 Setup::Pdm(ingress) => {
-                    let a = Pdm::start(&cfg.pdm, NS_A, &["--ingress", ingress])?;
-                    let b = Pdm::start(&cfg.pdm, NS_B, &["--ingress", ingress])?;
-                    let targets = [bpf::pdm_target("client", &a), bpf::pdm_target("server", &b)];
-                    udp.push(udp_window(cfg, &targets)?);
-                    tcp.push(tcp_window(cfg, &targets)?);
+                    let args = ["--ingress", ingress.name()];
+                    let a = Pdm::start(&cfg.pdm, NS_A, &args)?;
+                    let b = Pdm::start(&cfg.pdm, NS_B, &args)?;
+                    let targets = pdm_targets(&a, &b);
+                    g.udp.push(udp_window(cfg, &targets)?);
+                    g.tcp.push(tcp_window(cfg, &targets)?);
                     if round == 0 {
-                        out[ingress]["profile"] = json!({
-                            "udp": profile::during(cfg.cost_secs, || flood(cfg))?,
-                            "tcp": profile::during(cfg.cost_secs, || {
+                        g.profile = Some(ProfilePair {
+                            udp: profile::during(cfg.cost_secs, || flood(cfg))?,
+                            tcp: profile::during(cfg.cost_secs, || {
                                 throughput::iperf_client(cfg.cost_secs, 1)
                             })?,
                         });
                     }
-                    out[ingress]["client_counters"] = a.stop()?["counters"].take();
-                    out[ingress]["server_counters"] = b.stop()?["counters"].take();
+                    g.counters = Some(ClientServer {
+                        client: stop_pdm(a)?.counters,
+                        server: stop_pdm(b)?.counters,
+                    });
                 }
-                Setup::Null(ingress) => {
-                    let (ea, ib) = (null_prog(NS_A, "tc-egress")?, null_prog(NS_B, ingress)?);
+                Setup::Null(hook) => {
+                    let ea = null_prog(NS_A, "tc-egress")?;
+                    let ib = null_prog(NS_B, hook.name())?;
                     let targets = helper_targets(&ea, &ib);
-                    udp.push(udp_window(cfg, &targets)?);
-                    tcp.push(tcp_window(cfg, &targets)?);
+                    g.udp.push(udp_window(cfg, &targets)?);
+                    g.tcp.push(tcp_window(cfg, &targets)?);
                 }
                 Setup::AdjustRoomOnly => {
                     let ea = null_prog(NS_A, "tc-egress-adjust")?;
                     let ib = null_prog(NS_B, "xdp")?;
-                    udp.push(udp_window(cfg, &helper_targets(&ea, &ib))?);
+                    g.udp.push(udp_window(cfg, &helper_targets(&ea, &ib))?);
                 }
                 Setup::ClockOnly => {
                     let ea = null_prog(NS_A, "tc-egress")?;
                     let ib = null_prog(NS_B, "xdp-clock")?;
-                    udp.push(udp_window(cfg, &helper_targets(&ea, &ib))?);
+                    g.udp.push(udp_window(cfg, &helper_targets(&ea, &ib))?);
                 }
                 Setup::Baseline => {
                     let (pdm, _) = cfg.baseline.as_ref().expect("a baseline setup");
                     let a = Pdm::start(pdm, NS_A, &["--ingress", "tc"])?;
                     let b = Pdm::start(pdm, NS_B, &["--ingress", "tc"])?;
-                    let targets = [bpf::pdm_target("client", &a), bpf::pdm_target("server", &b)];
-                    udp.push(udp_window(cfg, &targets)?);
-                    tcp.push(tcp_window(cfg, &targets)?);
+                    let targets = pdm_targets(&a, &b);
+                    g.udp.push(udp_window(cfg, &targets)?);
+                    g.tcp.push(tcp_window(cfg, &targets)?);
                     a.stop()?;
                     b.stop()?;
                 }
@@ -108,36 +128,67 @@ pub fn run(cfg: &Cfg) -> Result<Value> {
         }
         eprintln!("bench: progcost round {} of {} done", round + 1, cfg.reps);
     }
-    for (setup, (udp, tcp)) in setups.iter().zip(&windows) {
-        let (udp, tcp) = (merge(udp, "pps"), merge(tcp, "gbps"));
-        match *setup {
-            Setup::Pdm(ingress) => {
-                out[ingress]["udp"] = udp;
-                out[ingress]["tcp"] = tcp;
-            }
-            Setup::Null(ingress) => out["null"][ingress] = json!({ "udp": udp, "tcp": tcp }),
-            Setup::AdjustRoomOnly => out["adjust_room_only"] = json!({ "udp": udp }),
-            Setup::ClockOnly => out["clock_only"] = json!({ "udp": udp }),
-            Setup::Baseline => {
-                let rev = cfg.baseline.as_ref().map(|(_, rev)| rev.clone());
-                out["baseline"] = json!({ "rev": rev, "tc": { "udp": udp, "tcp": tcp } });
-            }
-        }
+    let mut take = |setup| gathered.remove(&setup).unwrap_or_default();
+    Ok(Progcost {
+        xdp: pdm_setup(take(Setup::Pdm(Ingress::Xdp)))?,
+        tc: pdm_setup(take(Setup::Pdm(Ingress::Tc)))?,
+        null: NullSetups {
+            xdp: windows(&take(Setup::Null(NullHook::Xdp))),
+            tc_ingress: windows(&take(Setup::Null(NullHook::TcIngress))),
+        },
+        adjust_room_only: Some(UdpOnly {
+            udp: merge_udp(&take(Setup::AdjustRoomOnly).udp),
+        }),
+        clock_only: Some(UdpOnly {
+            udp: merge_udp(&take(Setup::ClockOnly).udp),
+        }),
+        baseline: cfg.baseline.as_ref().map(|(_, rev)| BaselineSetup {
+            rev: rev.clone(),
+            tc: windows(&take(Setup::Baseline)),
+        }),
+    })
+}
+
+fn pdm_setup(g: Gathered) -> Result<PdmSetup> {
+    let windows = windows(&g);
+    let counters = g.counters.context("no round ran pdm")?;
+    Ok(PdmSetup {
+        windows,
+        profile: g.profile.context("no round profiled pdm")?,
+        client_counters: counters.client,
+        server_counters: counters.server,
+    })
+}
+
+fn windows(g: &Gathered) -> Windows {
+    Windows {
+        udp: merge_udp(&g.udp),
+        tcp: merge_tcp(&g.tcp),
     }
-    Ok(out)
+}
+
+/// Stops a pdm: its last counters line.
+pub fn stop_pdm(pdm: Pdm) -> Result<CountersLine> {
+    serde_json::from_value(pdm.stop()?).context("pdm's counters line")
 }
 
 /// One TCP bulk window (iperf3, 1 stream) with bpf_stats on, and the TCP segments the
 /// client's stack sent meanwhile: a program runs once per GSO (or GRO) packet, and the
 /// segments say how many wire packets those runs stood for.
-fn tcp_window(cfg: &Cfg, targets: &[(String, Vec<u32>)]) -> Result<Value> {
+fn tcp_window(cfg: &Cfg, targets: &[Target]) -> Result<ProgWindow<IperfWindow>> {
     let _on = StatsOn::new()?;
     let sent = tcp_out_segs(NS_A)?;
     let w = Window::start(targets)?;
-    let mut t = throughput::iperf_client(cfg.cost_secs, 1)?;
+    let iperf = throughput::iperf_client(cfg.cost_secs, 1)?;
     let progs = w.end()?;
-    t["segments_sent"] = json!(tcp_out_segs(NS_A)?.saturating_sub(sent));
-    Ok(json!({ "progs": progs, "traffic": t }))
+    let segments_sent = tcp_out_segs(NS_A)?.saturating_sub(sent);
+    Ok(ProgWindow {
+        progs,
+        traffic: IperfWindow {
+            iperf,
+            segments_sent,
+        },
+    })
 }
 
 /// `Tcp: OutSegs` of /proc/net/snmp inside `ns` (IPv4 and IPv6 share the TCP MIB; it
@@ -157,79 +208,94 @@ fn tcp_out_segs(ns: &str) -> Result<u64> {
 }
 
 /// One small-UDP window with bpf_stats on: the programs' stats and what the flood did.
-fn udp_window(cfg: &Cfg, targets: &[(String, Vec<u32>)]) -> Result<Value> {
+fn udp_window(cfg: &Cfg, targets: &[Target]) -> Result<ProgWindow<Flood>> {
     let _on = StatsOn::new()?;
     let w = Window::start(targets)?;
-    let t = flood(cfg)?;
-    Ok(json!({ "progs": w.end()?, "traffic": t }))
+    let traffic = flood(cfg)?;
+    Ok(ProgWindow {
+        progs: w.end()?,
+        traffic,
+    })
 }
 
-/// The programs two `bench-helper null-prog` processes hold, as bpf_stats targets.
-fn helper_targets(client: &KillOnDrop, server: &KillOnDrop) -> [(String, Vec<u32>); 2] {
+/// The programs of a pdm on each host, as bpf_stats targets.
+fn pdm_targets(client: &Pdm, server: &Pdm) -> [Target; 2] {
     [
-        ("client".to_owned(), hosts::fd_ids(client.pid(), "prog_id")),
-        ("server".to_owned(), hosts::fd_ids(server.pid(), "prog_id")),
+        bpf::pdm_target(Host::Client, client),
+        bpf::pdm_target(Host::Server, server),
     ]
 }
 
-/// One object for several windows: per host and program the runs (summed) and the
-/// ns per run (median, min, max, values); the traffic's `rate` key as a median too.
-fn merge(windows: &[Value], rate: &str) -> Value {
-    let mut progs = json!({});
+/// The programs two `bench-helper null-prog` processes hold, as bpf_stats targets.
+fn helper_targets(client: &KillOnDrop, server: &KillOnDrop) -> [Target; 2] {
+    [
+        (Host::Client, hosts::fd_ids(client.pid(), "prog_id")),
+        (Host::Server, hosts::fd_ids(server.pid(), "prog_id")),
+    ]
+}
+
+/// Several windows' programs as one: per host and program the runs and run time
+/// (summed) and the ns per run (median, min, max, values).
+fn merge_progs<'a>(windows: impl Iterator<Item = &'a HostProgs<ProgRun>>) -> HostProgs<MergedProg> {
+    let mut runs: BTreeMap<Host, BTreeMap<&str, Vec<&ProgRun>>> = BTreeMap::new();
     for w in windows {
-        for (host, ps) in w["progs"].as_object().into_iter().flatten() {
-            for (name, p) in ps.as_object().into_iter().flatten() {
-                let e = &mut progs[host][name];
-                if e.is_null() {
-                    *e = json!({ "runs": 0, "values": [] });
-                }
-                e["runs"] =
-                    json!(e["runs"].as_u64().unwrap_or(0) + p["runs"].as_u64().unwrap_or(0));
-                e["run_time_ns"] = json!(
-                    e["run_time_ns"].as_u64().unwrap_or(0) + p["run_time_ns"].as_u64().unwrap_or(0)
-                );
-                e["values"]
-                    .as_array_mut()
-                    .expect("array")
-                    .push(p["ns_per_run"].clone());
+        for (host, progs) in &w.0 {
+            for (name, p) in progs {
+                let e = runs.entry(*host).or_default().entry(name).or_default();
+                e.push(p);
             }
         }
     }
-    for (_, ps) in progs.as_object_mut().into_iter().flatten() {
-        for (_, e) in ps.as_object_mut().into_iter().flatten() {
-            let v: Vec<f64> = e["values"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_f64)
-                .collect();
-            let sm = stats::summary(&v);
-            e["ns_per_run"] = sm["median"].clone();
-            e["ns_min"] = sm["min"].clone();
-            e["ns_max"] = sm["max"].clone();
-        }
+    let merged = runs.into_iter().map(|(host, progs)| {
+        let progs = progs.into_iter().map(|(name, ps)| {
+            let values: Vec<f64> = ps.iter().map(|p| p.ns_per_run).collect();
+            let s = stats::summary(&values);
+            let nan = f64::NAN;
+            let m = MergedProg {
+                runs: ps.iter().map(|p| p.runs).sum(),
+                run_time_ns: ps.iter().map(|p| p.run_time_ns).sum(),
+                ns_per_run: s.median.unwrap_or(nan),
+                ns_min: s.min.unwrap_or(nan),
+                ns_max: s.max.unwrap_or(nan),
+                values,
+            };
+            (name.to_owned(), m)
+        });
+        (host, progs.collect())
+    });
+    HostProgs(merged.collect())
+}
+
+/// The small-UDP windows of a setup as one, the rate as the median.
+fn merge_udp(windows: &[ProgWindow<Flood>]) -> UdpWindows {
+    let pps: Vec<f64> = windows.iter().map(|w| w.traffic.pps).collect();
+    UdpWindows {
+        progs: merge_progs(windows.iter().map(|w| &w.progs)),
+        traffic: UdpTraffic {
+            windows: windows.iter().map(|w| w.traffic.clone()).collect(),
+            pps: stats::median(&pps),
+        },
     }
-    let rates: Vec<f64> = windows
-        .iter()
-        .filter_map(|w| w["traffic"][rate].as_f64())
-        .collect();
-    let mut traffic =
-        json!({ "windows": windows.iter().map(|w| w["traffic"].clone()).collect::<Vec<_>>() });
-    traffic[rate] = stats::summary(&rates)["median"].clone();
-    let segments: u64 = windows
-        .iter()
-        .filter_map(|w| w["traffic"]["segments_sent"].as_u64())
-        .sum();
-    if segments > 0 {
-        traffic["segments_sent"] = json!(segments);
+}
+
+/// The TCP windows of a setup as one, the rate as the median and the segments summed.
+fn merge_tcp(windows: &[ProgWindow<IperfWindow>]) -> TcpWindows {
+    let gbps: Vec<f64> = windows.iter().map(|w| w.traffic.iperf.gbps).collect();
+    let segments: u64 = windows.iter().map(|w| w.traffic.segments_sent).sum();
+    TcpWindows {
+        progs: merge_progs(windows.iter().map(|w| &w.progs)),
+        traffic: TcpTraffic {
+            windows: windows.iter().map(|w| w.traffic.clone()).collect(),
+            gbps: stats::median(&gbps),
+            segments_sent: (segments > 0).then_some(segments),
+        },
     }
-    json!({ "progs": progs, "traffic": traffic })
 }
 
 /// One UDP flow, as fast as the sender goes, for one window.
-fn flood(cfg: &Cfg) -> Result<Value> {
+fn flood(cfg: &Cfg) -> Result<Flood> {
     let secs = cfg.cost_secs.to_string();
-    hosts::helper_json(
+    let out = hosts::helper_json(
         NS_A,
         &[
             "udp-flood",
@@ -242,7 +308,8 @@ fn flood(cfg: &Cfg) -> Result<Value> {
             "--secs",
             &secs,
         ],
-    )
+    )?;
+    serde_json::from_value(out).context("udp-flood's output")
 }
 
 /// `bench-helper null-prog` in `ns`, attached.

@@ -6,25 +6,26 @@
 //! pdm's error counters.
 
 use anyhow::{Context as _, Result};
-use serde_json::{Value, json};
 
 use super::{
     Cfg,
     bpf::{self, StatsOn, Window},
     hosts::{self, ADDR_A, ADDR_B, Hosts, NS_A, NS_B, Pdm},
+    progcost,
+    results::{ClientServer, Flood, FlowMap, Host, ProgWindow, ScalePoint, Scaling},
 };
 
-pub fn run(cfg: &Cfg) -> Result<Value> {
+pub fn run(cfg: &Cfg) -> Result<Scaling> {
     let mut points = Vec::new();
     for &n in &cfg.scale_flows {
         let p = point(cfg, n).with_context(|| format!("{n} flows"))?;
-        eprintln!("bench: scaling {n}: {p}");
+        eprintln!("bench: scaling {n}: {}", serde_json::to_string(&p)?);
         points.push(p);
     }
-    Ok(json!({ "points": points }))
+    Ok(Scaling { points })
 }
 
-fn point(cfg: &Cfg, flows: usize) -> Result<Value> {
+fn point(cfg: &Cfg, flows: usize) -> Result<ScalePoint> {
     let _hosts = Hosts::create()?;
     let max_flows = flows.next_power_of_two().max(65_536);
     let mf = max_flows.to_string();
@@ -44,13 +45,16 @@ fn point(cfg: &Cfg, flows: usize) -> Result<Value> {
     ];
     let a = Pdm::start(&cfg.pdm, NS_A, &args)?;
     let b = Pdm::start(&cfg.pdm, NS_B, &args)?;
-    let targets = [bpf::pdm_target("client", &a), bpf::pdm_target("server", &b)];
+    let targets = [
+        bpf::pdm_target(Host::Client, &a),
+        bpf::pdm_target(Host::Server, &b),
+    ];
     let n = flows.to_string();
     let secs = cfg.scale_secs.to_string();
-    let flood = |secs: &str, passes: &str| -> Result<Value> {
+    let flood = |secs: &str, passes: &str| -> Result<ProgWindow<Flood>> {
         let _on = StatsOn::new()?;
         let w = Window::start(&targets)?;
-        let t = hosts::helper_json(
+        let out = hosts::helper_json(
             NS_A,
             &[
                 "udp-flood",
@@ -66,34 +70,40 @@ fn point(cfg: &Cfg, flows: usize) -> Result<Value> {
                 passes,
             ],
         )?;
-        Ok(json!({ "progs": w.end()?, "traffic": t }))
+        let traffic = serde_json::from_value(out).context("udp-flood's output")?;
+        Ok(ProgWindow {
+            progs: w.end()?,
+            traffic,
+        })
     };
     let create = flood("0", "1")?;
     // Every entry exists now: a window of SECS (a part of a pass is enough).
     let steady = flood(&secs, "0")?;
-    let mut maps = json!({});
-    for (label, p) in [("client", &a), ("server", &b)] {
-        let m = bpf::pdm_map(p, "FLOWS")?;
-        let id = m["id"].as_u64().unwrap_or(0) as u32;
-        let slots = m["max_entries"].as_f64().unwrap_or(f64::NAN);
-        let entries = bpf::count_flows(id, slots as usize)?;
-        let mem = m["bytes_memlock"].as_f64().unwrap_or(f64::NAN);
-        maps[label] = json!({
-            "map": m,
-            "entries": entries,
-            "bytes_per_slot": mem / slots,
-            "bytes_per_live_flow": mem / entries as f64,
-        });
-    }
-    let ca = a.stop()?;
-    let cb = b.stop()?;
-    Ok(json!({
-        "flows": flows,
-        "max_flows": max_flows,
-        "create": create,
-        "steady": steady,
-        "maps": maps,
-        "client_counters": ca,
-        "server_counters": cb,
-    }))
+    let maps = ClientServer {
+        client: flow_map(&a)?,
+        server: flow_map(&b)?,
+    };
+    Ok(ScalePoint {
+        flows: flows as u64,
+        max_flows: max_flows as u64,
+        create,
+        steady,
+        maps,
+        client_counters: progcost::stop_pdm(a)?,
+        server_counters: progcost::stop_pdm(b)?,
+    })
+}
+
+/// pdm's flow table: its live flows, and its memory per slot and per live flow.
+fn flow_map(pdm: &Pdm) -> Result<FlowMap> {
+    let map = bpf::pdm_map(pdm, "FLOWS")?;
+    let slots = map.max_entries as f64;
+    let entries = bpf::count_flows(map.id, map.max_entries as usize)?;
+    let mem = map.bytes_memlock as f64;
+    Ok(FlowMap {
+        entries,
+        bytes_per_slot: mem / slots,
+        bytes_per_live_flow: mem / entries as f64,
+        map,
+    })
 }

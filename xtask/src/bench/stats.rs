@@ -1,6 +1,6 @@
 //! Medians and spreads of repeated measurements.
 
-use serde_json::{Value, json};
+use super::results::Summary;
 
 /// Linear-interpolated quantile of sorted values.
 pub fn quantile_sorted(v: &[f64], q: f64) -> f64 {
@@ -12,24 +12,29 @@ pub fn quantile_sorted(v: &[f64], q: f64) -> f64 {
     v[lo] + (v[hi] - v[lo]) * (pos - lo as f64)
 }
 
-/// `{ "median", "min", "max", "values" }` of the finite values.
-pub fn summary(values: &[f64]) -> Value {
+/// Median, min and max of the finite values; the values kept as they were measured.
+pub fn summary(values: &[f64]) -> Summary {
     let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
     v.sort_by(f64::total_cmp);
     if v.is_empty() {
-        return json!({ "median": null, "min": null, "max": null, "values": [] });
+        return Summary {
+            median: None,
+            min: None,
+            max: None,
+            values: Vec::new(),
+        };
     }
-    json!({
-        "median": quantile_sorted(&v, 0.5),
-        "min": v[0],
-        "max": v[v.len() - 1],
-        "values": values,
-    })
+    Summary {
+        median: Some(quantile_sorted(&v, 0.5)),
+        min: Some(v[0]),
+        max: Some(v[v.len() - 1]),
+        values: values.to_vec(),
+    }
 }
 
-/// Median of a summary, NaN if absent.
-pub fn med(s: &Value) -> f64 {
-    s["median"].as_f64().unwrap_or(f64::NAN)
+/// Median of the finite values, NaN if there are none.
+pub fn median(values: &[f64]) -> f64 {
+    summary(values).median_or_nan()
 }
 
 /// Indices 0..n in the order round `round` measures them: forwards, then backwards in

@@ -6,14 +6,13 @@
 use std::process::Command;
 
 use anyhow::{Context as _, Result};
-use serde_json::Value;
 
-use super::Cfg;
+use super::{Cfg, results::Testrun};
 use crate::cmd;
 
-pub fn run(cfg: &Cfg) -> Result<Value> {
+pub fn run(cfg: &Cfg) -> Result<Testrun> {
     let out = cmd::output(Command::new(&cfg.progbench).arg(cfg.testrun_repeat.to_string()))?;
-    let v: Value = serde_json::from_str(out.trim()).context("progbench's JSON")?;
-    eprintln!("bench: testrun: {v}");
-    Ok(v)
+    let out = out.trim();
+    eprintln!("bench: testrun: {out}");
+    serde_json::from_str(out).context("progbench's JSON")
 }

@@ -4,15 +4,20 @@
 //! these 16 octets. Every mode runs on fresh hosts; repetitions go round all modes in
 //! turn, so drift on a shared machine spreads over all of them alike.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
-use serde_json::{Value, json};
+use serde::Deserialize;
 
 use super::{
     Cfg,
     hosts::{self, ADDR_B, Hosts, KillOnDrop, NS_A, NS_B, OffloadsOff, Pdm},
-    progcost, stats,
+    progcost,
+    results::{
+        ClientServer, CpuDuring, Iperf, Measure, ModeInfo, Pair, PdmCounters, Ratio, SenderRun,
+        TcpRun, TcpSummary, TcpTest, TcpTest as T, Throughput, ThroughputMode, ThroughputMode as M,
+    },
+    stats,
 };
 
 const IPERF_PORT: &str = "5201";
@@ -20,7 +25,7 @@ const SINK_PORT: u16 = 5300;
 
 /// One configuration of both hosts.
 pub struct Mode {
-    pub name: &'static str,
+    pub mode: ThroughputMode,
     pub what: &'static str,
     /// `pdm run` arguments on both hosts, or no pdm.
     pub pdm: Option<&'static [&'static str]>,
@@ -37,7 +42,7 @@ pub struct Mode {
 /// what it is compared with, so that this VM's drift over a round lands on both sides.
 pub const MODES: &[Mode] = &[
     Mode {
-        name: "baseline",
+        mode: ThroughputMode::Baseline,
         what: "no PDM (offloads on)",
         pdm: None,
         offloads_off: false,
@@ -46,7 +51,7 @@ pub const MODES: &[Mode] = &[
         dstopts: true,
     },
     Mode {
-        name: "pdm_tc",
+        mode: ThroughputMode::PdmTc,
         what: "`pdm` default on both hosts (`--ingress auto`: TC ingress on a veth)",
         pdm: Some(&[]),
         offloads_off: false,
@@ -55,7 +60,7 @@ pub const MODES: &[Mode] = &[
         dstopts: false,
     },
     Mode {
-        name: "pdm_xdp",
+        mode: ThroughputMode::PdmXdp,
         what: "`pdm --ingress xdp` (XDP native ingress) on both hosts",
         pdm: Some(&["--ingress", "xdp"]),
         offloads_off: false,
@@ -64,7 +69,7 @@ pub const MODES: &[Mode] = &[
         dstopts: false,
     },
     Mode {
-        name: "xdp_pass",
+        mode: ThroughputMode::XdpPass,
         what: "no PDM, an XDP program that only returns XDP_PASS on both hosts",
         pdm: None,
         offloads_off: false,
@@ -73,7 +78,7 @@ pub const MODES: &[Mode] = &[
         dstopts: false,
     },
     Mode {
-        name: "baseline_offloads_off",
+        mode: ThroughputMode::BaselineOffloadsOff,
         what: "no PDM, TSO/GSO off and gso_max_segs 1 on both hosts",
         pdm: None,
         offloads_off: true,
@@ -82,7 +87,7 @@ pub const MODES: &[Mode] = &[
         dstopts: true,
     },
     Mode {
-        name: "pdm_per_packet_tc",
+        mode: ThroughputMode::PdmPerPacketTc,
         what: "`pdm --per-packet` on both hosts (TC ingress on a veth)",
         pdm: Some(&["--per-packet"]),
         offloads_off: false,
@@ -91,7 +96,7 @@ pub const MODES: &[Mode] = &[
         dstopts: false,
     },
     Mode {
-        name: "pdm_per_packet",
+        mode: ThroughputMode::PdmPerPacket,
         what: "`pdm --per-packet --ingress xdp` on both hosts (it turns TSO/GSO off)",
         pdm: Some(&["--per-packet", "--ingress", "xdp"]),
         offloads_off: false,
@@ -100,7 +105,7 @@ pub const MODES: &[Mode] = &[
         dstopts: false,
     },
     Mode {
-        name: "xdp_pass_offloads_off",
+        mode: ThroughputMode::XdpPassOffloadsOff,
         what: "no PDM, TSO/GSO off as above, and an XDP program that only returns XDP_PASS on both hosts",
         pdm: None,
         offloads_off: true,
@@ -110,252 +115,251 @@ pub const MODES: &[Mode] = &[
     },
 ];
 
-/// The measurements of one mode: iperf3 and the pair, 1 and 8 streams.
-pub const TESTS: &[&str] = &[
-    "iperf_1",
-    "iperf_8",
-    "pair_1",
-    "pair_8",
-    "dstopts_1",
-    "dstopts_8",
-];
+const fn at(mode: ThroughputMode, test: TcpTest) -> Measure {
+    Measure { mode, test }
+}
 
-/// Ratios reported: (label, numerator mode/test, denominator mode/test, target).
-pub const RATIOS: &[(&str, &str, &str, Option<f64>)] = &[
+/// Ratios reported: (label, numerator, denominator, target).
+pub const RATIOS: &[(&str, Measure, Measure, Option<f64>)] = &[
     (
         "pdm --ingress xdp vs no PDM, iperf3 1 stream",
-        "pdm_xdp/iperf_1",
-        "baseline/iperf_1",
+        at(M::PdmXdp, T::Iperf1),
+        at(M::Baseline, T::Iperf1),
         Some(0.95),
     ),
     (
         "pdm --ingress xdp vs no PDM, iperf3 8 streams",
-        "pdm_xdp/iperf_8",
-        "baseline/iperf_8",
+        at(M::PdmXdp, T::Iperf8),
+        at(M::Baseline, T::Iperf8),
         Some(0.95),
     ),
     (
         "pdm default (TC ingress) vs no PDM, iperf3 1 stream",
-        "pdm_tc/iperf_1",
-        "baseline/iperf_1",
+        at(M::PdmTc, T::Iperf1),
+        at(M::Baseline, T::Iperf1),
         Some(0.95),
     ),
     (
         "pdm default (TC ingress) vs no PDM, iperf3 8 streams",
-        "pdm_tc/iperf_8",
-        "baseline/iperf_8",
+        at(M::PdmTc, T::Iperf8),
+        at(M::Baseline, T::Iperf8),
         Some(0.95),
     ),
     (
         "XDP_PASS-only program vs no PDM, iperf3 1 stream",
-        "xdp_pass/iperf_1",
-        "baseline/iperf_1",
+        at(M::XdpPass, T::Iperf1),
+        at(M::Baseline, T::Iperf1),
         None,
     ),
     (
         "XDP_PASS-only program vs no PDM, iperf3 8 streams",
-        "xdp_pass/iperf_8",
-        "baseline/iperf_8",
+        at(M::XdpPass, T::Iperf8),
+        at(M::Baseline, T::Iperf8),
         None,
     ),
     (
         "pdm --per-packet --ingress xdp vs no PDM (offloads off), iperf3 1 stream",
-        "pdm_per_packet/iperf_1",
-        "baseline_offloads_off/iperf_1",
+        at(M::PdmPerPacket, T::Iperf1),
+        at(M::BaselineOffloadsOff, T::Iperf1),
         Some(0.95),
     ),
     (
         "pdm --per-packet --ingress xdp vs no PDM (offloads off), iperf3 8 streams",
-        "pdm_per_packet/iperf_8",
-        "baseline_offloads_off/iperf_8",
+        at(M::PdmPerPacket, T::Iperf8),
+        at(M::BaselineOffloadsOff, T::Iperf8),
         Some(0.95),
     ),
     (
         "pdm --per-packet (TC ingress) vs no PDM (offloads off), iperf3 1 stream",
-        "pdm_per_packet_tc/iperf_1",
-        "baseline_offloads_off/iperf_1",
+        at(M::PdmPerPacketTc, T::Iperf1),
+        at(M::BaselineOffloadsOff, T::Iperf1),
         Some(0.95),
     ),
     (
         "pdm --per-packet (TC ingress) vs no PDM (offloads off), iperf3 8 streams",
-        "pdm_per_packet_tc/iperf_8",
-        "baseline_offloads_off/iperf_8",
+        at(M::PdmPerPacketTc, T::Iperf8),
+        at(M::BaselineOffloadsOff, T::Iperf8),
         Some(0.95),
     ),
     (
         "XDP_PASS-only program vs no PDM (offloads off), iperf3 1 stream",
-        "xdp_pass_offloads_off/iperf_1",
-        "baseline_offloads_off/iperf_1",
+        at(M::XdpPassOffloadsOff, T::Iperf1),
+        at(M::BaselineOffloadsOff, T::Iperf1),
         None,
     ),
     (
         "XDP_PASS-only program vs no PDM (offloads off), iperf3 8 streams",
-        "xdp_pass_offloads_off/iperf_8",
-        "baseline_offloads_off/iperf_8",
+        at(M::XdpPassOffloadsOff, T::Iperf8),
+        at(M::BaselineOffloadsOff, T::Iperf8),
         None,
     ),
     (
         "kernel IPV6_DSTOPTS vs plain, pair 1 stream",
-        "baseline/dstopts_1",
-        "baseline/pair_1",
+        at(M::Baseline, T::Dstopts1),
+        at(M::Baseline, T::Pair1),
         None,
     ),
     (
         "kernel IPV6_DSTOPTS vs plain, pair 8 streams",
-        "baseline/dstopts_8",
-        "baseline/pair_8",
+        at(M::Baseline, T::Dstopts8),
+        at(M::Baseline, T::Pair8),
         None,
     ),
     (
         "pdm --ingress xdp vs kernel IPV6_DSTOPTS, pair 1 stream",
-        "pdm_xdp/pair_1",
-        "baseline/dstopts_1",
+        at(M::PdmXdp, T::Pair1),
+        at(M::Baseline, T::Dstopts1),
         Some(0.95),
     ),
     (
         "pdm --ingress xdp vs kernel IPV6_DSTOPTS, pair 8 streams",
-        "pdm_xdp/pair_8",
-        "baseline/dstopts_8",
+        at(M::PdmXdp, T::Pair8),
+        at(M::Baseline, T::Dstopts8),
         Some(0.95),
     ),
     (
         "pdm default (TC ingress) vs kernel IPV6_DSTOPTS, pair 1 stream",
-        "pdm_tc/pair_1",
-        "baseline/dstopts_1",
+        at(M::PdmTc, T::Pair1),
+        at(M::Baseline, T::Dstopts1),
         Some(0.95),
     ),
     (
         "pdm default (TC ingress) vs kernel IPV6_DSTOPTS, pair 8 streams",
-        "pdm_tc/pair_8",
-        "baseline/dstopts_8",
+        at(M::PdmTc, T::Pair8),
+        at(M::Baseline, T::Dstopts8),
         Some(0.95),
     ),
     (
         "pdm default (TC ingress) vs plain, pair 1 stream",
-        "pdm_tc/pair_1",
-        "baseline/pair_1",
+        at(M::PdmTc, T::Pair1),
+        at(M::Baseline, T::Pair1),
         Some(0.95),
     ),
     (
         "pdm default (TC ingress) vs plain, pair 8 streams",
-        "pdm_tc/pair_8",
-        "baseline/pair_8",
+        at(M::PdmTc, T::Pair8),
+        at(M::Baseline, T::Pair8),
         Some(0.95),
     ),
     (
         "kernel IPV6_DSTOPTS vs plain (offloads off), pair 1 stream",
-        "baseline_offloads_off/dstopts_1",
-        "baseline_offloads_off/pair_1",
+        at(M::BaselineOffloadsOff, T::Dstopts1),
+        at(M::BaselineOffloadsOff, T::Pair1),
         None,
     ),
     (
         "pdm --per-packet --ingress xdp vs kernel IPV6_DSTOPTS (offloads off), pair 1 stream",
-        "pdm_per_packet/pair_1",
-        "baseline_offloads_off/dstopts_1",
+        at(M::PdmPerPacket, T::Pair1),
+        at(M::BaselineOffloadsOff, T::Dstopts1),
         Some(0.95),
     ),
     (
         "pdm --per-packet --ingress xdp vs kernel IPV6_DSTOPTS (offloads off), pair 8 streams",
-        "pdm_per_packet/pair_8",
-        "baseline_offloads_off/dstopts_8",
+        at(M::PdmPerPacket, T::Pair8),
+        at(M::BaselineOffloadsOff, T::Dstopts8),
         Some(0.95),
     ),
     (
         "pdm --per-packet (TC ingress) vs kernel IPV6_DSTOPTS (offloads off), pair 1 stream",
-        "pdm_per_packet_tc/pair_1",
-        "baseline_offloads_off/dstopts_1",
+        at(M::PdmPerPacketTc, T::Pair1),
+        at(M::BaselineOffloadsOff, T::Dstopts1),
         Some(0.95),
     ),
     (
         "pdm --per-packet (TC ingress) vs kernel IPV6_DSTOPTS (offloads off), pair 8 streams",
-        "pdm_per_packet_tc/pair_8",
-        "baseline_offloads_off/dstopts_8",
+        at(M::PdmPerPacketTc, T::Pair8),
+        at(M::BaselineOffloadsOff, T::Dstopts8),
         Some(0.95),
     ),
 ];
 
-pub fn run(cfg: &Cfg) -> Result<Value> {
-    // runs[mode][test] = one result per repetition.
-    let mut runs = json!({});
-    let mut counters = json!({});
+pub fn run(cfg: &Cfg) -> Result<Throughput> {
+    // One run per repetition, per mode and test.
+    let mut runs: BTreeMap<ThroughputMode, BTreeMap<TcpTest, Vec<TcpRun>>> = BTreeMap::new();
+    let mut counters = BTreeMap::new();
     for rep in 0..cfg.reps {
         for m in stats::round_order(MODES.len(), rep).map(|i| &MODES[i]) {
-            let r = run_mode(cfg, m).with_context(|| format!("mode {}", m.name))?;
-            for (test, v) in r.0.as_object().into_iter().flatten() {
-                if runs[m.name][test].is_null() {
-                    runs[m.name][test] = json!([]);
-                }
-                runs[m.name][test]
-                    .as_array_mut()
-                    .expect("array")
-                    .push(v.clone());
+            let name = m.mode.name();
+            let (tests, c) = run_mode(cfg, m).with_context(|| format!("mode {name}"))?;
+            eprintln!(
+                "bench: throughput rep {} {name}: {}",
+                rep + 1,
+                serde_json::to_string(&tests)?
+            );
+            for (test, run) in tests {
+                runs.entry(m.mode)
+                    .or_default()
+                    .entry(test)
+                    .or_default()
+                    .push(run);
             }
-            if !r.1.is_null() {
-                counters[m.name] = r.1;
+            if let Some(c) = c {
+                counters.insert(m.mode, c);
             }
-            eprintln!("bench: throughput rep {} {}: {}", rep + 1, m.name, r.0);
         }
     }
-    let mut summary = json!({});
+    let mut summary: BTreeMap<ThroughputMode, BTreeMap<TcpTest, TcpSummary>> = BTreeMap::new();
     for m in MODES {
-        for test in TESTS {
-            let Some(reps) = runs[m.name][*test].as_array() else {
+        for &test in TcpTest::ALL {
+            let Some(reps) = runs.get(&m.mode).and_then(|t| t.get(&test)) else {
                 continue;
             };
-            let field = |k: &str| -> Vec<f64> {
-                reps.iter()
-                    .map(|r| r[k].as_f64().unwrap_or(f64::NAN))
-                    .collect()
+            let field =
+                |f: fn(&TcpRun) -> f64| stats::summary(&reps.iter().map(f).collect::<Vec<_>>());
+            let s = TcpSummary {
+                gbps: field(|r| r.sender.gbps()),
+                cpu_s_per_gb: field(|r| r.sender.cpu_s_per_gb()),
+                retransmits: field(|r| r.sender.retransmits().map_or(f64::NAN, |n| n as f64)),
+                pdm_cpu_s_per_gb: field(|r| r.cpu.pdm_cpu_s_per_gb.unwrap_or(f64::NAN)),
+                machine_busy_percent: field(|r| r.cpu.machine_busy_percent),
+                steal_percent: field(|r| r.cpu.steal_percent),
             };
-            summary[m.name][*test] = json!({
-                "gbps": stats::summary(&field("gbps")),
-                "cpu_s_per_gb": stats::summary(&field("cpu_s_per_gb")),
-                "retransmits": stats::summary(&field("retransmits")),
-                "pdm_cpu_s_per_gb": stats::summary(&field("pdm_cpu_s_per_gb")),
-                "machine_busy_percent": stats::summary(&field("machine_busy_percent")),
-                "steal_percent": stats::summary(&field("steal_percent")),
-            });
+            summary.entry(m.mode).or_default().insert(test, s);
         }
     }
-    let mut ratios = Vec::new();
-    for (label, num, den, target) in RATIOS {
-        let get = |path: &str| -> Vec<f64> {
-            let (m, t) = path.split_once('/').expect("mode/test");
-            runs[m][t]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .map(|r| r["gbps"].as_f64().unwrap_or(f64::NAN))
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        let (n, d) = (get(num), get(den));
-        let per_rep: Vec<f64> = n.iter().zip(&d).map(|(a, b)| a / b).collect();
-        let (mn, md) = (
-            stats::med(&stats::summary(&n)),
-            stats::med(&stats::summary(&d)),
-        );
-        let ratio = mn / md;
-        ratios.push(json!({
-            "label": label, "num": num, "den": den,
-            "ratio": ratio,
-            "per_rep": stats::summary(&per_rep),
-            "target": target,
-            "met": target.map(|t| ratio >= t),
-        }));
-    }
-    Ok(json!({
-        "modes": MODES.iter().map(|m| json!({ "name": m.name, "what": m.what })).collect::<Vec<_>>(),
-        "runs": runs,
-        "summary": summary,
-        "ratios": ratios,
-        "pdm_counters_last_rep": counters,
-    }))
+    let gbps = |at: Measure| -> Vec<f64> {
+        runs.get(&at.mode)
+            .and_then(|t| t.get(&at.test))
+            .map(|reps| reps.iter().map(|r| r.sender.gbps()).collect())
+            .unwrap_or_default()
+    };
+    let ratios = RATIOS
+        .iter()
+        .map(|&(label, num, den, target)| {
+            let (n, d) = (gbps(num), gbps(den));
+            let per_rep: Vec<f64> = n.iter().zip(&d).map(|(a, b)| a / b).collect();
+            let ratio = stats::median(&n) / stats::median(&d);
+            Ratio {
+                label: label.to_owned(),
+                num,
+                den,
+                ratio,
+                per_rep: stats::summary(&per_rep),
+                target,
+                met: target.map(|t| ratio >= t),
+            }
+        })
+        .collect();
+    Ok(Throughput {
+        modes: MODES
+            .iter()
+            .map(|m| ModeInfo {
+                name: m.mode,
+                what: m.what.to_owned(),
+            })
+            .collect(),
+        runs,
+        summary,
+        ratios,
+        pdm_counters_last_rep: counters,
+    })
 }
 
+/// The tests of one mode, in the order they run.
+type ModeRuns = BTreeMap<TcpTest, TcpRun>;
+
 /// One mode on fresh hosts: its tests, and the client's and server's pdm counters.
-fn run_mode(cfg: &Cfg, m: &Mode) -> Result<(Value, Value)> {
+fn run_mode(cfg: &Cfg, m: &Mode) -> Result<(ModeRuns, Option<ClientServer<PdmCounters>>)> {
     let _hosts = Hosts::create()?;
     let _iperf = iperf_server()?;
     let _sink = if m.pair { Some(sink()?) } else { None };
@@ -381,38 +385,49 @@ fn run_mode(cfg: &Cfg, m: &Mode) -> Result<(Value, Value)> {
     };
     let pids: Vec<u32> = pdms.iter().flat_map(|(a, b)| [a.pid(), b.pid()]).collect();
     // Each test with what the pdm loaders and the whole machine used meanwhile.
-    let with_cpu = |f: &mut dyn FnMut() -> Result<Value>| -> Result<Value> {
+    let with_cpu = |f: &mut dyn FnMut() -> Result<SenderRun>| -> Result<TcpRun> {
         let l0: f64 = pids.iter().map(|&p| hosts::cpu_seconds(p)).sum();
         let m0 = machine_jiffies();
-        let mut v = f()?;
+        let sender = f()?;
         let l1: f64 = pids.iter().map(|&p| hosts::cpu_seconds(p)).sum();
         let m1 = machine_jiffies();
-        let gb = v["bytes"].as_f64().unwrap_or(0.0) / 1e9;
-        if !pids.is_empty() {
-            v["pdm_cpu_s"] = json!(l1 - l0);
-            v["pdm_cpu_s_per_gb"] = json!((l1 - l0) / gb);
-        }
+        let gb = sender.bytes() / 1e9;
+        let pdm_cpu_s = (!pids.is_empty()).then_some(l1 - l0);
         let total = (m1.1 - m0.1).max(1) as f64;
-        v["machine_busy_percent"] = json!(100.0 * (m1.0 - m0.0) as f64 / total);
-        v["steal_percent"] = json!(100.0 * (m1.2 - m0.2) as f64 / total);
-        Ok(v)
+        Ok(TcpRun {
+            sender,
+            cpu: CpuDuring {
+                pdm_cpu_s,
+                pdm_cpu_s_per_gb: pdm_cpu_s.map(|s| s / gb),
+                machine_busy_percent: 100.0 * (m1.0 - m0.0) as f64 / total,
+                steal_percent: 100.0 * (m1.2 - m0.2) as f64 / total,
+            },
+        })
     };
-    let mut out = json!({});
-    for streams in [1, 8] {
-        out[format!("iperf_{streams}")] = with_cpu(&mut || iperf_client(cfg.tcp_secs, streams))?;
+    let mut out = BTreeMap::new();
+    for (streams, test) in [(1, TcpTest::Iperf1), (8, TcpTest::Iperf8)] {
+        let run = with_cpu(&mut || iperf_client(cfg.tcp_secs, streams).map(SenderRun::Iperf))?;
+        out.insert(test, run);
     }
     if let Some(sink) = &_sink {
-        for streams in [1, 8] {
-            out[format!("pair_{streams}")] = with_cpu(&mut || pair(cfg, sink, streams, false))?;
+        for (streams, plain, dstopts) in [
+            (1, TcpTest::Pair1, TcpTest::Dstopts1),
+            (8, TcpTest::Pair8, TcpTest::Dstopts8),
+        ] {
+            let run = with_cpu(&mut || pair(cfg, sink, streams, false).map(SenderRun::Pair))?;
+            out.insert(plain, run);
             if m.dstopts {
-                out[format!("dstopts_{streams}")] =
-                    with_cpu(&mut || pair(cfg, sink, streams, true))?;
+                let run = with_cpu(&mut || pair(cfg, sink, streams, true).map(SenderRun::Pair))?;
+                out.insert(dstopts, run);
             }
         }
     }
     let counters = match pdms {
-        Some((a, b)) => json!({ "client": a.stop()?["counters"], "server": b.stop()?["counters"] }),
-        None => Value::Null,
+        Some((a, b)) => Some(ClientServer {
+            client: progcost::stop_pdm(a)?.counters,
+            server: progcost::stop_pdm(b)?.counters,
+        }),
+        None => None,
     };
     Ok((out, counters))
 }
@@ -435,10 +450,42 @@ pub fn iperf_server() -> Result<KillOnDrop> {
     Ok(p)
 }
 
+/// What this reads of `iperf3 -J`.
+#[derive(Deserialize)]
+struct IperfJson {
+    error: Option<String>,
+    #[serde(default)]
+    end: IperfEnd,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct IperfEnd {
+    sum_sent: IperfSum,
+    sum_received: IperfSum,
+    cpu_utilization_percent: IperfCpu,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct IperfSum {
+    bytes: Option<f64>,
+    seconds: Option<f64>,
+    bits_per_second: Option<f64>,
+    retransmits: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct IperfCpu {
+    host_total: Option<f64>,
+    remote_total: Option<f64>,
+}
+
 /// One iperf3 run from the client host: Gb/s, bytes, retransmits, CPU (iperf3's own
 /// sender and receiver process CPU, which includes the softirq work done in their
 /// context) per GB.
-pub fn iperf_client(secs: f64, streams: usize) -> Result<Value> {
+pub fn iperf_client(secs: f64, streams: usize) -> Result<Iperf> {
     let t = (secs.round() as u64).max(1).to_string();
     let p = streams.to_string();
     let mut last = None;
@@ -450,27 +497,25 @@ pub fn iperf_client(secs: f64, streams: usize) -> Result<Value> {
             ],
         ) {
             Ok(out) => {
-                let j: Value = serde_json::from_str(&out).context("iperf3 -J output")?;
-                if let Some(e) = j["error"].as_str() {
+                let j: IperfJson = serde_json::from_str(&out).context("iperf3 -J output")?;
+                if let Some(e) = j.error {
                     last = Some(anyhow::anyhow!("iperf3: {e}"));
                 } else {
-                    let end = &j["end"];
-                    let bytes = end["sum_received"]["bytes"].as_f64().unwrap_or(0.0);
-                    let secs = end["sum_received"]["seconds"].as_f64().unwrap_or(f64::NAN);
-                    let cpu = &end["cpu_utilization_percent"];
-                    let cpu_s = (cpu["host_total"].as_f64().unwrap_or(f64::NAN)
-                        + cpu["remote_total"].as_f64().unwrap_or(f64::NAN))
-                        / 100.0
-                        * secs;
-                    return Ok(json!({
-                        "gbps": end["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0) / 1e9,
-                        "bytes": bytes,
-                        "secs": secs,
-                        "retransmits": end["sum_sent"]["retransmits"],
-                        "cpu_host_percent": cpu["host_total"],
-                        "cpu_remote_percent": cpu["remote_total"],
-                        "cpu_s_per_gb": cpu_s / (bytes / 1e9),
-                    }));
+                    let (received, cpu) = (&j.end.sum_received, &j.end.cpu_utilization_percent);
+                    let bytes = received.bytes.unwrap_or(0.0);
+                    let secs = received.seconds.unwrap_or(f64::NAN);
+                    let host = cpu.host_total.unwrap_or(f64::NAN);
+                    let remote = cpu.remote_total.unwrap_or(f64::NAN);
+                    let cpu_s = (host + remote) / 100.0 * secs;
+                    return Ok(Iperf {
+                        gbps: received.bits_per_second.unwrap_or(0.0) / 1e9,
+                        bytes,
+                        secs,
+                        retransmits: j.end.sum_sent.retransmits,
+                        cpu_host_percent: host,
+                        cpu_remote_percent: remote,
+                        cpu_s_per_gb: cpu_s / (bytes / 1e9),
+                    });
                 }
             }
             Err(e) => last = Some(e),
@@ -491,8 +536,19 @@ fn sink() -> Result<KillOnDrop> {
     Ok(p)
 }
 
+/// `bench-helper tcp-send`'s output.
+#[derive(Deserialize)]
+struct TcpSend {
+    bytes: u64,
+    secs: f64,
+    gbps: f64,
+    cpu_s: f64,
+    mss: i64,
+    dstopts: bool,
+}
+
 /// One run of our sender against the sink: Gb/s and CPU (sender + sink) per GB.
-fn pair(cfg: &Cfg, sink: &KillOnDrop, streams: usize, dstopts: bool) -> Result<Value> {
+fn pair(cfg: &Cfg, sink: &KillOnDrop, streams: usize, dstopts: bool) -> Result<Pair> {
     let dst = format!("[{ADDR_B}]:{SINK_PORT}");
     let (secs, streams) = (cfg.tcp_secs.to_string(), streams.to_string());
     let mut args = vec![
@@ -508,16 +564,23 @@ fn pair(cfg: &Cfg, sink: &KillOnDrop, streams: usize, dstopts: bool) -> Result<V
         args.push("--dstopts");
     }
     let sink0 = hosts::cpu_seconds(sink.pid());
-    let mut r = hosts::helper_json(NS_A, &args)?;
+    let out = hosts::helper_json(NS_A, &args)?;
+    let sent: TcpSend = serde_json::from_value(out).context("tcp-send's output")?;
     // Let the sink read what is still queued.
     std::thread::sleep(Duration::from_millis(100));
     let sink_cpu = hosts::cpu_seconds(sink.pid()) - sink0;
-    let cpu = r["cpu_s"].as_f64().unwrap_or(f64::NAN) + sink_cpu;
-    let gb = r["bytes"].as_f64().unwrap_or(0.0) / 1e9;
-    r["sink_cpu_s"] = json!(sink_cpu);
-    r["cpu_s_per_gb"] = json!(cpu / gb);
-    r["retransmits"] = Value::Null;
-    Ok(r)
+    let gb = sent.bytes as f64 / 1e9;
+    Ok(Pair {
+        bytes: sent.bytes,
+        secs: sent.secs,
+        gbps: sent.gbps,
+        cpu_s: sent.cpu_s,
+        sink_cpu_s: sink_cpu,
+        cpu_s_per_gb: (sent.cpu_s + sink_cpu) / gb,
+        mss: sent.mss,
+        dstopts: sent.dstopts,
+        retransmits: None,
+    })
 }
 
 /// (busy, total, steal) jiffies of all CPUs, from /proc/stat. Steal is the time the
