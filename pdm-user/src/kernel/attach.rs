@@ -8,7 +8,7 @@
 //! records a qdisc pdm added, and every start removes filters a killed run left behind
 //! ([`recover_tc`]).
 
-use std::{fs, os::fd::AsRawFd as _, os::fd::FromRawFd as _, path::PathBuf};
+use std::{fs, path::PathBuf};
 
 use aya::programs::{
     SchedClassifier, TcAttachType, Xdp, XdpMode,
@@ -25,7 +25,10 @@ use pdm_common::{
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::{filter::Filter, sys::iface};
+use crate::{
+    filter::Filter,
+    sys::{iface, netlink},
+};
 
 #[derive(Debug, Error)]
 pub enum AttachError {
@@ -465,77 +468,6 @@ const RTM_DELQDISC: u16 = 37;
 const RTM_GETTFILTER: u16 = 46;
 const RTM_NEWTFILTER: u16 = 44;
 
-/// nlmsghdr (16) + tcmsg (20) of one rtnetlink TC request.
-fn tc_request(msg_type: u16, flags: u16, ifindex: u32, handle: u32, parent: u32) -> [u8; 36] {
-    let mut m = [0u8; 36];
-    m[0..4].copy_from_slice(&36u32.to_ne_bytes());
-    m[4..6].copy_from_slice(&msg_type.to_ne_bytes());
-    m[6..8].copy_from_slice(&flags.to_ne_bytes());
-    m[8..12].copy_from_slice(&1u32.to_ne_bytes());
-    m[16] = libc::AF_UNSPEC as u8;
-    m[20..24].copy_from_slice(&(ifindex as i32).to_ne_bytes());
-    m[24..28].copy_from_slice(&handle.to_ne_bytes());
-    m[28..32].copy_from_slice(&parent.to_ne_bytes());
-    m
-}
-
-/// Sends one request and walks the replies until NLMSG_DONE or the ACK/error; returns
-/// the number of messages of type `count_type`.
-fn rtnl_exchange(req: &[u8], count_type: u16) -> std::io::Result<usize> {
-    // SAFETY: a plain socket; the OwnedFd closes it on every path.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh socket we own.
-    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-    // SAFETY: sending a buffer we own.
-    if unsafe { libc::send(fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut count = 0;
-    // Bounded: a dump of a qdisc's filters is a handful of datagrams.
-    for _ in 0..1024 {
-        // SAFETY: receiving into a buffer we own.
-        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let data = &buf[..n as usize];
-        let mut off = 0;
-        while off + 16 <= data.len() {
-            let len = u32::from_ne_bytes(data[off..off + 4].try_into().expect("4")) as usize;
-            let ty = u16::from_ne_bytes([data[off + 4], data[off + 5]]);
-            if len < 16 || off + len > data.len() {
-                break;
-            }
-            if ty == libc::NLMSG_DONE as u16 {
-                return Ok(count);
-            }
-            if ty == libc::NLMSG_ERROR as u16 {
-                let code = i32::from_ne_bytes(data[off + 16..off + 20].try_into().expect("4"));
-                return if code == 0 {
-                    Ok(count)
-                } else {
-                    Err(std::io::Error::from_raw_os_error(-code))
-                };
-            }
-            if ty == count_type {
-                count += 1;
-            }
-            off += len.div_ceil(4) * 4;
-        }
-    }
-    Err(std::io::Error::other("rtnetlink reply did not end"))
-}
-
 /// Number of TC filters on the clsact qdisc's `at` side (`tc filter show dev X egress`).
 fn count_filters(ifindex: u32, at: TcAttachType) -> std::io::Result<usize> {
     let minor = match at {
@@ -543,24 +475,26 @@ fn count_filters(ifindex: u32, at: TcAttachType) -> std::io::Result<usize> {
         _ => TC_H_MIN_EGRESS,
     };
     let parent = (TC_H_CLSACT & 0xFFFF_0000) | minor;
-    let req = tc_request(
+    let req = netlink::message(
         RTM_GETTFILTER,
-        (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16,
-        ifindex,
-        0,
-        parent,
+        libc::NLM_F_REQUEST | libc::NLM_F_DUMP,
+        &netlink::tcmsg(ifindex, 0, parent),
+        &[],
     );
-    rtnl_exchange(&req, RTM_NEWTFILTER)
+    let replies = netlink::request(&req)?;
+    Ok(replies
+        .iter()
+        .filter(|r| r.msg_type == RTM_NEWTFILTER)
+        .count())
 }
 
 /// `tc qdisc del dev X clsact`.
 fn del_clsact(ifindex: u32) -> std::io::Result<()> {
-    let req = tc_request(
+    let req = netlink::message(
         RTM_DELQDISC,
-        (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16,
-        ifindex,
-        TC_H_CLSACT & 0xFFFF_0000,
-        TC_H_CLSACT,
+        libc::NLM_F_REQUEST | libc::NLM_F_ACK,
+        &netlink::tcmsg(ifindex, TC_H_CLSACT & 0xFFFF_0000, TC_H_CLSACT),
+        &[],
     );
-    rtnl_exchange(&req, 0).map(drop)
+    netlink::request(&req).map(drop)
 }

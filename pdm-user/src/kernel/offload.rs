@@ -11,16 +11,12 @@
 //! `ethtool -K` does (the legacy ETHTOOL_STSO is refused by some drivers, veth among
 //! them), and rtnetlink for gso_max_segs, as `ip link set` does.
 
-use std::{
-    fs,
-    os::fd::{AsRawFd as _, FromRawFd as _},
-    path::PathBuf,
-};
+use std::{fs, os::fd::AsRawFd as _, path::PathBuf};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::sys::iface;
+use crate::sys::{iface, netlink};
 
 const SIOCETHTOOL: libc::c_ulong = 0x8946;
 const ETHTOOL_GDRVINFO: u32 = 0x03;
@@ -217,103 +213,49 @@ const IFLA_GSO_MAX_SEGS: u16 = 40;
 
 /// The device's gso_max_segs (not in sysfs; `ip -d link` reads it the same way).
 fn gso_max_segs(iface: &str) -> Result<u32, OffloadError> {
-    let reply = rtnl(
-        iface,
-        "get gso_max_segs",
+    let err = rtnl_error(iface, "get gso_max_segs");
+    let req = netlink::message(
         libc::RTM_GETLINK,
         libc::NLM_F_REQUEST,
-        None,
-    )?;
-    // nlmsghdr (16) + ifinfomsg (16), then rtattrs {len u16, type u16, data, pad to 4}.
-    let mut off = 32;
-    while off + 4 <= reply.len() {
-        let len = u16::from_ne_bytes([reply[off], reply[off + 1]]) as usize;
-        let ty = u16::from_ne_bytes([reply[off + 2], reply[off + 3]]);
-        if len < 4 {
-            break;
-        }
-        if ty == IFLA_GSO_MAX_SEGS && len >= 8 && off + 8 <= reply.len() {
-            return Ok(u32::from_ne_bytes(
-                reply[off + 4..off + 8].try_into().expect("4 octets"),
-            ));
-        }
-        off += len.div_ceil(4) * 4;
-    }
-    Err(OffloadError::NoFeature {
-        iface: iface.into(),
-        feature: "gso_max_segs".into(),
-    })
+        &netlink::ifinfomsg(index_of(iface, "get gso_max_segs")?),
+        &[],
+    );
+    let replies = netlink::request(&req).map_err(err)?;
+    replies
+        .iter()
+        .filter(|r| r.msg_type == libc::RTM_NEWLINK)
+        .flat_map(|r| r.attrs(16))
+        .find_map(|(ty, data)| {
+            (ty == IFLA_GSO_MAX_SEGS)
+                .then(|| <[u8; 4]>::try_from(data).ok().map(u32::from_ne_bytes))
+                .flatten()
+        })
+        .ok_or_else(|| OffloadError::NoFeature {
+            iface: iface.into(),
+            feature: "gso_max_segs".into(),
+        })
 }
 
 /// `ip link set dev IFACE gso_max_segs N`.
 fn set_gso_max_segs(iface: &str, segs: u32) -> Result<(), OffloadError> {
-    rtnl(
-        iface,
-        "set gso_max_segs",
+    let req = netlink::message(
         libc::RTM_NEWLINK,
         libc::NLM_F_REQUEST | libc::NLM_F_ACK,
-        Some((IFLA_GSO_MAX_SEGS, segs)),
-    )
-    .map(drop)
+        &netlink::ifinfomsg(index_of(iface, "set gso_max_segs")?),
+        &[(IFLA_GSO_MAX_SEGS, &segs.to_ne_bytes())],
+    );
+    netlink::request(&req)
+        .map(drop)
+        .map_err(rtnl_error(iface, "set gso_max_segs"))
 }
 
-/// One rtnetlink request about `iface` (optionally with one u32 attribute); returns the
-/// reply, after turning an NLMSG_ERROR with a non-zero code into an error.
-fn rtnl(
-    iface: &str,
-    op: &'static str,
-    msg_type: u16,
-    flags: libc::c_int,
-    attr: Option<(u16, u32)>,
-) -> Result<Vec<u8>, OffloadError> {
-    let err = |source| OffloadError::Ioctl {
-        op,
-        iface: iface.into(),
-        source,
-    };
-    let index = iface::index(iface).map_err(|_| err(std::io::ErrorKind::NotFound.into()))?;
-    let len = if attr.is_some() { 40 } else { 32 };
-    let mut msg = [0u8; 40];
-    msg[0..4].copy_from_slice(&(len as u32).to_ne_bytes());
-    msg[4..6].copy_from_slice(&msg_type.to_ne_bytes());
-    msg[6..8].copy_from_slice(&(flags as u16).to_ne_bytes());
-    msg[8..12].copy_from_slice(&1u32.to_ne_bytes());
-    msg[16] = libc::AF_UNSPEC as u8;
-    msg[20..24].copy_from_slice(&(index as i32).to_ne_bytes());
-    if let Some((ty, v)) = attr {
-        msg[32..34].copy_from_slice(&8u16.to_ne_bytes());
-        msg[34..36].copy_from_slice(&ty.to_ne_bytes());
-        msg[36..40].copy_from_slice(&v.to_ne_bytes());
-    }
-    let mut reply = vec![0u8; 64 * 1024];
-    // SAFETY: plain socket calls on buffers we own; the fd is closed on every path.
-    let n = unsafe {
-        let fd = libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
-        );
-        if fd < 0 {
-            return Err(err(std::io::Error::last_os_error()));
-        }
-        let fd = std::os::fd::OwnedFd::from_raw_fd(fd);
-        if libc::send(fd.as_raw_fd(), msg.as_ptr().cast(), len, 0) < 0 {
-            return Err(err(std::io::Error::last_os_error()));
-        }
-        libc::recv(fd.as_raw_fd(), reply.as_mut_ptr().cast(), reply.len(), 0)
-    };
-    if n < 20 {
-        return Err(err(std::io::Error::last_os_error()));
-    }
-    reply.truncate(n as usize);
-    if u16::from_ne_bytes([reply[4], reply[5]]) == libc::NLMSG_ERROR as u16 {
-        // NLMSG_ERROR carries -errno (0 = success, the ACK) right after the header.
-        let code = i32::from_ne_bytes(reply[16..20].try_into().expect("4 octets"));
-        if code != 0 {
-            return Err(err(std::io::Error::from_raw_os_error(-code)));
-        }
-    }
-    Ok(reply)
+fn rtnl_error(iface: &str, op: &'static str) -> impl FnOnce(std::io::Error) -> OffloadError {
+    let iface = iface.to_owned();
+    move |source| OffloadError::Ioctl { op, iface, source }
+}
+
+fn index_of(iface: &str, op: &'static str) -> Result<u32, OffloadError> {
+    iface::index(iface).map_err(|_| rtnl_error(iface, op)(std::io::ErrorKind::NotFound.into()))
 }
 
 #[derive(Serialize, Deserialize)]
