@@ -72,9 +72,10 @@ impl ServerPdm {
             let attached = enter(SERVER_NS).and_then(|()| {
                 let mut ebpf =
                     crate::kernel::attach::load(&crate::kernel::attach::LoadOptions::default())?;
+                let iface = crate::sys::iface::Iface::resolve(IFACE)?;
                 let links = crate::kernel::attach::attach(
                     &mut ebpf,
-                    IFACE,
+                    &iface,
                     crate::kernel::attach::Ingress::Tc,
                 )?;
                 Ok((ebpf, links))

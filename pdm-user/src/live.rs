@@ -17,7 +17,7 @@ use crate::{
         tui::{self, RowLabels},
     },
     sources::kernel::KernelSource,
-    sys::{iface, lookup::Lookups},
+    sys::{iface::Iface, lookup::Lookups},
 };
 
 /// Why the loop ended.
@@ -30,8 +30,7 @@ pub enum End {
 }
 
 pub struct Options {
-    pub iface: String,
-    pub ifindex: u32,
+    pub iface: Iface,
     pub attach: Vec<String>,
     pub interval: Duration,
     pub duration: Option<Duration>,
@@ -102,7 +101,7 @@ pub async fn run(ebpf: &mut Ebpf, opts: Options) -> Result<End> {
             }
             _ = tick.tick() => {
                 kernel.drain(&mut table);
-                if iface::index(&opts.iface).ok() != Some(opts.ifindex) {
+                if !opts.iface.still_there() {
                     break End::InterfaceGone;
                 }
                 report(ebpf, &kernel, &opts, &mut table, &names, &mut labels, &mut sink, log.as_mut())?;
@@ -213,7 +212,7 @@ fn report(
         }
         Sink::Tui(ui) => ui
             .draw(tui::Frame {
-                iface: opts.iface.clone(),
+                iface: opts.iface.name().to_owned(),
                 attach: opts.attach.clone(),
                 totals,
                 rows,
@@ -242,7 +241,7 @@ fn json(
         ndjson::write_flow(
             &mut out,
             ts,
-            &opts.iface,
+            opts.iface.name(),
             r,
             l.remote_name.as_deref(),
             l.process.as_deref(),
@@ -250,7 +249,7 @@ fn json(
     }
     let line = ndjson::counters_json(
         ts,
-        &opts.iface,
+        opts.iface.name(),
         totals,
         table.len(),
         table.evicted,

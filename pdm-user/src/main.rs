@@ -15,7 +15,7 @@ use pdm_user::{
         offload,
     },
     live,
-    sys::iface,
+    sys::iface::{Iface, IfaceLock},
     trace,
 };
 
@@ -294,21 +294,20 @@ fn check(max_flows: u32) -> Result<ExitCode> {
 
 async fn run(args: RunArgs) -> Result<ExitCode> {
     check_privileges()?;
-    let name = args.iface.as_str();
-    let ifindex = iface::index(name)?;
-    iface::check_ipv6(name)?;
-    let _lock = iface::IfaceLock::acquire(name)?;
-    let stale = attach::recover_tc(name, ifindex);
+    // Looked up once; everything below takes this value.
+    let iface = Iface::resolve(&args.iface)?;
+    let _lock = IfaceLock::acquire(&iface)?;
+    let stale = attach::recover_tc(&iface);
     if !stale.is_empty() {
         log::info!(
-            "removed {} from {name}, left attached by a previous run",
+            "removed {} from {iface}, left attached by a previous run",
             stale.join(" and ")
         );
     }
-    if let Some(o) = offload::recover(name, ifindex)? {
+    if let Some(o) = offload::recover(&iface)? {
         let (tso, gso) = o.tso_gso();
         log::info!(
-            "restored TSO {} / GSO {} on {name}, left changed by a previous run",
+            "restored TSO {} / GSO {} on {iface}, left changed by a previous run",
             on(tso),
             on(gso)
         );
@@ -323,10 +322,10 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     })?;
     // Offloads go off before attaching so that no GSO packet meets a per-packet run.
     let offloads = if args.per_packet {
-        let guard = offload::disable(name, ifindex)?;
+        let guard = offload::disable(&iface)?;
         let (tso, gso) = guard.saved().tso_gso();
         log::info!(
-            "per-packet PSNs: TSO and GSO off on {name} (were {} / {}; restored on exit)",
+            "per-packet PSNs: TSO and GSO off on {iface} (were {} / {}; restored on exit)",
             on(tso),
             on(gso)
         );
@@ -334,16 +333,17 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     } else {
         None
     };
-    let attached = attach::attach_with(&mut ebpf, name, args.ingress, args.attach)?;
+    let attached = attach::attach_with(&mut ebpf, &iface, args.ingress, args.attach)?;
     for d in &attached.description {
         log::info!(
-            "attached to {name} (ifindex {ifindex}, MTU {}): {d}",
-            iface::mtu(name).unwrap_or(0)
+            "attached to {iface} (ifindex {}, MTU {}): {d}",
+            iface.index(),
+            iface.mtu().unwrap_or(0)
         );
     }
-    if args.ingress == Ingress::Xdp && offload::driver(name).as_deref() == Some("veth") {
+    if args.ingress == Ingress::Xdp && iface.driver().as_deref() == Some("veth") {
         log::warn!(
-            "{name} is a veth: with an XDP program attached its peer sends every segment \
+            "{iface} is a veth: with an XDP program attached its peer sends every segment \
              separately (no GSO), which costs TCP most of its throughput; \
              `--ingress tc` keeps GSO"
         );
@@ -352,8 +352,7 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     let end = live::run(
         &mut ebpf,
         live::Options {
-            iface: name.to_owned(),
-            ifindex,
+            iface: iface.clone(),
             attach: attached.description.clone(),
             interval: args.interval,
             duration: args.duration,
@@ -374,11 +373,11 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     drop(offloads);
     match end? {
         live::End::Stopped => {
-            log::info!("detached from {name}");
+            log::info!("detached from {iface}");
             Ok(ExitCode::SUCCESS)
         }
         live::End::InterfaceGone => {
-            eprintln!("pdm: interface {name} disappeared; detached and exiting");
+            eprintln!("pdm: interface {iface} disappeared; detached and exiting");
             Ok(ExitCode::from(3))
         }
     }

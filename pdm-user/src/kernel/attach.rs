@@ -27,7 +27,7 @@ use thiserror::Error;
 
 use crate::{
     filter::Filter,
-    sys::{iface, netlink},
+    sys::{iface::Iface, netlink},
 };
 
 #[derive(Debug, Error)]
@@ -197,14 +197,14 @@ impl Drop for Attached {
 
 /// Attaches egress (TC, TCX link) and ingress (XDP native → generic, TC, or the better
 /// of the two for the driver) to `iface`.
-pub fn attach(ebpf: &mut Ebpf, iface: &str, ingress: Ingress) -> Result<Attached, AttachError> {
+pub fn attach(ebpf: &mut Ebpf, iface: &Iface, ingress: Ingress) -> Result<Attached, AttachError> {
     attach_with(ebpf, iface, ingress, TcMode::Tcx)
 }
 
 /// As [`attach`], with the TC programs attached the way `mode` says.
 pub fn attach_with(
     ebpf: &mut Ebpf,
-    iface: &str,
+    iface: &Iface,
     ingress: Ingress,
     mode: TcMode,
 ) -> Result<Attached, AttachError> {
@@ -250,7 +250,7 @@ pub fn attach_with(
     // With `auto`, why TC ingress was chosen over XDP.
     let tc_because = match ingress {
         Ingress::Tc => Some(""),
-        Ingress::Auto if crate::kernel::offload::driver(iface).as_deref() == Some("veth") => {
+        Ingress::Auto if iface.driver().as_deref() == Some("veth") => {
             Some(" (auto: a veth, where XDP would cost the peer its GSO)")
         }
         Ingress::Auto => match attach_xdp(ebpf, iface, XdpMode::Driver) {
@@ -297,11 +297,11 @@ pub fn attach_with(
     Ok(out)
 }
 
-fn attach_xdp(ebpf: &mut Ebpf, iface: &str, mode: XdpMode) -> Result<FdLink, AttachError> {
+fn attach_xdp(ebpf: &mut Ebpf, iface: &Iface, mode: XdpMode) -> Result<FdLink, AttachError> {
     let name = names::PROG_INGRESS_XDP;
     let prog = xdp(ebpf)?;
     let id = prog
-        .attach(iface, mode)
+        .attach(iface.name(), mode)
         .map_err(|source| AttachError::Program { name, source })?;
     let link = prog
         .take_link(id)
@@ -312,12 +312,12 @@ fn attach_xdp(ebpf: &mut Ebpf, iface: &str, mode: XdpMode) -> Result<FdLink, Att
 fn attach_tc(
     ebpf: &mut Ebpf,
     name: &'static str,
-    iface: &str,
+    iface: &Iface,
     at: TcAttachType,
 ) -> Result<FdLink, AttachError> {
     let prog = classifier(ebpf, name)?;
     let id = prog
-        .attach(iface, at)
+        .attach(iface.name(), at)
         .map_err(|source| AttachError::Program { name, source })?;
     let link = prog
         .take_link(id)
@@ -328,12 +328,16 @@ fn attach_tc(
 fn attach_tc_netlink(
     ebpf: &mut Ebpf,
     name: &'static str,
-    iface: &str,
+    iface: &Iface,
     at: TcAttachType,
 ) -> Result<SchedClassifierLink, AttachError> {
     let prog = classifier(ebpf, name)?;
     let id = prog
-        .attach_with_options(iface, at, TcAttachOptions::Netlink(NlOptions::default()))
+        .attach_with_options(
+            iface.name(),
+            at,
+            TcAttachOptions::Netlink(NlOptions::default()),
+        )
         .map_err(|source| AttachError::Program { name, source })?;
     prog.take_link(id)
         .map_err(|source| AttachError::Program { name, source })
@@ -347,40 +351,32 @@ struct TcState {
     added_clsact: bool,
 }
 
-fn tc_state_file(iface_name: &str) -> PathBuf {
-    iface::state_path(iface_name, "tc")
-}
-
 /// A clsact qdisc pdm added; [`Clsact::remove`] deletes it (if no filter of anyone
 /// else's is left on it) and its state file.
 struct Clsact {
-    iface: String,
+    iface: Iface,
     path: PathBuf,
 }
 
 impl Clsact {
     /// Adds the clsact qdisc unless the interface has one; returns the guard when pdm
     /// added it. The state file is written first, so a crash at any point is undone.
-    fn ensure(iface_name: &str) -> Result<Option<Clsact>, AttachError> {
-        let path = tc_state_file(iface_name);
+    fn ensure(iface: &Iface) -> Result<Option<Clsact>, AttachError> {
+        let path = iface.state_path("tc");
         let state_err = |source| AttachError::State {
             path: path.display().to_string(),
             source,
         };
-        let ifindex = iface::index(iface_name).map_err(|e| AttachError::State {
-            path: path.display().to_string(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
         let state = serde_json::to_vec(&TcState {
-            ifindex,
+            ifindex: iface.index(),
             added_clsact: true,
         })
         .expect("plain struct serialises");
         fs::create_dir_all(crate::RUN_DIR).map_err(state_err)?;
         fs::write(&path, state).map_err(state_err)?;
-        match tc::qdisc_add_clsact(iface_name) {
+        match tc::qdisc_add_clsact(iface.name()) {
             Ok(()) => Ok(Some(Clsact {
-                iface: iface_name.into(),
+                iface: iface.clone(),
                 path,
             })),
             Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {
@@ -391,7 +387,7 @@ impl Clsact {
             Err(source) => {
                 let _ = fs::remove_file(&path);
                 Err(AttachError::Clsact {
-                    iface: iface_name.into(),
+                    iface: iface.name().into(),
                     source,
                 })
             }
@@ -399,7 +395,7 @@ impl Clsact {
     }
 
     fn remove(self) {
-        if iface::index(&self.iface).is_err() {
+        if !self.iface.still_there() {
             // The interface is gone, and its qdisc with it.
             let _ = fs::remove_file(&self.path);
             return;
@@ -418,8 +414,8 @@ impl Clsact {
 
 /// Deletes the clsact qdisc of `iface` if neither direction has a filter left.
 /// Returns whether it did.
-fn remove_clsact_if_unused(iface_name: &str) -> std::io::Result<bool> {
-    let ifindex = iface::index(iface_name).map_err(|e| std::io::Error::other(e.to_string()))?;
+fn remove_clsact_if_unused(iface: &Iface) -> std::io::Result<bool> {
+    let ifindex = iface.index();
     for at in [TcAttachType::Ingress, TcAttachType::Egress] {
         if count_filters(ifindex, at)? > 0 {
             return Ok(false);
@@ -433,27 +429,27 @@ fn remove_clsact_if_unused(iface_name: &str) -> std::io::Result<bool> {
 /// the clsact qdisc if that run added it and nothing else uses it. Call with the
 /// interface lock held (so no other pdm owns those filters). Returns what was removed,
 /// for the start-up message.
-pub fn recover_tc(iface_name: &str, ifindex: u32) -> Vec<String> {
+pub fn recover_tc(iface: &Iface) -> Vec<String> {
     let mut removed = Vec::new();
     for (at, name) in [
         (TcAttachType::Egress, names::PROG_EGRESS),
         (TcAttachType::Ingress, names::PROG_INGRESS_TC),
     ] {
-        match tc::qdisc_detach_program(iface_name, at, name) {
+        match tc::qdisc_detach_program(iface.name(), at, name) {
             Ok(()) => removed.push(format!("tc filter {name}")),
             // None found (or no clsact qdisc at all): nothing to do.
-            Err(e) => log::debug!("no stale {name} filter on {iface_name}: {e}"),
+            Err(e) => log::debug!("no stale {name} filter on {iface}: {e}"),
         }
     }
-    let path = tc_state_file(iface_name);
+    let path = iface.state_path("tc");
     if let Ok(bytes) = fs::read(&path) {
         let state: Option<TcState> = serde_json::from_slice(&bytes).ok();
         // Same interface (not a new one that reuses the name).
-        if state.is_some_and(|s| s.ifindex == ifindex && s.added_clsact) {
-            match remove_clsact_if_unused(iface_name) {
+        if state.is_some_and(|s| s.ifindex == iface.index() && s.added_clsact) {
+            match remove_clsact_if_unused(iface) {
                 Ok(true) => removed.push("clsact qdisc".into()),
                 Ok(false) => {}
-                Err(e) => log::debug!("clsact qdisc on {iface_name}: {e}"),
+                Err(e) => log::debug!("clsact qdisc on {iface}: {e}"),
             }
         }
         let _ = fs::remove_file(&path);

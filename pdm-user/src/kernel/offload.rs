@@ -11,15 +11,16 @@
 //! `ethtool -K` does (the legacy ETHTOOL_STSO is refused by some drivers, veth among
 //! them), and rtnetlink for gso_max_segs, as `ip link set` does.
 
-use std::{fs, os::fd::AsRawFd as _, path::PathBuf};
+use std::{fs, path::PathBuf};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::sys::{iface, netlink};
+use crate::sys::{
+    iface::{self, Iface},
+    netlink,
+};
 
-const SIOCETHTOOL: libc::c_ulong = 0x8946;
-const ETHTOOL_GDRVINFO: u32 = 0x03;
 const ETHTOOL_GSTRINGS: u32 = 0x1b;
 const ETHTOOL_GSSET_INFO: u32 = 0x37;
 const ETHTOOL_GFEATURES: u32 = 0x3a;
@@ -72,48 +73,13 @@ impl Offloads {
     }
 }
 
-#[repr(C)]
-struct IfReq {
-    name: [u8; libc::IFNAMSIZ],
-    data: *mut u8,
-    _pad: [u8; 16],
-}
-
 /// Runs one SIOCETHTOOL on `buf` (which starts with the command word).
 fn ioctl(iface: &str, op: &'static str, buf: &mut [u8]) -> Result<(), OffloadError> {
-    let err = |source| OffloadError::Ioctl {
+    iface::ethtool(iface, buf).map_err(|source| OffloadError::Ioctl {
         op,
         iface: iface.into(),
         source,
-    };
-    let sock = std::net::UdpSocket::bind("[::]:0")
-        .or_else(|_| std::net::UdpSocket::bind("0.0.0.0:0"))
-        .map_err(err)?;
-    let mut req = IfReq {
-        name: [0; libc::IFNAMSIZ],
-        data: buf.as_mut_ptr(),
-        _pad: [0; 16],
-    };
-    let n = iface.len().min(libc::IFNAMSIZ - 1);
-    req.name[..n].copy_from_slice(&iface.as_bytes()[..n]);
-    // SAFETY: a valid socket and an ifreq whose data points at a live buffer the size
-    // the command expects.
-    // SFEATURES returns a non-negative set of ETHTOOL_F_* flags on success.
-    if unsafe { libc::ioctl(sock.as_raw_fd(), SIOCETHTOOL, &mut req) } < 0 {
-        return Err(err(std::io::Error::last_os_error()));
-    }
-    Ok(())
-}
-
-/// The interface's driver name (`ethtool -i`), e.g. `veth`; None where it has none.
-pub fn driver(iface: &str) -> Option<String> {
-    // struct ethtool_drvinfo: the command word, then the driver name (32 octets).
-    let mut buf = [0u8; 196];
-    buf[..4].copy_from_slice(&ETHTOOL_GDRVINFO.to_ne_bytes());
-    ioctl(iface, "ETHTOOL_GDRVINFO", &mut buf).ok()?;
-    let name = &buf[4..36];
-    let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
-    Some(String::from_utf8_lossy(&name[..end]).into_owned()).filter(|n| !n.is_empty())
+    })
 }
 
 fn u32_at(b: &[u8], off: usize) -> u32 {
@@ -170,7 +136,9 @@ fn bit_of(names: &[String], iface: &str, feature: &str) -> Result<usize, Offload
 }
 
 /// The segmentation features' current (requested) state.
-pub fn get(iface: &str) -> Result<Offloads, OffloadError> {
+/// The interface's segmentation offloads and gso_max_segs.
+pub fn get(iface: &Iface) -> Result<Offloads, OffloadError> {
+    let iface = iface.name();
     let names = feature_names(iface)?;
     let req = requested(iface, names.len())?;
     Ok(Offloads {
@@ -185,7 +153,8 @@ pub fn get(iface: &str) -> Result<Offloads, OffloadError> {
 }
 
 /// Requests each listed feature on or off.
-pub fn set(iface: &str, o: &Offloads) -> Result<(), OffloadError> {
+pub fn set(iface: &Iface, o: &Offloads) -> Result<(), OffloadError> {
+    let iface = iface.name();
     let names = feature_names(iface)?;
     let n = blocks(names.len());
     // struct ethtool_sfeatures { cmd, size, {valid, requested}[] }
@@ -264,17 +233,13 @@ struct Saved {
     offloads: Offloads,
 }
 
-fn state_file(iface_name: &str) -> PathBuf {
-    iface::state_path(iface_name, "offload")
-}
-
 /// Turns segmentation offloads off, after recording how they were. Returns a guard that
 /// restores them when dropped.
-pub fn disable(iface_name: &str, ifindex: u32) -> Result<OffloadGuard, OffloadError> {
-    let found = get(iface_name)?;
-    let path = state_file(iface_name);
+pub fn disable(iface: &Iface) -> Result<OffloadGuard, OffloadError> {
+    let found = get(iface)?;
+    let path = iface.state_path("offload");
     let saved = serde_json::to_vec(&Saved {
-        ifindex,
+        ifindex: iface.index(),
         offloads: found.clone(),
     })
     .expect("plain struct serialises");
@@ -292,12 +257,12 @@ pub fn disable(iface_name: &str, ifindex: u32) -> Result<OffloadGuard, OffloadEr
             .collect(),
         gso_max_segs: 1,
     };
-    if let Err(e) = set(iface_name, &off) {
+    if let Err(e) = set(iface, &off) {
         let _ = fs::remove_file(&path);
         return Err(e);
     }
     Ok(OffloadGuard {
-        iface: iface_name.into(),
+        iface: iface.clone(),
         path,
         saved: found,
     })
@@ -305,16 +270,16 @@ pub fn disable(iface_name: &str, ifindex: u32) -> Result<OffloadGuard, OffloadEr
 
 /// Restores settings a previous run left changed (it crashed before restoring).
 /// Returns what was restored. Call with the interface lock held.
-pub fn recover(iface_name: &str, ifindex: u32) -> Result<Option<Offloads>, OffloadError> {
-    let path = state_file(iface_name);
+pub fn recover(iface: &Iface) -> Result<Option<Offloads>, OffloadError> {
+    let path = iface.state_path("offload");
     let Ok(bytes) = fs::read(&path) else {
         return Ok(None);
     };
     let saved: Option<Saved> = serde_json::from_slice(&bytes).ok();
     let restored = match saved {
         // Same interface (not a new one that reuses the name): put it back.
-        Some(s) if s.ifindex == ifindex => {
-            set(iface_name, &s.offloads)?;
+        Some(s) if s.ifindex == iface.index() => {
+            set(iface, &s.offloads)?;
             Some(s.offloads)
         }
         _ => None,
@@ -324,7 +289,7 @@ pub fn recover(iface_name: &str, ifindex: u32) -> Result<Option<Offloads>, Offlo
 }
 
 pub struct OffloadGuard {
-    iface: String,
+    iface: Iface,
     path: PathBuf,
     saved: Offloads,
 }

@@ -1,5 +1,7 @@
-//! Interface facts, read the way `ip` does, and the per-interface lock that keeps two
-//! pdm instances off one interface.
+//! An interface, looked up once into an [`Iface`] value (name and index) that the
+//! attach, offload, lock and loop code all take, with the facts asked of it later
+//! (MTU, driver, still there); and the per-interface lock that keeps two pdm instances
+//! off one interface.
 
 use std::{
     ffi::CString,
@@ -51,7 +53,7 @@ pub fn index(name: &str) -> Result<u32, IfaceError> {
 }
 
 /// Fails when IPv6 is disabled on the interface (nothing for PDM to do there).
-pub fn check_ipv6(name: &str) -> Result<(), IfaceError> {
+fn check_ipv6(name: &str) -> Result<(), IfaceError> {
     let path = format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6");
     match fs::read_to_string(&path) {
         Ok(v) if v.trim() == "1" => Err(IfaceError::NoIpv6(name.into())),
@@ -61,32 +63,110 @@ pub fn check_ipv6(name: &str) -> Result<(), IfaceError> {
     }
 }
 
-/// The device MTU (SIOCGIFMTU: answers for the caller's network namespace, which
-/// /sys/class/net does not when the thread has moved namespaces).
-pub fn mtu(name: &str) -> Result<u32, IfaceError> {
-    #[repr(C)]
-    struct IfReqMtu {
-        name: [u8; libc::IFNAMSIZ],
-        mtu: libc::c_int,
-        _pad: [u8; 20],
+/// An interface of this network namespace, as looked up once by name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Iface {
+    name: String,
+    index: u32,
+}
+
+impl Iface {
+    /// Looks `name` up: it must exist and carry IPv6 (nothing for PDM to do otherwise).
+    pub fn resolve(name: &str) -> Result<Self, IfaceError> {
+        let index = index(name)?;
+        check_ipv6(name)?;
+        Ok(Self {
+            name: name.to_owned(),
+            index,
+        })
     }
-    let mut req = IfReqMtu {
-        name: [0; libc::IFNAMSIZ],
-        mtu: 0,
-        _pad: [0; 20],
-    };
-    let n = name.len().min(libc::IFNAMSIZ - 1);
-    req.name[..n].copy_from_slice(&name.as_bytes()[..n]);
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// The device MTU (SIOCGIFMTU: answers for the caller's network namespace, which
+    /// /sys/class/net does not when the thread has moved namespaces).
+    pub fn mtu(&self) -> Result<u32, IfaceError> {
+        let mut req = IfReq::new(&self.name);
+        ifreq_ioctl(libc::SIOCGIFMTU, &mut req)
+            .map_err(io(format!("reading the MTU of {}", self.name)))?;
+        Ok(i32::from_ne_bytes(req.tail[..4].try_into().expect("4 octets")) as u32)
+    }
+
+    /// The driver's name (`ethtool -i`), e.g. `veth`; None where it has none.
+    pub fn driver(&self) -> Option<String> {
+        // struct ethtool_drvinfo: the command word, then the driver name (32 octets).
+        let mut buf = [0u8; 196];
+        buf[..4].copy_from_slice(&ETHTOOL_GDRVINFO.to_ne_bytes());
+        ethtool(&self.name, &mut buf).ok()?;
+        let name = &buf[4..36];
+        let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+        Some(String::from_utf8_lossy(&name[..end]).into_owned()).filter(|n| !n.is_empty())
+    }
+
+    /// Whether the interface is still there as the same device (one deleted and made
+    /// again under the same name has another index).
+    pub fn still_there(&self) -> bool {
+        index(&self.name).ok() == Some(self.index)
+    }
+
+    /// Path of a state file of this interface's under [`crate::RUN_DIR`].
+    pub fn state_path(&self, ext: &str) -> PathBuf {
+        state_path(&self.name, ext)
+    }
+}
+
+impl std::fmt::Display for Iface {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+const SIOCETHTOOL: libc::c_ulong = 0x8946;
+const ETHTOOL_GDRVINFO: u32 = 0x03;
+
+/// `struct ifreq`: a name, then a 24-octet union (an int, or a pointer to data).
+#[repr(C)]
+struct IfReq {
+    name: [u8; libc::IFNAMSIZ],
+    tail: [u8; 24],
+}
+
+impl IfReq {
+    fn new(name: &str) -> Self {
+        let mut req = Self {
+            name: [0; libc::IFNAMSIZ],
+            tail: [0; 24],
+        };
+        let n = name.len().min(libc::IFNAMSIZ - 1);
+        req.name[..n].copy_from_slice(&name.as_bytes()[..n]);
+        req
+    }
+}
+
+/// One interface ioctl (on a throwaway socket of this namespace).
+fn ifreq_ioctl(request: libc::c_ulong, req: &mut IfReq) -> std::io::Result<()> {
     let sock =
-        std::net::UdpSocket::bind("[::]:0").map_err(io("opening a socket for SIOCGIFMTU"))?;
-    // SAFETY: a valid socket and an ifreq-sized buffer.
-    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFMTU, &mut req) } != 0 {
-        return Err(IfaceError::Io {
-            what: format!("reading the MTU of {name}"),
-            source: std::io::Error::last_os_error(),
-        });
+        std::net::UdpSocket::bind("[::]:0").or_else(|_| std::net::UdpSocket::bind("0.0.0.0:0"))?;
+    // SAFETY: a valid socket and an ifreq-sized buffer; a pointer in its tail points at
+    // a live buffer of the size the request expects. (SIOCETHTOOL's SFEATURES returns a
+    // non-negative set of flags on success.)
+    if unsafe { libc::ioctl(sock.as_raw_fd(), request, req as *mut IfReq) } < 0 {
+        return Err(std::io::Error::last_os_error());
     }
-    Ok(req.mtu as u32)
+    Ok(())
+}
+
+/// One SIOCETHTOOL on interface `name` with `buf` (which starts with the command word).
+pub(crate) fn ethtool(name: &str, buf: &mut [u8]) -> std::io::Result<()> {
+    let mut req = IfReq::new(name);
+    req.tail[..8].copy_from_slice(&(buf.as_mut_ptr() as usize as u64).to_ne_bytes());
+    ifreq_ioctl(SIOCETHTOOL, &mut req)
 }
 
 /// Identifies this network namespace, so that state files of equally named interfaces
@@ -98,7 +178,7 @@ pub fn netns_id() -> u64 {
 }
 
 /// Path of a per-interface state file under [`crate::RUN_DIR`].
-pub fn state_path(iface: &str, ext: &str) -> PathBuf {
+fn state_path(iface: &str, ext: &str) -> PathBuf {
     PathBuf::from(crate::RUN_DIR).join(format!("{}-{iface}.{ext}", netns_id()))
 }
 
@@ -111,9 +191,9 @@ pub struct IfaceLock {
 }
 
 impl IfaceLock {
-    pub fn acquire(iface: &str) -> Result<Self, IfaceError> {
+    pub fn acquire(iface: &Iface) -> Result<Self, IfaceError> {
         fs::create_dir_all(crate::RUN_DIR).map_err(io(format!("creating {}", crate::RUN_DIR)))?;
-        let path = state_path(iface, "lock");
+        let path = iface.state_path("lock");
         // A holder that exits removes the file after we opened it: then our lock is on
         // a file nobody else will see, so try again with the new one (bounded).
         for _ in 0..8 {
@@ -129,7 +209,7 @@ impl IfaceLock {
                 let mut pid = String::new();
                 let _ = file.read_to_string(&mut pid);
                 return Err(IfaceError::Busy {
-                    iface: iface.into(),
+                    iface: iface.name().into(),
                     pid: pid.trim().to_owned(),
                 });
             }
