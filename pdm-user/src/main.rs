@@ -106,6 +106,13 @@ struct RunArgs {
     attach: TcMode,
 }
 
+/// `pdm run`'s arguments on their own, so the demo takes their defaults from one place.
+#[derive(Parser)]
+struct RunOnly {
+    #[command(flatten)]
+    run: RunArgs,
+}
+
 #[derive(clap::Args)]
 struct DemoArgs {
     /// The demo server's processing time per request (what server delay should show).
@@ -196,25 +203,15 @@ fn demo(a: DemoArgs) -> Result<ExitCode> {
     // This thread (which runs pdm) joins the client host; the traffic threads are
     // already in theirs.
     hosts.client.enter()?;
-    let result = block_on(run(RunArgs {
-        iface: demo::IFACE.into(),
-        // veth: TC ingress keeps the peer's GSO (see README).
-        ingress: Ingress::Tc,
-        per_packet: false,
-        no_clamp_mss: false,
-        max_flows: DEFAULT_MAX_FLOWS,
-        sample_interval: pdm_common::flow::DEFAULT_SAMPLE_TICK_SHIFT,
-        json: a.json,
-        only: None,
-        filter: None,
-        resolve: false,
-        log: a.log,
-        window: Duration::from_secs(10),
-        idle_timeout: Duration::from_secs(60),
-        interval: Duration::from_secs(1),
-        duration: a.duration,
-        attach: TcMode::Tcx,
-    }));
+    // `pdm run`'s own defaults (clap's), but for the demo's interface and TC ingress
+    // (veth: TC keeps the peer's GSO, see README).
+    let mut args = RunOnly::try_parse_from(["pdm", "--iface", demo::IFACE, "--ingress", "tc"])
+        .context("the demo's pdm run arguments")?
+        .run;
+    args.json = a.json;
+    args.log = a.log;
+    args.duration = a.duration;
+    let result = block_on(run(args));
     drop(traffic);
     drop(server_pdm);
     drop(hosts);
