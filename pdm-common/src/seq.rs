@@ -10,8 +10,9 @@
 //! The word: bits 0..32 a window of the last [`SEQ_WINDOW`] PSNs (bit k: PSN highest − k
 //! was received), bits 32..48 the highest PSN received (serial order, RFC 1982), bits
 //! 48..64 the PSNs skipped and not (yet) arrived, wrapping. 0: nothing received (a valid
-//! state always has bit 0 set). The same function feeds `pdm analyze`, so a capture and
-//! the kernel classify the same packets alike.
+//! state always has bit 0 set). Anything else that classifies PSNs (capture analysis, an
+//! observer) is meant to call the same function, so that they and the kernel classify
+//! the same packets alike. More in docs/pdm.md §8.
 //!
 //! - A PSN ahead of the highest by n counts n − 1 as skipped.
 //! - Equal to the highest: a segmentation-offload segment repeating its burst's header

@@ -1,7 +1,7 @@
 //! PDM delta-time encoding (RFC 8250 section 3.2): a 16-bit DELTA and an 8-bit SCALE
 //! such that the delay in attoseconds is `DELTA << SCALE`.
 //!
-//! The encoder is the exact rule from `pdm-spec.md` section 2:
+//! The encoder is the exact rule of `docs/pdm.md` §5:
 //! `a = ns * 10^9`, `SCALE = max(0, bitlen(a) - 16)`, `DELTA = a >> SCALE` (truncating).
 //!
 //! `a` needs up to 94 bits, but the kernel side runs on BPF, which has no 128-bit
@@ -35,7 +35,8 @@ const fn bitlen(x: u64) -> u32 {
     u64::BITS - x.leading_zeros()
 }
 
-/// Encodes a delay in nanoseconds exactly as the spec's unbounded-integer rule does.
+/// Encodes a delay in nanoseconds exactly as the unbounded-integer rule of docs/pdm.md §5
+/// does.
 ///
 /// Loop-free, no `u128`, no panics: usable from BPF programs.
 #[inline(always)]
@@ -212,7 +213,7 @@ pub const fn observed_rtt(dtls_p3: DeltaTime, dtlr_p2: DeltaTime) -> Result<u64,
 }
 
 // Compile-time spot checks (also evaluated when building for BPF): vectors from the
-// table in pdm-spec.md section 2, and the two-limb path at u64::MAX.
+// table in docs/pdm.md §5, and the two-limb path at u64::MAX.
 const _: () = {
     let one_ns = encode_delta_ns(1);
     assert!(one_ns.delta == 61035 && one_ns.scale == 14);

@@ -1,5 +1,5 @@
 //! The IPv6 Destination Options header carrying the PDM option (RFC 8250 section 3),
-//! as laid out in `pdm-spec.md` section 1.
+//! as laid out in `docs/pdm.md` §2.
 //!
 //! Encoding is a fixed 16-octet array so the BPF side can write it with no bounds checks
 //! to satisfy. Decoding walks arbitrary headers from the wire and is for userspace and

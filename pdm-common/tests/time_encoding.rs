@@ -1,4 +1,4 @@
-//! PDM delta-time encoding: the exact vectors of `pdm-spec.md` section 2, and property
+//! PDM delta-time encoding: the exact vectors of `docs/pdm.md` §5, and property
 //! tests of the encoder and decoders against unbounded-integer references.
 
 use num_bigint::BigUint;
@@ -7,7 +7,7 @@ use proptest::prelude::*;
 
 const NS_PER_S: u64 = 1_000_000_000;
 
-/// `pdm-spec.md` section 2, "Time encoding": (nanoseconds, DELTA, SCALE).
+/// `docs/pdm.md` §5, "Test vectors": (nanoseconds, DELTA, SCALE).
 const SPEC_VECTORS: &[(u64, u16, u8)] = &[
     (0, 0, 0),
     (1, 61035, 14),
@@ -95,7 +95,7 @@ fn spec_table_decodes_within_2_pow_minus_15() {
 
 #[test]
 fn spec_rtt_example() {
-    // pdm-spec.md "Deriving the metrics": DTLS(p3) - DTLR(p2) = 62 ms - 2 ms.
+    // docs/pdm.md §6, the observer's RTT: DTLS(p3) - DTLR(p2) = 62 ms - 2 ms.
     let dtlr = decode_delta_ns(DeltaTime {
         delta: 58207,
         scale: 35,

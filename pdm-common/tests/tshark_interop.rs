@@ -17,7 +17,7 @@ const DST: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 
 const ETHERTYPE_IPV6: u16 = 0x86DD;
 const LINKTYPE_ETHERNET: u32 = 1;
 
-/// PDM field names in tshark's order of output (`pdm-spec.md` section 4).
+/// PDM field names in tshark's order of output (`docs/pdm.md` §10).
 const TSHARK_FIELDS: [&str; 6] = [
     "ipv6.opt.pdm.scale_dtlr",
     "ipv6.opt.pdm.scale_dtls",

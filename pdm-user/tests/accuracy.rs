@@ -100,19 +100,18 @@ fn udp_server(
         ready.send(()).expect("ready");
         let mut took = Vec::new();
         for _ in 0..n {
-            let Some((len, from, rx_ns, buf)) = recv_timestamped(fd) else {
+            let Some(r) = common::pdm_peer::receive(fd) else {
                 break;
             };
             std::thread::sleep(processing);
-            u.send_to(&buf[..len], from).expect("answer");
+            u.send_to(&r.data, r.from).expect("answer");
             let sent_ns = tx_timestamp(fd).expect("transmit timestamp of the answer");
-            took.push((sent_ns - rx_ns) as f64 / 1000.0);
+            took.push((sent_ns - i128::from(r.rx_ns)) as f64 / 1000.0);
         }
         took
     })
 }
 
-/// recvmsg with the SO_TIMESTAMPNS control message: (length, sender, receive time ns, data).
 /// The software transmit timestamp of the last packet sent on `fd` (realtime ns), from
 /// the socket's error queue.
 fn tx_timestamp(fd: i32) -> Option<i128> {
@@ -152,50 +151,6 @@ fn tx_timestamp(fd: i32) -> Option<i128> {
     }
 }
 
-fn recv_timestamped(fd: i32) -> Option<(usize, SocketAddr, i128, Vec<u8>)> {
-    let mut buf = vec![0u8; 2048];
-    let mut from: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    let mut control = [0u64; 16];
-    // SAFETY: msghdr of live buffers, read back only after a successful recvmsg.
-    unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_name = (&mut from as *mut libc::sockaddr_in6).cast();
-        msg.msg_namelen = size_of::<libc::sockaddr_in6>() as u32;
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = size_of_val(&control);
-        let n = libc::recvmsg(fd, &mut msg, 0);
-        if n < 0 {
-            return None;
-        }
-        let mut rx = None;
-        let mut c = libc::CMSG_FIRSTHDR(&msg);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
-                let ts = (libc::CMSG_DATA(c) as *const libc::timespec).read_unaligned();
-                rx = Some(ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128);
-            }
-            c = libc::CMSG_NXTHDR(&msg, c);
-        }
-        let addr = SocketAddr::V6(std::net::SocketAddrV6::new(
-            std::net::Ipv6Addr::from(from.sin6_addr.s6_addr),
-            u16::from_be(from.sin6_port),
-            0,
-            from.sin6_scope_id,
-        ));
-        Some((
-            n as usize,
-            addr,
-            rx.expect("SO_TIMESTAMPNS control message"),
-            buf,
-        ))
-    }
-}
 
 /// `n` requests from `ns`, `gap` apart; a lost answer is waited for `wait` at most.
 fn udp_client(

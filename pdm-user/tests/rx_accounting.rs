@@ -254,19 +254,6 @@ fn tcp_through_a_router_is_counted_exactly_in_every_run() {
     }
 }
 
-/// One pinned thread per CPU.
-fn pin_to_cpu(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; the calls only read it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        assert_eq!(
-            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
-            0,
-            "pin to CPU {cpu}"
-        );
-    }
-}
 
 /// One UDP flow (one socket, one 5-tuple) sent by two threads pinned to the two CPUs,
 /// so that its packets cross the router and reach the receiver on both CPUs at once;
@@ -314,7 +301,7 @@ fn one_udp_flow_sent_from_two_cpus_is_counted_exactly() {
             for cpu in 0..2 {
                 let (u, barrier) = (&u, &barrier);
                 t.spawn(move || {
-                    pin_to_cpu(cpu);
+                    common::pin_to_cpu(cpu);
                     barrier.wait();
                     let payload = [cpu as u8; 200];
                     let deadline = Instant::now() + Duration::from_secs(20);

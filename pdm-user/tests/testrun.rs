@@ -661,7 +661,7 @@ fn egress_cases() -> Vec<Case> {
                 l4: false,
             },
         },
-        // Before ESP: PDM must stay readable (pdm-spec.md section 1).
+        // Before ESP: PDM must stay readable (docs/pdm.md §3).
         Case {
             name: "ESP",
             frame: ipv6(A, B, IPPROTO_ESP, &esp_payload()),
@@ -1818,19 +1818,6 @@ fn ingress_classifies_the_peers_psn_sequence() {
     }
 }
 
-/// Pins the calling thread to `cpu`.
-fn pin_to_cpu(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; the calls only read it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        assert_eq!(
-            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
-            0,
-            "pin to CPU {cpu}"
-        );
-    }
-}
 
 /// One flow's packets received on two CPUs at the same moment (as a veth fed from two
 /// sending CPUs, or RPS, delivers them): one CPU gets the even PSNs, the other the odd
@@ -1855,7 +1842,7 @@ fn one_flows_packets_on_two_cpus_at_once_are_counted_exactly() {
             for cpu in 0..2u16 {
                 let (ebpf, barrier) = (&ebpf, &barrier);
                 s.spawn(move || {
-                    pin_to_cpu(cpu as usize);
+                    common::pin_to_cpu(cpu as usize);
                     let frames: Vec<Vec<u8>> = (1..PSNS)
                         .filter(|p| p % 2 == cpu && sent(*p))
                         .map(from_b_with_psn)
@@ -1878,16 +1865,6 @@ fn one_flows_packets_on_two_cpus_at_once_are_counted_exactly() {
     }
 }
 
-/// CLOCK_MONOTONIC in ns: the clock `bpf_ktime_get_ns` reads.
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: writes into `ts`.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
 
 /// Sends one request A → B through egress, makes the kernel believe it left `ago_ns`
 /// before now, and has B echo it with `dtlr`. Returns the counters that moved, and the
@@ -1913,13 +1890,13 @@ fn echo_after(ebpf: &mut Ebpf, ago_ns: u64, dtlr: DeltaTime) -> (Vec<(Counter, u
             ..RX_FIELDS
         })],
     );
-    let start = monotonic_ns();
+    let start = common::clock_ns(libc::CLOCK_MONOTONIC);
     slot.state.last_send_ns = start - ago_ns;
     table.set(index, slot, 0).expect("set the send time");
     let ((), moved) = counting(ebpf, || {
         run(ebpf, Prog::IngressXdp, &reply, None);
     });
-    (moved, monotonic_ns() - start)
+    (moved, common::clock_ns(libc::CLOCK_MONOTONIC) - start)
 }
 
 /// The plausibility rule in the kernel: a DTLR up to the time we measured gives a

@@ -77,7 +77,7 @@ pub fn run() -> Result<Tools> {
     )?;
     let bpf_linker_bin = step(
         "bpf-linker",
-        "see ../shared/design/toolchain.md, step 2",
+        "see docs/building.md, step 3 (bpf-linker)",
         || bpf_linker(&sysroot),
     )?;
     step(

@@ -43,15 +43,6 @@ pub struct Behaviour {
     pub dtlr: Box<dyn Fn(usize, u64) -> DeltaTime + Send>,
 }
 
-fn realtime_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: writes into `ts`.
-    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
 
 fn set_option(fd: libc::c_int, level: libc::c_int, name: libc::c_int, what: &str) {
     let one: libc::c_int = 1;
@@ -68,16 +59,19 @@ fn set_option(fd: libc::c_int, level: libc::c_int, name: libc::c_int, what: &str
     assert_eq!(r, 0, "{what}: {}", std::io::Error::last_os_error());
 }
 
-/// One request as received.
-struct Request {
-    from: SocketAddr,
-    /// The kernel's receive time (realtime ns).
-    rx_ns: u64,
-    pdm: Option<PdmFields>,
-    data: Vec<u8>,
+/// One datagram as received.
+pub struct Received {
+    pub from: SocketAddr,
+    /// The kernel's receive time (SO_TIMESTAMPNS, realtime ns).
+    pub rx_ns: u64,
+    /// The PDM of its Destination Options header (with IPV6_RECVDSTOPTS on).
+    pub pdm: Option<PdmFields>,
+    pub data: Vec<u8>,
 }
 
-fn receive(fd: libc::c_int) -> Option<Request> {
+/// recvmsg with its control messages: the receive timestamp (SO_TIMESTAMPNS must be
+/// on) and any Destination Options header.
+pub fn receive(fd: libc::c_int) -> Option<Received> {
     let mut buf = vec![0u8; 2048];
     // SAFETY: plain data, written by recvmsg.
     let mut from: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
@@ -124,7 +118,7 @@ fn receive(fd: libc::c_int) -> Option<Request> {
             from.sin6_scope_id,
         ));
         buf.truncate(n as usize);
-        Some(Request {
+        Some(Received {
             from: addr,
             rx_ns: rx.expect("SO_TIMESTAMPNS"),
             pdm,
@@ -194,7 +188,7 @@ pub fn serve(
         let mut psn = 0x4000u16;
         let mut answers = Vec::new();
         for i in 0..n {
-            let Some(Request {
+            let Some(Received {
                 from,
                 rx_ns,
                 pdm,
@@ -205,7 +199,7 @@ pub fn serve(
             };
             let request = pdm.expect("the request carries PDM (pdm runs on the client)");
             std::thread::sleep((b.hold)(i));
-            let held_ns = realtime_ns().saturating_sub(rx_ns);
+            let held_ns = super::clock_ns(libc::CLOCK_REALTIME).saturating_sub(rx_ns);
             let dtlr = (b.dtlr)(i, held_ns);
             let sent = PdmFields {
                 psn_this: psn,
