@@ -151,7 +151,6 @@ fn tx_timestamp(fd: i32) -> Option<i128> {
     }
 }
 
-
 /// `n` requests from `ns`, `gap` apart; a lost answer is waited for `wait` at most.
 fn udp_client(
     ns: &Netns,

@@ -254,7 +254,6 @@ fn tcp_through_a_router_is_counted_exactly_in_every_run() {
     }
 }
 
-
 /// One UDP flow (one socket, one 5-tuple) sent by two threads pinned to the two CPUs,
 /// so that its packets cross the router and reach the receiver on both CPUs at once;
 /// the router drops 1 %. Exact all the same.

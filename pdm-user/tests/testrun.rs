@@ -1818,7 +1818,6 @@ fn ingress_classifies_the_peers_psn_sequence() {
     }
 }
 
-
 /// One flow's packets received on two CPUs at the same moment (as a veth fed from two
 /// sending CPUs, or RPS, delivers them): one CPU gets the even PSNs, the other the odd
 /// ones, every tenth PSN is never sent. The counts and the loss are exact however the
@@ -1864,7 +1863,6 @@ fn one_flows_packets_on_two_cpus_at_once_are_counted_exactly() {
         );
     }
 }
-
 
 /// Sends one request A → B through egress, makes the kernel believe it left `ago_ns`
 /// before now, and has B echo it with `dtlr`. Returns the counters that moved, and the

@@ -43,7 +43,6 @@ pub struct Behaviour {
     pub dtlr: Box<dyn Fn(usize, u64) -> DeltaTime + Send>,
 }
 
-
 fn set_option(fd: libc::c_int, level: libc::c_int, name: libc::c_int, what: &str) {
     let one: libc::c_int = 1;
     // SAFETY: a valid socket and an int option.
