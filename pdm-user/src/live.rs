@@ -1,6 +1,7 @@
-//! The measuring loop of `pdm run`: RTT samples from the kernel's ring buffer, a flow
-//! table snapshot every interval, flow expiry, and the output (NDJSON or a sink the
-//! caller provides, such as the terminal view).
+//! The measuring loop of `pdm run`: drain the kernel source's RTT samples into the
+//! engine (on a short timer), and every interval snapshot the kernel's flow table
+//! (flows expire there too) and emit the rows to the sinks (NDJSON, the live view,
+//! `--log`).
 
 use std::{io::Write as _, time::Duration};
 
@@ -73,7 +74,7 @@ pub async fn run(ebpf: &mut Ebpf, opts: Options) -> Result<End> {
         ),
         None => None,
     };
-    let names = Lookups::new(opts.resolve);
+    let lookups = Lookups::new(opts.resolve);
     let mut labels = Labels::default();
     let mut table = Table::with_capacity(opts.table, kernel.slots());
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -104,7 +105,7 @@ pub async fn run(ebpf: &mut Ebpf, opts: Options) -> Result<End> {
                 if !opts.iface.still_there() {
                     break End::InterfaceGone;
                 }
-                report(ebpf, &kernel, &opts, &mut table, &names, &mut labels, &mut sink, log.as_mut())?;
+                report(ebpf, &kernel, &opts, &mut table, &lookups, &mut labels, &mut sink, log.as_mut())?;
                 if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
                     break End::Stopped;
                 }
@@ -122,7 +123,7 @@ pub async fn run(ebpf: &mut Ebpf, opts: Options) -> Result<End> {
             &kernel,
             &opts,
             &mut table,
-            &names,
+            &lookups,
             &mut labels,
             &mut Sink::Json(Vec::new()),
             log.as_mut(),
@@ -140,29 +141,53 @@ const DRAIN_SLOW: Duration = Duration::from_millis(100);
 const DRAIN_FAST: Duration = Duration::from_millis(25);
 const DRAIN_BUSY: usize = 2_000;
 
+/// One interval's figures: the counters and the rows the sinks are to show.
+struct Snapshot {
+    totals: Totals,
+    rows: Vec<FlowRow>,
+    now: u64,
+    /// The rows carry every summary (NDJSON wants them); else only what the view
+    /// fills in for the rows it shows.
+    complete: bool,
+}
+
+/// Drain → snapshot → emit, once per interval.
 #[allow(clippy::too_many_arguments)]
 fn report(
     ebpf: &mut Ebpf,
     kernel: &KernelSource,
     opts: &Options,
     table: &mut Table,
-    names: &Lookups,
+    lookups: &Lookups,
     labels: &mut Labels,
     sink: &mut Sink,
     log: Option<&mut std::fs::File>,
 ) -> Result<()> {
+    let snap = snapshot(ebpf, kernel, opts, table, sink, log.is_some())?;
+    emit(snap, opts, table, lookups, labels, sink, log)
+}
+
+/// Takes in the kernel's flow table (expiring flows there too) and builds the rows.
+fn snapshot(
+    ebpf: &mut Ebpf,
+    kernel: &KernelSource,
+    opts: &Options,
+    table: &mut Table,
+    sink: &mut Sink,
+    logging: bool,
+) -> Result<Snapshot> {
     let totals = maps::totals(ebpf).context("reading counters")?;
     let now = engine::monotonic_ns();
     // The since-start summaries go to NDJSON only (the view does not show them), and
     // the view needs window summaries and labels only for the rows on screen (unless it
     // sorts by them).
-    let since_start = log.is_some() || matches!(sink, Sink::Json(_));
+    let complete = logging || matches!(sink, Sink::Json(_));
     let mut rows = match sink {
         Sink::Tui(ui) => ui.take_rows(),
         Sink::Json(buffer) => std::mem::take(buffer),
     };
     let keep = |r: &FlowRow| opts.filter.matches(r);
-    let expired = if since_start {
+    let expired = if complete {
         let expired = table.refresh(kernel.flows(), now);
         table.rows_into(&mut rows, now, true, true, keep);
         expired
@@ -171,23 +196,47 @@ fn report(
         table.refresh_rows(kernel.flows(), now, Some(&mut rows), keep)
     };
     kernel.remove(&expired);
+    Ok(Snapshot {
+        totals,
+        rows,
+        now,
+        complete,
+    })
+}
+
+/// Hands the rows, with their labels, to the sinks.
+fn emit(
+    snap: Snapshot,
+    opts: &Options,
+    table: &Table,
+    lookups: &Lookups,
+    labels: &mut Labels,
+    sink: &mut Sink,
+    log: Option<&mut std::fs::File>,
+) -> Result<()> {
+    let Snapshot {
+        totals,
+        mut rows,
+        now,
+        complete,
+    } = snap;
     let shown = match sink {
-        Sink::Tui(ui) if !since_start => ui.shown_rows(&rows),
+        Sink::Tui(ui) if !complete => ui.shown_rows(&rows),
         _ => None,
     };
     let labels = match &shown {
         None => {
-            if !since_start {
+            if !complete {
                 for r in &mut rows {
                     table.fill_windows(r, now);
                 }
             }
-            labels.for_rows(&rows, names)
+            labels.for_rows(&rows, lookups)
         }
         Some(shown) => {
             let mut out = vec![RowLabels::default(); rows.len()];
             let picked: Vec<FlowRow> = shown.iter().map(|&i| rows[i].clone()).collect();
-            for (&i, l) in shown.iter().zip(labels.for_rows(&picked, names)) {
+            for (&i, l) in shown.iter().zip(labels.for_rows(&picked, lookups)) {
                 table.fill_windows(&mut rows[i], now);
                 out[i] = l;
             }
