@@ -3,6 +3,7 @@
 //! and pass the verifier when called from `pdm-ebpf`.
 #![no_std]
 
+pub mod chain;
 pub mod config;
 pub mod counters;
 pub mod flow;

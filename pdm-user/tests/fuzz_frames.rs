@@ -20,6 +20,7 @@ mod common;
 use aya::programs::ProgramError;
 use etherparse::SlicedPacket;
 use pdm_common::{
+    chain,
     counters::Counter,
     wire::{PDM_HEADER_LEN, PDM_OPTION_LEN, PDM_OPTION_TYPE, PdmFields},
 };
@@ -302,7 +303,25 @@ fn check_egress(input: &[u8], out: &[u8]) -> Result<bool, String> {
     if SlicedPacket::from_ethernet(input).is_ok() && SlicedPacket::from_ethernet(out).is_err() {
         return Err("etherparse reads the input but not the output".into());
     }
+    // The shared host-side parser (what `pdm trace` and captures use) finds the PDM
+    // egress put there, in the header egress put it in.
+    if chain::parse(&input[ETH..]).is_ok() {
+        let c = chain::parse(&out[ETH..]).map_err(|e| format!("chain parser: {e}"))?;
+        let ours = wire_pdm(h);
+        let found_at = c.pdm_header.map(|i| c.extensions()[i].offset + ETH);
+        if ours.is_none() || c.pdm != ours || found_at != Some(at) {
+            return Err(format!(
+                "chain parser sees PDM {:?} in header {:?}, egress put {ours:?} at {at}",
+                c.pdm, c.pdm_header
+            ));
+        }
+    }
     Ok(true)
+}
+
+/// The PDM option of a 16-octet header as egress writes it.
+fn wire_pdm(h: &[u8]) -> Option<PdmFields> {
+    pdm_common::wire::decode_dstopts(h).ok()?.pdm
 }
 
 /// Whether the IPv6 header chain of `f` holds an Authentication Header, by a walk of

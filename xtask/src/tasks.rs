@@ -98,8 +98,8 @@ pub fn run(args: &[String]) -> Result<()> {
     cmd::run(&mut c)
 }
 
-/// cargo-fuzz targets in `fuzz/` (the userspace decoders).
-const FUZZ_TARGETS: &[&str] = &["decode_dstopts", "delta_time"];
+/// cargo-fuzz targets in `fuzz/` (the userspace decoders and the header-chain parser).
+const FUZZ_TARGETS: &[&str] = &["decode_dstopts", "delta_time", "chain"];
 
 /// The randomized frame test (`pdm-user/tests/fuzz_frames.rs`) at length, `frames`
 /// frames from `seed` (random when not given, and printed so a failure can be rerun),

@@ -5,10 +5,7 @@
 use std::net::Ipv6Addr;
 
 use libc::c_int;
-use pdm_common::wire::{
-    self, IPPROTO_DSTOPTS, IPPROTO_FRAGMENT, IPPROTO_HOPOPTS, IPPROTO_ICMPV6, IPPROTO_ROUTING,
-    IPPROTO_TCP, IPPROTO_UDP,
-};
+use pdm_common::chain::{self, Upper};
 
 /// `ICMP6_FILTER` (netinet/icmp6.h; not in the libc crate), at level IPPROTO_ICMPV6.
 pub(super) const ICMP6_FILTER: c_int = 1;
@@ -119,52 +116,24 @@ struct Quoted {
 }
 
 /// The invoking packet an ICMPv6 error quotes: IPv6 header, extension headers, and the
-/// start of the upper layer.
+/// start of the upper layer (the shared chain parser, pdm_common::chain).
 fn parse_quoted(p: &[u8]) -> Option<Quoted> {
-    if p.first()? >> 4 != 6 {
-        return None;
-    }
-    let dst = Ipv6Addr::from(<[u8; 16]>::try_from(p.get(24..40)?).ok()?);
-    let mut next = *p.get(6)?;
-    let mut off = 40;
-    let mut pdm = false;
-    loop {
-        match next {
-            IPPROTO_HOPOPTS | IPPROTO_ROUTING => {
-                next = *p.get(off)?;
-                off += (usize::from(*p.get(off + 1)?) + 1) * 8;
-            }
-            IPPROTO_DSTOPTS => {
-                let h = wire::decode_dstopts(p.get(off..)?).ok()?;
-                pdm |= h.pdm.is_some();
-                next = h.next_header;
-                off += h.len;
-            }
-            IPPROTO_FRAGMENT => {
-                next = *p.get(off)?;
-                off += 8;
-            }
-            _ => break,
-        }
-    }
-    let u = p.get(off..)?;
-    let word = |i: usize| Some(u16::from_be_bytes([*u.get(i)?, *u.get(i + 1)?]));
-    let key = match next {
-        IPPROTO_UDP => Key::Udp {
-            sport: word(0)?,
-            dport: word(2)?,
-        },
-        IPPROTO_TCP => Key::Tcp {
-            sport: word(0)?,
-            dport: word(2)?,
-        },
-        IPPROTO_ICMPV6 if *u.first()? == ICMPV6_ECHO_REQUEST => Key::Echo {
-            id: word(4)?,
-            seq: word(6)?,
-        },
+    let c = chain::parse(p).ok()?;
+    let key = match c.upper {
+        Upper::Udp { sport, dport } => Key::Udp { sport, dport },
+        Upper::Tcp { sport, dport, .. } => Key::Tcp { sport, dport },
+        Upper::Icmpv6 {
+            ty: ICMPV6_ECHO_REQUEST,
+            echo: Some((id, seq)),
+            ..
+        } => Key::Echo { id, seq },
         _ => return None,
     };
-    Some(Quoted { dst, pdm, key })
+    Some(Quoted {
+        dst: Ipv6Addr::from(c.dst),
+        pdm: c.pdm.is_some(),
+        key,
+    })
 }
 
 /// The ICMP6_FILTER bitmap: a set bit blocks that message type.
@@ -183,7 +152,7 @@ impl Icmp6Filter {
 
 #[cfg(test)]
 mod tests {
-    use pdm_common::wire::PdmFields;
+    use pdm_common::wire::{IPPROTO_DSTOPTS, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, PdmFields};
 
     use super::*;
 
