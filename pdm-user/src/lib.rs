@@ -18,11 +18,13 @@
 //! - [`sinks`]: where the rows go — [`sinks::ndjson`] and the terminal view
 //!   [`sinks::tui`].
 //! - [`live`]: `pdm run`'s loop, drain → snapshot → emit.
+//! - [`analyze`]: `pdm analyze`, PDM in capture files (a capture source, no eBPF).
 //! - [`trace`]: `pdm trace`, traceroutes with and without PDM (no eBPF).
 //! - [`demo`]: the embedded demo's hosts and traffic.
 //! - [`filter`], [`duration`]: values from the command line (`--filter`/`--only`,
 //!   durations), parsed once.
 
+pub mod analyze;
 pub mod demo;
 pub mod duration;
 pub mod engine;

@@ -6,7 +6,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 use pdm_common::flow::DEFAULT_MAX_FLOWS;
 use pdm_user::{
-    demo,
+    analyze, demo,
     duration::parse as parse_duration,
     engine::TableConfig,
     filter::Filter,
@@ -43,6 +43,8 @@ enum Cmd {
     },
     /// Traceroute twice, without and with a PDM header: where do packets carrying PDM stop?
     Trace(trace::TraceArgs),
+    /// PDM in capture files (pcap, pcapng), pdm's own or anyone else's.
+    Analyze(analyze::AnalyzeArgs),
 }
 
 #[derive(clap::Args)]
@@ -147,6 +149,7 @@ fn main() -> ExitCode {
         Cmd::Run(args) => block_on(run(args)),
         Cmd::Demo(args) => demo(args),
         Cmd::Trace(args) => trace::run(&args).map_err(Into::into),
+        Cmd::Analyze(args) => analyze::run(&args).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
@@ -179,7 +182,7 @@ fn usage_error(e: clap::Error) -> ExitCode {
     let what = what.join(" ");
     let what = what.strip_prefix("error: ").unwrap_or(&what);
     let help = match std::env::args().nth(1).as_deref() {
-        Some(sub @ ("run" | "demo" | "check")) => format!("pdm {sub} --help"),
+        Some(sub @ ("run" | "demo" | "check" | "trace" | "analyze")) => format!("pdm {sub} --help"),
         _ => "pdm --help".into(),
     };
     eprintln!("pdm: {what} (see `{help}`)");

@@ -1,5 +1,6 @@
-//! What feeds the engine ([`crate::engine`]): today the kernel ([`kernel`]: its RTT
-//! samples and snapshots of its flow table); capture files and the passive observer
-//! are to come beside it.
+//! What feeds the engine ([`crate::engine`]): the kernel ([`kernel`]: its RTT samples
+//! and snapshots of its flow table) and capture files ([`capture`]: pcap and pcapng);
+//! the passive observer is to come beside them.
 
+pub mod capture;
 pub mod kernel;
