@@ -3,17 +3,19 @@
 //! ([`crate::sources::capture`]), each packet's chain walked by the shared parser
 //! ([`pdm_common::chain`]).
 //!
-//! `--packets` prints every packet that carries PDM, its fields raw and decoded. The
-//! per-flow figures (RTT from the PDM fields alone, server and client delay, loss each
-//! way), which go through the metrics engine, are not built yet.
+//! By default, per-flow figures: the capture's flows ([`capture::CaptureFlows`]) feed
+//! the same metrics engine as the kernel does in `pdm run`, and the rows go out as the
+//! same NDJSON flow objects (`local_*` = the client). `--packets` prints every packet
+//! that carries PDM instead, its fields raw and decoded.
 
 use std::{
     io::Write as _,
     net::Ipv6Addr,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use pdm_common::{
     chain::{self, Upper},
     time::{DeltaTime, TimeFault, decode_received},
@@ -21,7 +23,12 @@ use pdm_common::{
 };
 use serde_json::{Value, json};
 
-use crate::sources::capture::{self, Packet, ReadSummary};
+use crate::{
+    engine::{Table, TableConfig},
+    filter::Filter,
+    sinks::ndjson,
+    sources::capture::{self, CaptureFlows, Packet, ReadSummary},
+};
 
 #[derive(clap::Args)]
 pub struct AnalyzeArgs {
@@ -33,6 +40,14 @@ pub struct AnalyzeArgs {
     /// six PDM fields as sent and their delta times decoded.
     #[arg(long)]
     pub packets: bool,
+    /// Only flows that match, e.g. "udp", "port 443" (the syntax of `pdm run --filter`).
+    #[arg(long, value_parser = Filter::parse)]
+    pub filter: Option<Filter>,
+    /// Span of the sliding window for the `rtt_us_*` and `server_delay_us_*` figures
+    /// (capture time, before the last packet); the `*_all_*` figures cover the whole
+    /// capture.
+    #[arg(long, default_value = "10s", value_parser = crate::duration::parse)]
+    pub window: Duration,
 }
 
 /// What the packets of a read were, for the summary line.
@@ -46,9 +61,7 @@ struct Tally {
 
 pub fn run(args: &AnalyzeArgs) -> Result<()> {
     if !args.packets {
-        bail!(
-            "per-flow figures from captures are not built yet; `pdm analyze --packets FILE` prints every packet carrying PDM"
-        );
+        return flows(args);
     }
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
@@ -74,6 +87,66 @@ pub fn run(args: &AnalyzeArgs) -> Result<()> {
         summary(file, &tally);
     }
     Ok(())
+}
+
+/// The engine refreshes its flows from the capture's every this much capture time (the
+/// kernel's narrow counters are widened at each refresh, as in `pdm run`).
+const REFRESH_NS: u64 = 1_000_000_000;
+
+/// Per-flow figures of all files, one NDJSON flow object per flow at the end.
+fn flows(args: &AnalyzeArgs) -> Result<()> {
+    let mut table = Table::new(TableConfig {
+        window: args.window,
+        // A capture's flows are all reported at the end; none expires on the way.
+        idle_timeout: Duration::from_secs(u64::from(u32::MAX)),
+        closed_linger: Duration::from_secs(u64::from(u32::MAX)),
+    });
+    let mut source = CaptureFlows::default();
+    let mut last_refresh = 0u64;
+    let mut last_ts = 0u64;
+    for file in &args.files {
+        let mut file_tally = Tally::default();
+        file_tally.read = capture::read(file, |p| {
+            let Ok(c) = chain::parse(p.ipv6) else {
+                file_tally.unwalkable += 1;
+                return;
+            };
+            file_tally.bad_pdm += u64::from(c.bad_pdm);
+            file_tally.pdm += u64::from(c.pdm.is_some());
+            source.packet(p, &c, &mut table);
+            last_ts = last_ts.max(p.ts_ns);
+            if p.ts_ns >= last_refresh + REFRESH_NS {
+                table.refresh(source.slots(), p.ts_ns);
+                last_refresh = p.ts_ns;
+            }
+        })?;
+        summary(file, &file_tally);
+    }
+    // Everything has arrived that ever will.
+    table.settle();
+    table.refresh(source.slots(), last_ts);
+    let keep = |r: &crate::engine::FlowRow| args.filter.as_ref().is_none_or(|f| f.matches(r));
+    let mut rows = Vec::new();
+    table.rows_into(&mut rows, last_ts, true, true, keep);
+    let name = args
+        .files
+        .iter()
+        .map(|f| f.display().to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let ts = last_ts as f64 / 1e9;
+    for r in &rows {
+        match ndjson::write_flow(&mut out, ts, &name, r, None, None) {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            other => other.context("writing to stdout")?,
+        }
+    }
+    match out.flush() {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.context("writing to stdout"),
+    }
 }
 
 /// The NDJSON line of one packet, if it carries a valid PDM.

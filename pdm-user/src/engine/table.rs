@@ -328,8 +328,11 @@ impl Table {
             d.faults.count(fault);
             return;
         }
-        d.rtt.push(s.ts_ns, s.rtt_ns, span);
-        d.rtt_all.push(s.rtt_ns);
+        // A source may hand a server-delay sample alone (a capture pairs the two apart).
+        if s.rtt_ns != NO_SAMPLE {
+            d.rtt.push(s.ts_ns, s.rtt_ns, span);
+            d.rtt_all.push(s.rtt_ns);
+        }
         if s.server_delay_ns != NO_SAMPLE {
             d.server_delay.push(s.ts_ns, s.server_delay_ns, span);
             d.server_delay_all.push(s.server_delay_ns);

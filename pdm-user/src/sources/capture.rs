@@ -1,10 +1,19 @@
 //! A capture file as a source: pcap or pcapng, streamed through a bounded buffer, each
-//! record's link layer taken off to leave its IPv6 packet and capture time. Link
-//! types: Ethernet (with 802.1Q/QinQ tags), Linux cooked (SLL and SLL2) and raw IP.
+//! record's link layer taken off to leave its IPv6 packet and capture time (link
+//! types: Ethernet with 802.1Q/QinQ tags, Linux cooked SLL and SLL2, raw IP); and its
+//! flows ([`CaptureFlows`]) fed to the metrics engine as the kernel's are.
 
 use std::{fs::File, path::Path};
 
+use crate::engine::Table;
+
 use pcap_parser::{Block, Linktype, PcapBlockOwned, PcapError, create_reader};
+use pdm_common::{
+    chain::{Chain, Upper},
+    flow::{FLOW_CLOSED, FLOW_VALID, FlowKey, FlowSlot, FlowState, NO_SAMPLE, RttSample},
+    seq::{SeqEvent, seq_step},
+    time::{DeltaTime, decode_received, observed_rtt},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
@@ -192,4 +201,178 @@ pub fn read(path: &Path, mut each: impl FnMut(&Packet)) -> Result<ReadSummary, C
         return Err(CaptureError::NotACapture { path: name });
     }
     Ok(summary)
+}
+
+/// A flow whichever way a packet goes: (the lower end's address and port, the higher
+/// end's, protocol).
+type Ends = ([u8; 16], u16, [u8; 16], u16, u8);
+
+/// Server packets remembered per flow for pairing with the client's echoes of them.
+const RECENT_SERVER_PACKETS: usize = 64;
+
+/// One flow of a capture, seen from its client (the end that sent its first packet in
+/// the capture; for TCP the SYN's sender).
+struct CaptureFlow {
+    slot: FlowSlot,
+    /// The server's recent packets with PDM: (PSN, its DTLR, the client PSN it echoed).
+    recent: [(u16, DeltaTime, u16); RECENT_SERVER_PACKETS],
+    recent_next: usize,
+    recent_len: usize,
+    /// The last server PSN the client's echo of gave an RTT sample (or was refused).
+    rtt_echo: Option<u16>,
+    /// The last client PSN whose server-side echo gave a server-delay sample.
+    delay_echo: Option<u16>,
+}
+
+/// The flows of a capture, fed to the metrics engine as the kernel feeds it in
+/// `pdm run`: per-flow counters and the server's PSN sequence as flow-table entries,
+/// and RTT and server-delay samples.
+///
+/// - RTT from the PDM fields alone (valid at any capture point): when the client's
+///   packet p3 first echoes the server's p2 (p3.PSNLR = p2.PSNTP) and p2 echoed the
+///   last packet the client sent before p3 (p2.PSNLR = p3.PSNTP − 1, the client
+///   numbering its packets one by one), RTT = DTLS(p3) − DTLR(p2).
+/// - Server delay: DTLR of the first data-carrying server packet that echoes a client
+///   PSN, as `pdm run` takes it.
+#[derive(Default)]
+pub struct CaptureFlows {
+    flows: Vec<CaptureFlow>,
+    index: std::collections::HashMap<Ends, usize>,
+}
+
+impl CaptureFlows {
+    /// Takes one packet in: counters, sequence, and samples handed to `table`.
+    pub fn packet(&mut self, p: &Packet, c: &Chain, table: &mut Table) {
+        let (proto, sport, dport, tcp_flags, data) = match c.upper {
+            Upper::Tcp {
+                sport,
+                dport,
+                flags,
+                header_len,
+            } => {
+                let headers = c.upper_offset - 40 + header_len;
+                (6, sport, dport, flags, usize::from(c.payload_len) > headers)
+            }
+            Upper::Udp { sport, dport } => (17, sport, dport, 0, true),
+            // Neighbor Discovery, MLD and router renumbering are never given PDM and are
+            // not flows, as in `pdm run`.
+            Upper::Icmpv6 {
+                ty: 130..=138 | 143,
+                ..
+            } => return,
+            Upper::Icmpv6 { echo, .. } => {
+                let id = echo.map_or(0, |e| e.0);
+                (58, id, id, 0, true)
+            }
+            Upper::Opaque => (c.upper_proto, 0, 0, 0, true),
+        };
+        let (a, b) = ((c.src, sport), (c.dst, dport));
+        let canon = if a <= b {
+            (a.0, a.1, b.0, b.1, proto)
+        } else {
+            (b.0, b.1, a.0, a.1, proto)
+        };
+        let id = *self.index.entry(canon).or_insert_with(|| {
+            // The first packet's sender is the client, but a SYN-ACK's receiver.
+            let syn_ack = proto == 6 && tcp_flags & 0x12 == 0x12;
+            let (client, server) = if syn_ack { (b, a) } else { (a, b) };
+            self.flows.push(CaptureFlow {
+                slot: FlowSlot {
+                    key: FlowKey::new(client.0, server.0, client.1, server.1, proto),
+                    state: FlowState {
+                        flags: FLOW_VALID,
+                        ..FlowState::default()
+                    },
+                },
+                recent: [(0, DeltaTime::default(), 0); RECENT_SERVER_PACKETS],
+                recent_next: 0,
+                recent_len: 0,
+                rtt_echo: None,
+                delay_echo: None,
+            });
+            self.flows.len() - 1
+        });
+        let f = &mut self.flows[id];
+        let from_client = f.slot.key.local_addr == c.src && f.slot.key.local_port == sport;
+        let s = &mut f.slot.state;
+        let pdm = u32::from(c.pdm.is_some());
+        if from_client {
+            s.tx_packets = s.tx_packets.wrapping_add(1);
+            s.tx_pdm = s.tx_pdm.wrapping_add(pdm);
+            s.tx_bytes += u64::from(p.wire_len);
+        } else {
+            s.rx_packets = s.rx_packets.wrapping_add(1);
+            s.rx_pdm = s.rx_pdm.wrapping_add(pdm);
+            s.rx_bytes += u64::from(p.wire_len);
+        }
+        if tcp_flags & 0x05 != 0 {
+            s.flags |= FLOW_CLOSED;
+        }
+        let Some(pdm) = c.pdm else {
+            return;
+        };
+        let sample = |rtt_ns, server_delay_ns, fault| RttSample {
+            key: f.slot.key,
+            ts_ns: p.ts_ns,
+            rtt_ns,
+            server_delay_ns,
+            psn: pdm.psn_last_recv,
+            fault,
+            _pad: 0,
+            slot: id as u32,
+        };
+        let dtlr = DeltaTime {
+            delta: pdm.dtlr,
+            scale: pdm.scale_dtlr,
+        };
+        if from_client {
+            if f.rtt_echo == Some(pdm.psn_last_recv) {
+                return;
+            }
+            let p2 = f.recent[..f.recent_len]
+                .iter()
+                .find(|r| r.0 == pdm.psn_last_recv)
+                .copied();
+            if let Some((_, p2_dtlr, p2_echoed)) = p2
+                && p2_echoed == pdm.psn_this.wrapping_sub(1)
+            {
+                f.rtt_echo = Some(pdm.psn_last_recv);
+                let dtls = DeltaTime {
+                    delta: pdm.dtls,
+                    scale: pdm.scale_dtls,
+                };
+                table.add_sample(&match observed_rtt(dtls, p2_dtlr) {
+                    Ok(rtt) => sample(rtt, NO_SAMPLE, 0),
+                    Err(fault) => sample(NO_SAMPLE, NO_SAMPLE, fault as u8),
+                });
+            }
+            return;
+        }
+        let (word, event) = seq_step(s.rx_seq, pdm.psn_this);
+        s.rx_seq = word;
+        match event {
+            SeqEvent::Duplicate => s.rx_duplicate = s.rx_duplicate.wrapping_add(1),
+            SeqEvent::Reordered => s.rx_reordered = s.rx_reordered.wrapping_add(1),
+            SeqEvent::None => {}
+        }
+        f.recent[f.recent_next] = (pdm.psn_this, dtlr, pdm.psn_last_recv);
+        f.recent_next = (f.recent_next + 1) % RECENT_SERVER_PACKETS;
+        f.recent_len = (f.recent_len + 1).min(RECENT_SERVER_PACKETS);
+        let echoes = pdm.psn_last_recv != 0 || pdm.dtlr != 0 || pdm.scale_dtlr != 0;
+        if data && echoes && f.delay_echo != Some(pdm.psn_last_recv) {
+            f.delay_echo = Some(pdm.psn_last_recv);
+            table.add_sample(&match decode_received(dtlr) {
+                Ok(ns) => sample(NO_SAMPLE, ns, 0),
+                Err(fault) => sample(NO_SAMPLE, NO_SAMPLE, fault as u8),
+            });
+        }
+    }
+
+    /// The flows as flow-table entries, (slot, entry), for the engine's refresh.
+    pub fn slots(&self) -> impl Iterator<Item = (u32, FlowSlot)> + '_ {
+        self.flows
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (i as u32, f.slot))
+    }
 }
