@@ -109,6 +109,25 @@ fn n(v: &Value, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("{key} has no count in {v}"))
 }
 
+/// `pdm analyze FILE`'s flow of protocol `proto` between the test's ports.
+fn analyze_flow(file: &std::path::Path, proto: &str) -> Value {
+    let out = std::process::Command::new(common::pdm_bin())
+        .arg("analyze")
+        .arg(file)
+        .output()
+        .expect("run pdm analyze");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("JSON"))
+        .find(|f| f["proto"] == proto && f["local_port"] == CLIENT_PORT)
+        .unwrap_or_else(|| panic!("pdm analyze found no {proto} flow from port {CLIENT_PORT}"))
+}
+
 /// Waits until something in `ns` listens on TCP `port`.
 fn listening(ns: &Netns, port: u16) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -245,6 +264,24 @@ fn tcp_through_a_router_is_counted_exactly_in_every_run() {
         assert_eq!(cap_s.stop(), 0, "server capture dropped packets");
         let (lines_c, lines_s) = (pdm_c.stop(), pdm_s.stop());
         check_both_directions(&what, &line, "tcp", (&lines_c, &lines_s), (&cap_c, &cap_s));
+        // The same exactness from the client's capture, read back by `pdm analyze`:
+        // what reached the client, and what the router dropped on the way to it.
+        let analyzed = analyze_flow(&cap_c.path, "tcp");
+        let (arrived, lost) = (
+            captured(&cap_c, "tcp", router::CLIENT_ADDR),
+            dropped(&line.router, "to_client"),
+        );
+        assert_eq!(
+            n(&analyzed, "rx_packets"),
+            arrived,
+            "{what}: analyze: {analyzed}"
+        );
+        assert_eq!(n(&analyzed, "rx_lost"), lost, "{what}: analyze: {analyzed}");
+        assert_eq!(
+            n(&analyzed, "rx_duplicate"),
+            0,
+            "{what}: analyze: {analyzed}"
+        );
         if percent > 0 {
             assert!(
                 dropped(&line.router, "to_server") > 50,

@@ -1881,7 +1881,7 @@ fn echo_after(ebpf: &mut Ebpf, ago_ns: u64, dtlr: DeltaTime) -> (Vec<(Counter, u
     let reply = with_ext(
         &udp(B, A, 7300, 7301, b"response"),
         &[dstopts_pdm(PdmFields {
-            psn_this: 0x3000 + sent.psn_this,
+            psn_this: sent.psn_this.wrapping_add(0x3000),
             psn_last_recv: sent.psn_this,
             scale_dtlr: dtlr.scale,
             dtlr: dtlr.delta,
