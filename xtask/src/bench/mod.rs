@@ -4,7 +4,8 @@
 //!
 //! One file per benchmark: [`progcost`] (BPF run time per packet), [`throughput`] (TCP
 //! with iperf3 and with our own sender, against the kernel's IPV6_DSTOPTS insertion),
-//! [`rr`] (UDP request/response), [`scaling`] (flows), [`loader`] (pdm's own CPU).
+//! [`rr`] (UDP request/response), [`scaling`] (flows), [`loader`] (pdm's own CPU),
+//! [`analyze`] (reading captures, against tshark).
 //! [`profile`] adds a perf profile of each program. [`hosts`] makes the hosts and undoes
 //! every change (also on Ctrl-C); [`helper`] is the traffic the hosts run (hidden
 //! `cargo xtask bench-helper` subcommands); [`bpf`] reads the kernel's statistics;
@@ -12,6 +13,7 @@
 //! BENCHMARKS.md from them (`cargo xtask bench --render` rewrites it from
 //! bench-results.json).
 
+mod analyze;
 mod bpf;
 pub mod helper;
 mod hosts;
@@ -156,6 +158,7 @@ pub fn run(quick: bool, only: &[String], baseline: Option<&str>) -> Result<()> {
         rr: None,
         scaling: None,
         loader_cpu: None,
+        analyze: None,
         wall_secs: WallSecs::default(),
         only: (!only.is_empty()).then(|| only.clone()),
     };
@@ -175,6 +178,7 @@ pub fn run(quick: bool, only: &[String], baseline: Option<&str>) -> Result<()> {
             Bench::Rr => results.rr = Some(outcome(bench, rr::run(&cfg))),
             Bench::Scaling => results.scaling = Some(outcome(bench, scaling::run(&cfg))),
             Bench::LoaderCpu => results.loader_cpu = Some(outcome(bench, loader::run(&cfg))),
+            Bench::Analyze => results.analyze = Some(outcome(bench, analyze::run(&cfg))),
         }
         results
             .wall_secs

@@ -63,6 +63,7 @@ names! {
         Rr => "rr",
         Scaling => "scaling",
         LoaderCpu => "loader_cpu",
+        Analyze => "analyze",
     }
 }
 
@@ -193,6 +194,8 @@ pub struct BenchResults {
     pub scaling: Option<Outcome<Scaling>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loader_cpu: Option<Outcome<LoaderCpu>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analyze: Option<Outcome<Analyze>>,
     pub wall_secs: WallSecs,
     /// `--only`: the benchmarks this run measured, the others kept from the file before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -209,6 +212,7 @@ impl BenchResults {
             Bench::Rr => self.rr = earlier.rr.take(),
             Bench::Scaling => self.scaling = earlier.scaling.take(),
             Bench::LoaderCpu => self.loader_cpu = earlier.loader_cpu.take(),
+            Bench::Analyze => self.analyze = earlier.analyze.take(),
         }
         if let Some(secs) = earlier.wall_secs.per_bench.remove(&bench) {
             self.wall_secs.per_bench.insert(bench, secs);
@@ -910,6 +914,22 @@ pub struct MapInfo {
     pub bytes_memlock: u64,
     #[serde(flatten)]
     pub rest: BTreeMap<String, Value>,
+}
+
+// ---- analyze.
+
+/// `pdm analyze` against `tshark -T fields` on the same capture.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Analyze {
+    pub packets: u64,
+    pub flows: u32,
+    pub file_bytes: u64,
+    /// Wall seconds of each repetition, in turn with tshark's.
+    pub pdm_secs: Vec<f64>,
+    pub tshark_secs: Vec<f64>,
+    /// From the median repetition.
+    pub pdm_packets_per_sec: f64,
+    pub tshark_packets_per_sec: f64,
 }
 
 // ---- loader_cpu.

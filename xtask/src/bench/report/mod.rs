@@ -19,6 +19,7 @@ pub fn render(r: &BenchResults) -> String {
     tables::rr(&mut s, r.rr.as_ref());
     tables::scaling(&mut s, r.scaling.as_ref());
     tables::loader(&mut s, r.loader_cpu.as_ref());
+    tables::analyze(&mut s, r.analyze.as_ref());
     narrative::limits(&mut s, r);
     narrative::commands(&mut s, r);
     s
@@ -38,6 +39,7 @@ mod tests {
         r.progcost = Some(Outcome::Failed("no bpftool".into()));
         r.throughput = Some(Outcome::Failed("iperf3 failed three times".into()));
         (r.testrun, r.rr, r.scaling, r.loader_cpu) = (None, None, None, None);
+        r.analyze = None;
         let md = render(&r);
         assert!(md.contains("**This benchmark failed:** `no bpftool`"));
         assert!(md.contains("**This benchmark failed:** `iperf3 failed three times`"));

@@ -11,8 +11,9 @@ use super::{
 };
 use crate::bench::{
     results::{
-        Host, HostProgs, Ingress, LoaderCpu, LoaderOutput, MergedProg, NullHook, Outcome, Profile,
-        Prog, ProgRun, Progcost, Rr, Scaling, TcpTest, Throughput, ThroughputMode, Windows,
+        Analyze, Host, HostProgs, Ingress, LoaderCpu, LoaderOutput, MergedProg, NullHook, Outcome,
+        Profile, Prog, ProgRun, Progcost, Rr, Scaling, TcpTest, Throughput, ThroughputMode,
+        Windows,
     },
     rr, throughput,
 };
@@ -506,4 +507,50 @@ pub fn loader(s: &mut String, part: Option<&Outcome<LoaderCpu>>) {
         );
     }
     let _ = writeln!(s);
+}
+
+pub fn analyze(s: &mut String, part: Option<&Outcome<Analyze>>) {
+    // Absent from runs before the benchmark existed: no section at all.
+    let Some(part) = part else {
+        return;
+    };
+    let _ = writeln!(
+        s,
+        "## Reading captures: `pdm analyze` against tshark
+"
+    );
+    let Some(a) = done(s, Some(part)) else {
+        return;
+    };
+    let _ = writeln!(
+        s,
+        "A pcap of {} Ethernet/IPv6/PDM/UDP packets ({} MiB, {} request/response flows) written by the benchmark; `pdm analyze FILE` (per-flow figures) against `tshark -r FILE -T fields` with the six PDM fields, in turn, output to /dev/null. Target: at least 1 M packets/s.\n",
+        a.packets,
+        num(a.file_bytes as f64 / 1_048_576.0, 1),
+        a.flows
+    );
+    let _ = writeln!(s, "| reader | packets/s | wall s per run |\n|---|---|---|");
+    let runs = |v: &[f64]| v.iter().map(|x| num(*x, 3)).collect::<Vec<_>>().join(", ");
+    let _ = writeln!(
+        s,
+        "| pdm analyze | {} | {} |",
+        num(a.pdm_packets_per_sec, 0),
+        runs(&a.pdm_secs)
+    );
+    let _ = writeln!(
+        s,
+        "| tshark -T fields | {} | {} |",
+        num(a.tshark_packets_per_sec, 0),
+        runs(&a.tshark_secs)
+    );
+    let _ = writeln!(
+        s,
+        "\npdm analyze reads {}× as many packets per second as tshark; target ≥ 1 M packets/s {}.\n",
+        num(a.pdm_packets_per_sec / a.tshark_packets_per_sec, 1),
+        if a.pdm_packets_per_sec >= 1e6 {
+            "met"
+        } else {
+            "missed"
+        }
+    );
 }
