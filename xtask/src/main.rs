@@ -36,8 +36,9 @@ enum Task {
         /// Only write BENCHMARKS.md again from the existing bench-results.json.
         #[arg(long)]
         render: bool,
-        /// Run only these parts (comma-separated: progcost, throughput, rr, scaling,
-        /// loader_cpu); the others' results are kept from the existing bench-results.json.
+        /// Run only these parts (comma-separated: progcost, testrun, throughput, rr,
+        /// scaling, loader_cpu, analyze); the others' results are kept from the existing
+        /// bench-results.json.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
         /// Also measure pdm as built from this git revision (e.g. `main`, a hash) in
