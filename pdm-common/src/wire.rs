@@ -28,6 +28,17 @@ pub const IPPROTO_NONE: u8 = 59;
 /// IPv6 Destination Options header.
 pub const IPPROTO_DSTOPTS: u8 = 60;
 
+/// Wireshark's names of the six PDM fields, in wire order (raw values; tshark does not
+/// apply the scales). `ipv6.opt.pdm` alone is not a field.
+pub const TSHARK_PDM_FIELDS: [&str; 6] = [
+    "ipv6.opt.pdm.scale_dtlr",
+    "ipv6.opt.pdm.scale_dtls",
+    "ipv6.opt.pdm.psn_this_pkt",
+    "ipv6.opt.pdm.psn_last_recv",
+    "ipv6.opt.pdm.delta_last_recv",
+    "ipv6.opt.pdm.delta_last_sent",
+];
+
 /// Pad1 option: a single zero octet with no length field.
 pub const OPT_PAD1: u8 = 0;
 /// PadN option: type, length, then `length` zero octets.

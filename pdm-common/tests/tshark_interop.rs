@@ -18,14 +18,7 @@ const ETHERTYPE_IPV6: u16 = 0x86DD;
 const LINKTYPE_ETHERNET: u32 = 1;
 
 /// PDM field names in tshark's order of output (`docs/pdm.md` §10).
-const TSHARK_FIELDS: [&str; 6] = [
-    "ipv6.opt.pdm.scale_dtlr",
-    "ipv6.opt.pdm.scale_dtls",
-    "ipv6.opt.pdm.psn_this_pkt",
-    "ipv6.opt.pdm.psn_last_recv",
-    "ipv6.opt.pdm.delta_last_recv",
-    "ipv6.opt.pdm.delta_last_sent",
-];
+const TSHARK_FIELDS: [&str; 6] = pdm_common::wire::TSHARK_PDM_FIELDS;
 
 /// The PDM fields of every test frame: zero and maximum values, scale 0 and >= 50,
 /// PSNs 0 and 65535, a wrapped PSN pair, and encoder output for real delays.

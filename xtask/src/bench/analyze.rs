@@ -14,7 +14,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use pdm_common::{
     time::encode_delta_ns,
-    wire::{IPPROTO_DSTOPTS, IPPROTO_UDP, PdmFields},
+    wire::{IPPROTO_DSTOPTS, IPPROTO_UDP, PdmFields, TSHARK_PDM_FIELDS},
 };
 
 use super::{Cfg, results::Analyze, stats};
@@ -103,14 +103,7 @@ pub fn run(cfg: &Cfg) -> Result<Analyze> {
         pdm.push(timed(Command::new(&cfg.pdm).arg("analyze").arg(&path))?);
         let mut t = Command::new("tshark");
         t.arg("-r").arg(&path).args(["-T", "fields"]);
-        for f in [
-            "ipv6.opt.pdm.scale_dtlr",
-            "ipv6.opt.pdm.scale_dtls",
-            "ipv6.opt.pdm.psn_this_pkt",
-            "ipv6.opt.pdm.psn_last_recv",
-            "ipv6.opt.pdm.delta_last_recv",
-            "ipv6.opt.pdm.delta_last_sent",
-        ] {
+        for f in TSHARK_PDM_FIELDS {
             t.args(["-e", f]);
         }
         tshark.push(timed(&mut t)?);
