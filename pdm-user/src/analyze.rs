@@ -9,13 +9,13 @@
 //! that carries PDM instead, its fields raw and decoded.
 
 use std::{
-    io::Write as _,
+    io::{IsTerminal as _, Write as _},
     net::Ipv6Addr,
-    path::{Path, PathBuf},
+    path::PathBuf,
     time::Duration,
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use pdm_common::{
     chain::{self, Upper},
     time::{DeltaTime, TimeFault, decode_received},
@@ -24,68 +24,115 @@ use pdm_common::{
 use serde_json::{Value, json};
 
 use crate::{
-    engine::{Table, TableConfig},
+    engine::{FlowRow, Table, TableConfig},
     filter::Filter,
-    sinks::ndjson,
-    sources::capture::{self, CaptureFlows, Packet, ReadSummary},
+    sinks::{ndjson, tui},
+    sources::capture::{CaptureFlows, Expiry, Merged, Packet},
 };
 
 #[derive(clap::Args)]
 pub struct AnalyzeArgs {
     /// Capture files (pcap or pcapng; Ethernet, Linux cooked SLL/SLL2 or raw IP), read
-    /// one after another.
+    /// as one capture in timestamp order.
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
+    /// NDJSON (one object per flow) instead of a table; the default when stdout is not
+    /// a terminal.
+    #[arg(long)]
+    pub json: bool,
     /// One NDJSON object per packet carrying PDM: capture time, addresses, ports, the
     /// six PDM fields as sent and their delta times decoded.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "interval")]
     pub packets: bool,
     /// Only flows that match, e.g. "udp", "port 443" (the syntax of `pdm run --filter`).
     #[arg(long, value_parser = Filter::parse)]
     pub filter: Option<Filter>,
-    /// Span of the sliding window for the `rtt_us_*` and `server_delay_us_*` figures
-    /// (capture time, before the last packet); the `*_all_*` figures cover the whole
-    /// capture.
+    /// Span of the sliding window for the `*_us_*` figures (capture time, before the
+    /// object's `ts`); the `*_all_*` figures cover the flow since it started.
     #[arg(long, default_value = "10s", value_parser = crate::duration::parse)]
     pub window: Duration,
+    /// Also report every flow each D of capture time (NDJSON objects, or a table per
+    /// interval), not only when it ends.
+    #[arg(long, value_name = "D", value_parser = crate::duration::parse)]
+    pub interval: Option<Duration>,
+    /// A flow without a packet for this long in the capture has ended: it is reported
+    /// then and forgotten (TCP FIN/RST end a flow 2 s after its last packet), as in
+    /// `pdm run`; memory stays bounded however long the capture.
+    #[arg(long, default_value = "60s", value_parser = crate::duration::parse)]
+    pub idle_timeout: Duration,
 }
 
 /// What the packets of a read were, for the summary line.
 #[derive(Default)]
 struct Tally {
-    read: ReadSummary,
     pdm: u64,
     bad_pdm: u64,
     unwalkable: u64,
+    /// Flows the capture held (0 for `--packets`).
+    flows: u64,
+    /// Later fragments attributed to no flow.
+    unattributed: u64,
+}
+
+impl Tally {
+    /// Walks a packet's chain, counting what it holds.
+    fn walk(&mut self, p: &Packet) -> Option<chain::Chain> {
+        let Ok(c) = chain::parse(p.ipv6) else {
+            self.unwalkable += 1;
+            return None;
+        };
+        self.bad_pdm += u64::from(c.bad_pdm);
+        self.pdm += u64::from(c.pdm.is_some());
+        Some(c)
+    }
 }
 
 pub fn run(args: &AnalyzeArgs) -> Result<()> {
-    if !args.packets {
-        return flows(args);
+    let mut capture = Merged::open(&args.files)?;
+    let mut progress = Progress::new(&capture);
+    let mut tally = Tally::default();
+    let result = if args.packets {
+        packets(&mut capture, &mut tally, &mut progress)
+    } else {
+        flows(args, &mut capture, &mut tally, &mut progress)
+    };
+    progress.finish();
+    // A reader that stopped reading (`| head`) ends the output, not in an error.
+    match result {
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            return Ok(());
+        }
+        other => other?,
     }
+    summary(&capture, &tally);
+    Ok(())
+}
+
+/// Each PDM packet as one NDJSON line.
+fn packets(capture: &mut Merged, tally: &mut Tally, progress: &mut Progress) -> Result<()> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
-    for file in &args.files {
-        let mut tally = Tally::default();
-        let mut failed = None;
-        tally.read = capture::read(file, |p| {
-            if failed.is_some() {
-                return;
-            }
-            if let Some(line) = packet_line(p, &mut tally)
+    let mut failed = None;
+    while capture
+        .next_packet(|p| {
+            if failed.is_none()
+                && let Some(line) = packet_line(p, tally)
                 && let Err(e) = writeln!(out, "{line}")
             {
                 failed = Some(e);
             }
-        })?;
-        // A reader that stopped reading (`| head`) ends the output, not in an error.
-        match failed.map_or_else(|| out.flush(), Err) {
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
-            Err(e) => return Err(e).context("writing to stdout"),
-            Ok(()) => {}
+        })?
+        .is_some()
+    {
+        if let Some(e) = failed {
+            return Err(e.into());
         }
-        summary(file, &tally);
+        progress.tick(capture);
     }
+    out.flush()?;
     Ok(())
 }
 
@@ -93,73 +140,149 @@ pub fn run(args: &AnalyzeArgs) -> Result<()> {
 /// kernel's narrow counters are widened at each refresh, as in `pdm run`).
 const REFRESH_NS: u64 = 1_000_000_000;
 
-/// Per-flow figures of all files, one NDJSON flow object per flow at the end.
-fn flows(args: &AnalyzeArgs) -> Result<()> {
+/// Where per-flow figures go: NDJSON lines, or a table on a terminal.
+struct FlowSink {
+    out: std::io::BufWriter<std::io::StdoutLock<'static>>,
+    json: bool,
+    name: String,
+    filter: Option<Filter>,
+    /// Rows of flows that ended, for the table at the end.
+    ended: Vec<FlowRow>,
+}
+
+impl FlowSink {
+    fn keep(&self, r: &FlowRow) -> bool {
+        self.filter.as_ref().is_none_or(|f| f.matches(r))
+    }
+
+    /// A flow that ended, as of `ts`.
+    fn ended(&mut self, r: FlowRow, ts: u64) -> std::io::Result<()> {
+        if !self.keep(&r) {
+            return Ok(());
+        }
+        if self.json {
+            ndjson::write_flow(&mut self.out, ts as f64 / 1e9, &self.name, &r, None, None)
+        } else {
+            self.ended.push(r);
+            Ok(())
+        }
+    }
+
+    /// The flows of one interval (`ts`: its end), or of the end of the capture.
+    fn report(
+        &mut self,
+        rows: Vec<FlowRow>,
+        ts: u64,
+        heading: Option<String>,
+    ) -> std::io::Result<()> {
+        let rows: Vec<FlowRow> = rows.into_iter().filter(|r| self.keep(r)).collect();
+        if self.json {
+            for r in &rows {
+                ndjson::write_flow(&mut self.out, ts as f64 / 1e9, &self.name, r, None, None)?;
+            }
+            return Ok(());
+        }
+        if let Some(h) = heading {
+            writeln!(self.out, "{h}")?;
+        }
+        tui::write_table(&mut self.out, &rows)?;
+        writeln!(self.out)
+    }
+}
+
+/// Per-flow figures of the capture: each flow once it ends (idle, or closed) and the
+/// rest at the end, and with `--interval` every flow each interval.
+fn flows(
+    args: &AnalyzeArgs,
+    capture: &mut Merged,
+    tally: &mut Tally,
+    progress: &mut Progress,
+) -> Result<()> {
     let mut table = Table::new(TableConfig {
         window: args.window,
-        // A capture's flows are all reported at the end; none expires on the way.
+        // The source decides when its flows end ([`CaptureFlows::expire`]), on the
+        // capture's clock; the engine's own expiry would compare capture time with
+        // its refreshes.
         idle_timeout: Duration::from_secs(u64::from(u32::MAX)),
         closed_linger: Duration::from_secs(u64::from(u32::MAX)),
     });
+    let expiry = Expiry {
+        idle_ns: args.idle_timeout.as_nanos() as u64,
+        closed_ns: TableConfig::default().closed_linger.as_nanos() as u64,
+    };
+    let mut sink = FlowSink {
+        out: std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock()),
+        json: args.json || !std::io::stdout().is_terminal(),
+        name: args
+            .files
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect::<Vec<_>>()
+            .join(","),
+        filter: args.filter.clone(),
+        ended: Vec::new(),
+    };
+    let interval = args.interval.map(|d| (d.as_nanos() as u64).max(1));
     let mut source = CaptureFlows::default();
-    let mut last_refresh = 0u64;
-    let mut last_ts = 0u64;
-    for file in &args.files {
-        let mut file_tally = Tally::default();
-        file_tally.read = capture::read(file, |p| {
-            let Ok(c) = chain::parse(p.ipv6) else {
-                file_tally.unwalkable += 1;
-                return;
-            };
-            file_tally.bad_pdm += u64::from(c.bad_pdm);
-            file_tally.pdm += u64::from(c.pdm.is_some());
+    let (mut last_refresh, mut next_report, mut last_ts) = (None::<u64>, None::<u64>, 0u64);
+    let mut failed = None;
+    while let Some(ts) = capture.next_packet(|p| {
+        if let Some(c) = tally.walk(p) {
             source.packet(p, &c, &mut table);
-            last_ts = last_ts.max(p.ts_ns);
-            if p.ts_ns >= last_refresh + REFRESH_NS {
-                table.refresh(source.slots(), p.ts_ns);
-                last_refresh = p.ts_ns;
+        }
+        p.ts_ns
+    })? {
+        progress.tick(capture);
+        last_ts = last_ts.max(ts);
+        // Reports due before this packet, each at its interval's end.
+        if let Some(every) = interval {
+            let due = next_report.get_or_insert(ts - ts % every + every);
+            while ts >= *due {
+                source.refresh(&mut table, *due);
+                let rows = source.rows_at(&table, *due);
+                let heading = format!("capture time {}", ts_text(*due));
+                sink.report(rows, *due, Some(heading))?;
+                *due += every;
             }
-        })?;
-        summary(file, &file_tally);
+        }
+        if last_refresh.is_none_or(|t| ts >= t + REFRESH_NS) {
+            source.refresh(&mut table, ts);
+            source.expire(&mut table, ts, expiry, |r| {
+                if failed.is_none()
+                    && let Err(e) = sink.ended(r.clone(), ts)
+                {
+                    failed = Some(e);
+                }
+            });
+            if let Some(e) = failed.take() {
+                return Err(e.into());
+            }
+            last_refresh = Some(ts);
+        }
     }
     // Everything has arrived that ever will.
     table.settle();
-    table.refresh(source.slots(), last_ts);
-    let keep = |r: &crate::engine::FlowRow| args.filter.as_ref().is_none_or(|f| f.matches(r));
-    let mut rows = Vec::new();
-    table.rows_into(&mut rows, last_ts, true, true, keep);
-    let name = args
-        .files
-        .iter()
-        .map(|f| f.display().to_string())
-        .collect::<Vec<_>>()
-        .join(",");
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
-    let ts = last_ts as f64 / 1e9;
-    for r in &rows {
-        match ndjson::write_flow(&mut out, ts, &name, r, None, None) {
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
-            other => other.context("writing to stdout")?,
+    source.refresh(&mut table, last_ts);
+    let mut rows = std::mem::take(&mut sink.ended);
+    rows.extend(source.rows(&table));
+    if sink.json {
+        for r in rows {
+            sink.ended(r, last_ts)?;
         }
+    } else {
+        let heading = interval.map(|_| format!("end of capture, {}", ts_text(last_ts)));
+        sink.report(rows, last_ts, heading)?;
     }
-    match out.flush() {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        other => other.context("writing to stdout"),
-    }
+    let left = source.leftovers();
+    (tally.flows, tally.unattributed) = (left.flows, left.unattributed_fragments);
+    sink.out.flush()?;
+    Ok(())
 }
 
 /// The NDJSON line of one packet, if it carries a valid PDM.
 fn packet_line(p: &Packet, tally: &mut Tally) -> Option<Value> {
-    let Ok(c) = chain::parse(p.ipv6) else {
-        tally.unwalkable += 1;
-        return None;
-    };
-    if c.bad_pdm {
-        tally.bad_pdm += 1;
-    }
+    let c = tally.walk(p)?;
     let pdm = c.pdm?;
-    tally.pdm += 1;
     let (proto, sport, dport) = match c.upper {
         Upper::Tcp { sport, dport, .. } => ("tcp", Some(sport), Some(dport)),
         Upper::Udp { sport, dport } => ("udp", Some(sport), Some(dport)),
@@ -228,21 +351,116 @@ fn proto_name(p: u8) -> &'static str {
     }
 }
 
-/// One line on stderr per file: what was read, and where a cut file ends.
-fn summary(file: &Path, t: &Tally) {
-    eprintln!(
-        "pdm analyze: {}: {} packets read, {} IPv6, {} with PDM, {} with malformed PDM, {} whose header chain could not be walked",
-        file.display(),
-        t.read.records,
-        t.read.ipv6,
-        t.pdm,
-        t.bad_pdm,
-        t.unwalkable
+/// The summary line on stderr, and a line per file that was cut short.
+fn summary(capture: &Merged, t: &Tally) {
+    let (mut records, mut ipv6) = (0, 0);
+    for r in capture.readers() {
+        records += r.summary().records;
+        ipv6 += r.summary().ipv6;
+    }
+    let files = match capture.readers() {
+        [one] => one.name().to_owned(),
+        all => format!("{} files", all.len()),
+    };
+    let mut line = format!(
+        "pdm analyze: {files}: {records} packets read, {ipv6} IPv6, {} with PDM, {} with malformed PDM, {} whose header chain could not be walked",
+        t.pdm, t.bad_pdm, t.unwalkable
     );
-    if let Some(at) = t.read.truncated_at {
-        eprintln!(
-            "pdm analyze: {}: the file is cut short at octet {at}; its last record is incomplete (figures are of what was read)",
-            file.display()
+    if t.flows > 0 {
+        line.push_str(&format!(", {} flows", t.flows));
+    }
+    if t.unattributed > 0 {
+        line.push_str(&format!(
+            ", {} later fragments whose first fragment was not in the capture",
+            t.unattributed
+        ));
+    }
+    eprintln!("{line}");
+    for r in capture.readers() {
+        if let Some(at) = r.summary().truncated_at {
+            eprintln!(
+                "pdm analyze: {}: the file is cut short at octet {at}; its last record is incomplete (figures are of what was read)",
+                r.name()
+            );
+        }
+    }
+}
+
+/// A capture time (ns since the Unix epoch) as UTC, to the millisecond.
+fn ts_text(ns: u64) -> String {
+    let secs = ns / 1_000_000_000;
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}.{:03} UTC",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        ns / 1_000_000 % 1000
+    )
+}
+
+/// A progress bar on stderr while a capture is read, when stderr is a terminal.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    packets: u64,
+}
+
+impl Progress {
+    fn new(capture: &Merged) -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new(capture.progress().1);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {msg}",
+                )
+                .expect("a valid template"),
+            );
+            bar
+        });
+        Self { bar, packets: 0 }
+    }
+
+    fn tick(&mut self, capture: &Merged) {
+        self.packets += 1;
+        // The bar redraws itself at most 20 times a second; asking it less often keeps
+        // the read loop at its pace.
+        if self.packets.is_multiple_of(65_536)
+            && let Some(bar) = &self.bar
+        {
+            bar.set_position(capture.progress().0);
+            bar.set_message(format!("{} packets", self.packets));
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn capture_times_read_as_utc() {
+        assert_eq!(super::ts_text(0), "1970-01-01 00:00:00.000 UTC");
+        assert_eq!(
+            super::ts_text(1_733_406_245_123_456_789),
+            "2024-12-05 13:44:05.123 UTC"
+        );
+        assert_eq!(
+            super::ts_text(951_782_400_000_000_000),
+            "2000-02-29 00:00:00.000 UTC"
         );
     }
 }

@@ -250,6 +250,7 @@ pub(crate) fn test_row(
         idle: std::time::Duration::ZERO,
         closed: false,
         faults: Default::default(),
+        both: None,
     }
 }
 

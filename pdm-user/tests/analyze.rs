@@ -4,94 +4,15 @@
 
 mod common;
 
-use std::{path::Path, process::Command};
+use std::process::Command;
+
+use serde_json::Value;
 
 use common::{
     Pdm, TwoHosts,
+    analyze::{analyze, check_against_tshark},
     traffic::{Capture, ping, tcp_transfer, udp_exchange},
 };
-use serde_json::Value;
-
-/// `pdm analyze ARGS...`: (exit code, stdout lines as JSON, stderr).
-fn analyze(args: &[&str], files: &[&Path]) -> (i32, Vec<Value>, String) {
-    let out = Command::new(common::pdm_bin())
-        .arg("analyze")
-        .args(args)
-        .args(files)
-        .output()
-        .expect("run pdm analyze");
-    let lines = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("pdm analyze prints JSON lines"))
-        .collect();
-    (
-        out.status.code().unwrap_or(-1),
-        lines,
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// tshark's PDM fields of `file`, one row per packet carrying PDM.
-fn tshark_pdm(file: &Path) -> Vec<Vec<String>> {
-    let mut cmd = Command::new("tshark");
-    cmd.arg("-r")
-        .arg(file)
-        .args(["-Y", "ipv6.opt.pdm.psn_this_pkt", "-T", "fields"])
-        .args(["-E", "separator=|"]);
-    for f in [
-        "frame.time_epoch",
-        "ipv6.src",
-        "ipv6.dst",
-        "ipv6.opt.pdm.psn_this_pkt",
-        "ipv6.opt.pdm.psn_last_recv",
-        "ipv6.opt.pdm.scale_dtlr",
-        "ipv6.opt.pdm.delta_last_recv",
-        "ipv6.opt.pdm.scale_dtls",
-        "ipv6.opt.pdm.delta_last_sent",
-    ] {
-        cmd.args(["-e", f]);
-    }
-    let out = cmd.output().expect("run tshark");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| l.split('|').map(str::to_owned).collect())
-        .collect()
-}
-
-/// Every packet's fields as `pdm analyze --packets` gives them, in tshark's columns.
-fn as_row(v: &Value) -> Vec<String> {
-    let n = |k: &str| {
-        v[k].as_u64()
-            .unwrap_or_else(|| panic!("{k} in {v}"))
-            .to_string()
-    };
-    vec![
-        v["src"].as_str().expect("src").to_owned(),
-        v["dst"].as_str().expect("dst").to_owned(),
-        n("psn_this"),
-        n("psn_last_recv"),
-        n("scale_dtlr"),
-        n("dtlr"),
-        n("scale_dtls"),
-        n("dtls"),
-    ]
-}
-
-fn check_against_tshark(file: &Path, lines: &[Value]) {
-    let tshark = tshark_pdm(file);
-    assert!(!tshark.is_empty(), "tshark finds PDM in {}", file.display());
-    assert_eq!(lines.len(), tshark.len(), "packets with PDM: pdm vs tshark");
-    for (i, (p, t)) in lines.iter().zip(&tshark).enumerate() {
-        // tshark prints addresses compressed as Rust does, and time to the ns.
-        assert_eq!(as_row(p), t[1..].to_vec(), "packet {i}: {p}");
-        let ts: f64 = t[0].parse().expect("frame.time_epoch");
-        let ours = p["ts"].as_f64().expect("ts");
-        assert!(
-            (ours - ts).abs() < 2e-6,
-            "packet {i}: time {ours} vs tshark {ts}"
-        );
-    }
-}
 
 /// pdm's own traffic (ping, UDP request/response, a TCP transfer) captured by dumpcap
 /// on one end: every packet with PDM, and every field, as tshark decodes them.
@@ -115,7 +36,7 @@ fn packets_of_a_capture_match_tshark_field_by_field() {
         ["icmpv6", "tcp", "udp"].into_iter().collect(),
         "every kind of flow"
     );
-    check_against_tshark(&cap.path, &lines);
+    check_against_tshark(&cap.path, &lines, "");
 
     // The same capture as pcap (microsecond times) and cut in the middle of a record.
     let pcap = cap.path.with_extension("pcap");
@@ -133,14 +54,14 @@ fn packets_of_a_capture_match_tshark_field_by_field() {
     );
     let (code, lines, err) = analyze(&["--packets"], &[&pcap]);
     assert_eq!(code, 0, "{err}");
-    check_against_tshark(&pcap, &lines);
+    check_against_tshark(&pcap, &lines, "");
     let bytes = std::fs::read(&pcap).expect("pcap");
     let cut = pcap.with_extension("cut.pcap");
     std::fs::write(&cut, &bytes[..bytes.len() * 2 / 3 + 7]).expect("write");
     let (code, lines, err) = analyze(&["--packets"], &[&cut]);
     assert_eq!(code, 0, "a cut file is read as far as it goes: {err}");
     assert!(err.contains("cut short at octet"), "{err}");
-    check_against_tshark(&cut, &lines);
+    check_against_tshark(&cut, &lines, "");
     for f in [pcap, cut] {
         let _ = std::fs::remove_file(f);
     }

@@ -5,6 +5,7 @@
 //! behind under a fixed name is removed before it is made again.
 
 mod netns;
+pub mod pcap;
 mod pdm;
 
 use std::process::{Command, Stdio};

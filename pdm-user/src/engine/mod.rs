@@ -13,7 +13,7 @@ mod table;
 use std::{net::Ipv6Addr, time::Duration};
 
 pub use hash::{FastMap, FlowHasher, FlowHasherBuilder};
-pub use table::{Table, TableConfig};
+pub use table::{Figure, SeqCounts, Table, TableConfig};
 
 /// A distribution's summary, in nanoseconds; `None` fields when there is no sample.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -59,6 +59,28 @@ pub struct FlowRow {
     pub closed: bool,
     /// Echoes that gave no sample because of the times the peer sent.
     pub faults: PeerFaults,
+    /// What a source that sees both ends' PDM adds (a capture, an observer); `None`
+    /// from `pdm run`, itself one of the ends.
+    pub both: Option<Box<BothEnds>>,
+}
+
+/// Figures of a flow seen from outside its ends, or from a capture holding both
+/// directions: `local` is the client, `remote` the server.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BothEnds {
+    /// The client's PSN sequence as it reached the capture point: skipped and not
+    /// arrived, arrived late, arrived twice.
+    pub tx_lost: u64,
+    pub tx_reordered: u64,
+    pub tx_duplicate: u64,
+    /// The client's DTLR: its think time before answering the server.
+    pub client_delay: Summary,
+    pub client_delay_all: Summary,
+    /// Round trips on the capture's own clock: t(server packet) − t(client packet it
+    /// echoes) − its DTLR. At the client this is the RTT `pdm run` measures there;
+    /// elsewhere, the capture point ↔ server part of the path.
+    pub capture_rtt: Summary,
+    pub capture_rtt_all: Summary,
 }
 
 /// A flow's echoes that gave no sample, by what was wrong with the peer's DTLR (see
@@ -95,6 +117,13 @@ impl FlowRow {
     pub fn loss_percent(&self) -> Option<f64> {
         let expected = self.rx_pdm + self.rx_lost;
         (expected > 0).then(|| 100.0 * self.rx_lost as f64 / expected as f64)
+    }
+
+    /// Lost share of the PSNs the client sent, as they reached the capture point.
+    pub fn tx_loss_percent(&self) -> Option<f64> {
+        let b = self.both.as_ref()?;
+        let expected = self.tx_pdm + b.tx_lost;
+        (expected > 0).then(|| 100.0 * b.tx_lost as f64 / expected as f64)
     }
 
     /// Share of the packets each way that carried PDM, in percent.

@@ -10,7 +10,7 @@ use pdm_common::{
 };
 
 use super::{
-    FastMap, FlowRow, PeerFaults, Summary,
+    BothEnds, FastMap, FlowRow, PeerFaults, Summary,
     distribution::{Histogram, Window},
 };
 
@@ -42,6 +42,61 @@ struct Delays {
     /// Echoes whose peer times gave no sample (here rather than in [`Flow`], which a
     /// refresh walks for every flow: only samples touch it).
     faults: PeerFaults,
+    /// Only from sources that see both ends: boxed, so the kernel's flows do not pay
+    /// for it.
+    both: Option<Box<Both>>,
+}
+
+/// One direction's PSN sequence: the `pdm_common::seq` word, and how many PSNs
+/// arrived twice and late so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SeqCounts {
+    pub seq: u64,
+    pub duplicate: u64,
+    pub reordered: u64,
+}
+
+/// What a source that sees both ends adds to a flow (see [`BothEnds`]).
+#[derive(Debug, Default)]
+struct Both {
+    /// The client's sequence at the previous update, and widened from it as the
+    /// kernel's rx sequence is in [`Widened`].
+    tx_prev: SeqCounts,
+    tx_lost: i64,
+    tx_recent_holes: u32,
+    client_delay: Window,
+    client_delay_all: Histogram,
+    capture_rtt: Window,
+    capture_rtt_all: Histogram,
+}
+
+impl Both {
+    fn row(&self, now_ns: u64, span: u64, windows: bool, since_start: bool) -> BothEnds {
+        let mut b = BothEnds {
+            tx_lost: (self.tx_lost - i64::from(self.tx_recent_holes)).max(0) as u64,
+            tx_reordered: self.tx_prev.reordered,
+            tx_duplicate: self.tx_prev.duplicate,
+            ..BothEnds::default()
+        };
+        if windows {
+            b.client_delay = self.client_delay.summary(now_ns, span);
+            b.capture_rtt = self.capture_rtt.summary(now_ns, span);
+        }
+        if since_start {
+            b.client_delay_all = self.client_delay_all.summary();
+            b.capture_rtt_all = self.capture_rtt_all.summary();
+        }
+        b
+    }
+}
+
+/// The figures only a source that sees both ends hands the engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Figure {
+    /// DTLR on the client's packets.
+    ClientDelay,
+    /// A round trip on the capture's clock.
+    CaptureRtt,
 }
 
 /// The kernel's narrow per-flow counters (16 and 32 bits, to fit a flow in 128 octets),
@@ -339,6 +394,69 @@ impl Table {
         }
     }
 
+    /// Adds a figure only a source that sees both ends has, for `key`'s flow.
+    pub fn add_figure(&mut self, key: &FlowKey, figure: Figure, ts_ns: u64, ns: u64) {
+        let span = self.config.window.as_nanos() as u64;
+        let id = self.id(key);
+        let b = self.delays[id as usize].both.get_or_insert_default();
+        let (window, all) = match figure {
+            Figure::ClientDelay => (&mut b.client_delay, &mut b.client_delay_all),
+            Figure::CaptureRtt => (&mut b.capture_rtt, &mut b.capture_rtt_all),
+        };
+        window.push(ts_ns, ns, span);
+        all.push(ns);
+    }
+
+    /// Counts an echo of `key`'s flow that gave no sample because of the times sent.
+    pub fn add_fault(&mut self, key: &FlowKey, fault: TimeFault) {
+        let id = self.id(key);
+        self.delays[id as usize].faults.count(fault);
+    }
+
+    /// Takes in the client's PSN sequence of `key`'s flow (a source that sees both
+    /// ends calls this once per refresh, after [`Table::refresh`]).
+    pub fn client_sequence(&mut self, key: &FlowKey, now: SeqCounts) {
+        let settled = self.settled;
+        let id = self.id(key);
+        let b = self.delays[id as usize].both.get_or_insert_default();
+        let skipped = |w| seq::unpack(w).2;
+        b.tx_lost += i64::from(skipped(now.seq).wrapping_sub(skipped(b.tx_prev.seq)) as i16);
+        b.tx_recent_holes = if settled {
+            0
+        } else {
+            seq::recent_holes(b.tx_prev.seq, now.seq)
+        };
+        b.tx_prev = now;
+    }
+
+    /// `key`'s flow as a row with every summary, at `now_ns` (for a flow that ended, its
+    /// last packet's time: the window figures are those of its last window). `ended`:
+    /// nothing more of the flow will come, so PSNs still missing inside the reordering
+    /// window are lost (as [`Table::settle`] makes them for every flow).
+    pub fn row_of(&self, key: &FlowKey, now_ns: u64, ended: bool) -> Option<FlowRow> {
+        let id = *self.index.get(key)?;
+        let f = self.flows[id as usize]
+            .as_ref()
+            .filter(|f| f.prev.is_some())?;
+        let span = self.config.window.as_nanos() as u64;
+        let d = &self.delays[id as usize];
+        let mut r = full_row(f, d, now_ns, span, true, true);
+        if ended {
+            r.rx_lost = f.wide.rx_lost.max(0) as u64;
+            if let (Some(rb), Some(b)) = (r.both.as_mut(), &d.both) {
+                rb.tx_lost = b.tx_lost.max(0) as u64;
+            }
+        }
+        Some(r)
+    }
+
+    /// Forgets `key`'s flow (a source that decides itself when its flows end).
+    pub fn remove(&mut self, key: &FlowKey) {
+        if let Some(&id) = self.index.get(key) {
+            self.forget(id);
+        }
+    }
+
     /// Takes in the kernel's flow table, (slot, entry) for every live slot, at monotonic
     /// time `now_ns`. Returns the flows to delete from the kernel's table (idle or
     /// closed), with their slots.
@@ -516,19 +634,41 @@ impl Table {
                     keep(&r).then_some((r, d))
                 })
                 .map(|(mut r, d)| {
-                    r.faults = d.faults;
-                    if windows {
-                        r.rtt = d.rtt.summary(now_ns, span);
-                        r.server_delay = d.server_delay.summary(now_ns, span);
-                    }
-                    if since_start {
-                        r.rtt_all = d.rtt_all.summary();
-                        r.server_delay_all = d.server_delay_all.summary();
-                    }
+                    summarise(&mut r, d, now_ns, span, windows, since_start);
                     r
                 }),
         );
     }
+}
+
+/// A row with the summaries asked for.
+fn full_row(
+    f: &Flow,
+    d: &Delays,
+    now_ns: u64,
+    span: u64,
+    windows: bool,
+    since_start: bool,
+) -> FlowRow {
+    let mut r = row(f, now_ns);
+    summarise(&mut r, d, now_ns, span, windows, since_start);
+    r
+}
+
+fn summarise(r: &mut FlowRow, d: &Delays, now_ns: u64, span: u64, windows: bool, all: bool) {
+    r.faults = d.faults;
+    if windows {
+        r.rtt = d.rtt.summary(now_ns, span);
+        r.server_delay = d.server_delay.summary(now_ns, span);
+    }
+    if all {
+        r.rtt_all = d.rtt_all.summary();
+        r.server_delay_all = d.server_delay_all.summary();
+    }
+    r.both = d
+        .both
+        .as_ref()
+        .map(|b| Box::new(b.row(now_ns, span, windows, all)));
 }
 
 /// One flow as a row, without summaries (see [`Table::rows`]).
@@ -559,6 +699,7 @@ fn row(f: &Flow, now_ns: u64) -> FlowRow {
         idle: Duration::from_nanos(now_ns.saturating_sub(f.last_active_ns)),
         closed: f.state.flags & FLOW_CLOSED != 0,
         faults: PeerFaults::default(),
+        both: None,
     }
 }
 

@@ -162,6 +162,18 @@ pub fn write_flow(
     put_summary(&mut o, "server_delay", &r.server_delay)?;
     put_summary(&mut o, "rtt_all", &r.rtt_all)?;
     put_summary(&mut o, "server_delay_all", &r.server_delay_all)?;
+    // A source that sees both ends (a capture, an observer): the client's sequence,
+    // its think time, and round trips on the capture point's clock.
+    if let Some(b) = &r.both {
+        o.u64("tx_lost", b.tx_lost)?;
+        o.u64("tx_reordered", b.tx_reordered)?;
+        o.u64("tx_duplicate", b.tx_duplicate)?;
+        o.f64("tx_loss_percent", r.tx_loss_percent())?;
+        put_summary(&mut o, "client_delay", &b.client_delay)?;
+        put_summary(&mut o, "client_delay_all", &b.client_delay_all)?;
+        put_summary(&mut o, "capture_rtt", &b.capture_rtt)?;
+        put_summary(&mut o, "capture_rtt_all", &b.capture_rtt_all)?;
+    }
     o.f64("age_s", Some(r.age.as_secs_f64()))?;
     o.f64("idle_s", Some(r.idle.as_secs_f64()))?;
     o.bool("closed", r.closed)?;
@@ -223,5 +235,26 @@ mod tests {
         // Every key the schema names, once.
         let keys = v.as_object().unwrap().len();
         assert_eq!(keys, 10 + 12 + 3 + 4 * 7 + 3, "{v}");
+        assert!(
+            v.get("tx_lost").is_none(),
+            "only a source seeing both ends has it"
+        );
+
+        // From a capture: the client's side too.
+        r.both = Some(Box::new(crate::engine::BothEnds {
+            tx_lost: 1,
+            tx_duplicate: 2,
+            ..Default::default()
+        }));
+        r.tx_pdm = 3;
+        let mut out = Vec::new();
+        write_flow(&mut out, 1.5, "a.pcap", &r, None, None).unwrap();
+        let v: Value = serde_json::from_slice(&out).expect("valid JSON");
+        assert_eq!(v["tx_lost"], 1);
+        assert_eq!(v["tx_duplicate"], 2);
+        assert_eq!(v["tx_loss_percent"], 25.0);
+        assert_eq!(v["client_delay_us_p50"], Value::Null);
+        assert_eq!(v["capture_rtt_all_samples"], 0);
+        assert_eq!(v.as_object().unwrap().len(), keys + 4 + 4 * 7, "{v}");
     }
 }

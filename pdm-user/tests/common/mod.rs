@@ -2,6 +2,7 @@
 //! (also when the test panics), and a handle on a running `pdm`.
 #![allow(dead_code)]
 
+pub mod analyze;
 pub mod chain;
 pub mod pdm_peer;
 pub mod router;

@@ -4,8 +4,6 @@
 //! written as a pcap file of Ethernet frames.
 
 use std::{
-    fs::File,
-    io::{BufWriter, Write as _},
     path::Path,
     process::{Command, Stdio},
     time::Instant,
@@ -14,8 +12,9 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use pdm_common::{
     time::encode_delta_ns,
-    wire::{IPPROTO_DSTOPTS, IPPROTO_UDP, PdmFields, TSHARK_PDM_FIELDS},
+    wire::{PdmFields, TSHARK_PDM_FIELDS},
 };
+use testbed::pcap::{self, PcapWriter};
 
 use super::{Cfg, results::Analyze, stats};
 
@@ -24,14 +23,9 @@ const FLOWS: u32 = 1_000;
 
 /// Writes a pcap of `packets` Ethernet/IPv6/PDM/UDP frames, 1 µs apart.
 fn write_capture(path: &Path, packets: u64) -> Result<u64> {
-    let mut out = BufWriter::new(File::create(path)?);
-    // pcap header: magic (µs), version 2.4, no zone, sigfigs 0, snaplen, Ethernet.
-    out.write_all(&0xa1b2_c3d4u32.to_le_bytes())?;
-    out.write_all(&[2, 0, 4, 0])?;
-    out.write_all(&[0; 8])?;
-    out.write_all(&65_535u32.to_le_bytes())?;
-    out.write_all(&1u32.to_le_bytes())?;
-    let mut frame = Vec::with_capacity(128);
+    let mut out = PcapWriter::create(path, false)?;
+    let server = [0xfd, 0x0b, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+    let udp_packet = pcap::udp(0, 0, &[0x55u8; 18]);
     for i in 0..packets {
         let flow = (i % u64::from(FLOWS)) as u32;
         let round = (i / u64::from(FLOWS)) as u16;
@@ -47,34 +41,19 @@ fn write_capture(path: &Path, packets: u64) -> Result<u64> {
         };
         let mut client = [0xfd, 0x0b, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
         client[12..].copy_from_slice(&flow.to_be_bytes());
-        let server = [0xfd, 0x0b, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
         let (src, dst, sport, dport) = if answer {
             (server, client, 9000u16, 40_000u16)
         } else {
             (client, server, 40_000, 9000)
         };
-        let payload = [0x55u8; 18];
-        frame.clear();
-        frame.extend_from_slice(&[2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x86, 0xdd]);
-        frame.extend_from_slice(&[0x60, 0, 0, 0]);
-        frame.extend_from_slice(&((16 + 8 + payload.len()) as u16).to_be_bytes());
-        frame.extend_from_slice(&[IPPROTO_DSTOPTS, 64]);
-        frame.extend_from_slice(&src);
-        frame.extend_from_slice(&dst);
-        frame.extend_from_slice(&pdm.encode_header(IPPROTO_UDP));
-        frame.extend_from_slice(&sport.to_be_bytes());
-        frame.extend_from_slice(&dport.to_be_bytes());
-        frame.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
-        frame.extend_from_slice(&[0, 0]);
-        frame.extend_from_slice(&payload);
-        let ts_us = 1_700_000_000_000_000 + i;
-        out.write_all(&((ts_us / 1_000_000) as u32).to_le_bytes())?;
-        out.write_all(&((ts_us % 1_000_000) as u32).to_le_bytes())?;
-        out.write_all(&(frame.len() as u32).to_le_bytes())?;
-        out.write_all(&(frame.len() as u32).to_le_bytes())?;
-        out.write_all(&frame)?;
+        let mut upper = udp_packet.clone();
+        upper[..2].copy_from_slice(&sport.to_be_bytes());
+        upper[2..4].copy_from_slice(&dport.to_be_bytes());
+        let dstopts = (pcap::DSTOPTS, pdm.encode_header(0).to_vec());
+        let packet = pcap::ipv6_packet(src, dst, &[dstopts], pcap::UDP, &upper);
+        out.ipv6((1_700_000_000_000_000 + i) * 1_000, &packet)?;
     }
-    out.flush()?;
+    out.finish()?;
     Ok(std::fs::metadata(path)?.len())
 }
 

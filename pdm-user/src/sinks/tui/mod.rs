@@ -37,6 +37,7 @@ use crate::{
 };
 
 mod format;
+mod plain;
 mod render;
 mod sort;
 mod state;
@@ -45,6 +46,7 @@ mod terminal;
 mod tests;
 
 pub use format::{format_bytes, format_count, format_duration, format_ns, format_percent};
+pub use plain::write_table;
 pub use render::render;
 pub use sort::{sorted_indices, sorted_prefix};
 pub use state::{Column, KeyOutcome, ViewState};
