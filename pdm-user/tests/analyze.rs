@@ -4,15 +4,17 @@
 
 mod common;
 
-use std::process::Command;
-
-use serde_json::Value;
+use std::{process::Command, sync::mpsc, time::Duration};
 
 use common::{
     Pdm, TwoHosts,
     analyze::{analyze, check_against_tshark},
+    pdm_peer::{self, Behaviour},
+    router::{self, Line},
     traffic::{Capture, ping, tcp_transfer, udp_exchange},
 };
+use pdm_common::time::encode_delta_ns;
+use serde_json::Value;
 
 /// pdm's own traffic (ping, UDP request/response, a TCP transfer) captured by dumpcap
 /// on one end: every packet with PDM, and every field, as tshark decodes them.
@@ -196,4 +198,135 @@ fn flows_of_a_capture_match_what_pdm_run_measured() {
         assert_eq!(f[k].as_u64(), Some(want as u64), "{k}: {f}");
     }
     assert_eq!(f["rx_lost"].as_u64(), Some(0), "{f}");
+}
+
+/// No pdm on the wire at all: a PDM client and a PDM server that put their own
+/// Destination Options on each datagram through the socket API (`common::pdm_peer`),
+/// through a router that delays each way by 2 ms, captured on the router's link to the
+/// server. `pdm analyze` of that capture must give what the two peers did: the server
+/// delay it claimed, the client's think time, an RTT from the PDM fields equal to the
+/// client's own round trips less the server's hold, and a round trip on the capture's
+/// clock that is only the router ↔ server part.
+#[test]
+fn two_independent_pdm_peers_captured_at_a_router() {
+    const N: usize = 30;
+    const PORT: u16 = 7710;
+    let mut line = Line::new("anp");
+    line.add_delay(Duration::from_millis(2));
+    let mut cap = Capture::start_on(&line.router, "rs");
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let behaviour = Behaviour {
+        hold: Box::new(|i| Duration::from_micros(1500 + 100 * (i as u64 % 5))),
+        dtlr: Box::new(|_, held| encode_delta_ns(held)),
+    };
+    let think = Duration::from_millis(3);
+    let (answers, asked) = std::thread::scope(|s| {
+        let server = s.spawn(|| {
+            pdm_peer::serve(
+                &line.server,
+                router::SERVER_ADDR,
+                PORT,
+                N,
+                behaviour,
+                ready_tx,
+            )
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("peer ready");
+        let asked = pdm_peer::ask(
+            &line.client,
+            router::CLIENT_ADDR,
+            router::SERVER_ADDR,
+            PORT,
+            N,
+            think,
+        );
+        (server.join().expect("server"), asked)
+    });
+    assert_eq!(cap.stop(), 0, "the capture dropped packets");
+    assert_eq!(answers.len(), N);
+    let (code, flows, err) = analyze(&["--json", "--window", "1h"], &[&cap.path]);
+    assert_eq!(code, 0, "{err}");
+    let f = flows
+        .iter()
+        .find(|l| l["proto"] == "udp" && l["remote_port"] == PORT)
+        .unwrap_or_else(|| panic!("no UDP flow to port {PORT}: {flows:?}"));
+    eprintln!("pdm analyze: {f}");
+    assert_eq!(
+        f["local_addr"],
+        router::CLIENT_ADDR,
+        "the client asked first"
+    );
+    for k in ["tx_packets", "rx_packets", "tx_pdm", "rx_pdm"] {
+        assert_eq!(f[k].as_u64(), Some(N as u64), "{k}: {f}");
+    }
+    for k in [
+        "tx_lost",
+        "rx_lost",
+        "tx_duplicate",
+        "rx_duplicate",
+        "implausible",
+    ] {
+        assert_eq!(f[k].as_u64(), Some(0), "{k}: {f}");
+    }
+    let us = |k: &str| f[k].as_f64().unwrap_or_else(|| panic!("{k} in {f}"));
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        // As pdm's percentiles: the sample at rank round(0.5 × (n − 1)).
+        v[((v.len() - 1) as f64 * 0.5).round() as usize]
+    };
+    // Server delay: the DTLRs the server sent, as it encoded them.
+    let claimed: Vec<f64> = answers
+        .iter()
+        .map(|a| {
+            let d = pdm_common::time::DeltaTime {
+                delta: a.sent.dtlr,
+                scale: a.sent.scale_dtlr,
+            };
+            pdm_common::time::decode_received(d).expect("RFC encoding") as f64 / 1e3
+        })
+        .collect();
+    assert_eq!(f["server_delay_samples"], N, "{f}");
+    let (sd, want) = (us("server_delay_us_p50"), median(claimed.clone()));
+    assert!(
+        (sd - want).abs() < 0.01,
+        "server delay p50 {sd} µs, the server sent {want} µs"
+    );
+    // Client delay: the client's think time, each request after the first.
+    let thought: Vec<f64> = asked[1..]
+        .iter()
+        .zip(&asked)
+        .map(|(a, prev)| (a.sent_ns - prev.answered_ns) as f64 / 1e3)
+        .collect();
+    assert_eq!(f["client_delay_samples"], N - 1, "{f}");
+    let (cd, want) = (us("client_delay_us_p50"), median(thought));
+    assert!(
+        (cd - want).abs() <= want * 0.01,
+        "client delay p50 {cd} µs, the client took {want} µs"
+    );
+    // RTT from the fields: the client's own round trips less the server's hold.
+    let path: Vec<f64> = asked
+        .iter()
+        .zip(&claimed)
+        .map(|(a, held)| (a.answered_ns - a.sent_ns) as f64 / 1e3 - held)
+        .collect();
+    assert_eq!(
+        f["rtt_samples"],
+        N - 1,
+        "every answer but the last is echoed: {f}"
+    );
+    let (rtt, want) = (us("rtt_us_p50"), median(path));
+    eprintln!("RTT from the fields p50 {rtt} µs; the client's own, less the hold: {want} µs");
+    assert!(
+        (rtt - want).abs() <= (want * 0.05).max(20.0),
+        "RTT p50 {rtt} µs, the peers' own {want} µs"
+    );
+    assert!(rtt > 4000.0, "the router's 2 × 2 ms are in it: {rtt}");
+    // On the capture's clock: the router ↔ server part only (no delay there).
+    let near = us("capture_rtt_us_p50");
+    assert!(
+        near > 0.0 && near < 1000.0,
+        "the capture point is next to the server: {near} µs of the {rtt} µs"
+    );
 }

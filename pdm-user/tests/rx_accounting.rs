@@ -282,6 +282,28 @@ fn tcp_through_a_router_is_counted_exactly_in_every_run() {
             0,
             "{what}: analyze: {analyzed}"
         );
+        // And from the server's capture, the other direction: the client's PSNs that
+        // reached the server, and what the router dropped on the way there.
+        let analyzed = analyze_flow(&cap_s.path, "tcp");
+        let (arrived, lost) = (
+            captured(&cap_s, "tcp", router::SERVER_ADDR),
+            dropped(&line.router, "to_server"),
+        );
+        eprintln!(
+            "{what}, the server's capture: the client's packets {arrived}, dropped {lost}; analyze tx_packets {}, tx_lost {}",
+            analyzed["tx_packets"], analyzed["tx_lost"]
+        );
+        assert_eq!(
+            n(&analyzed, "tx_packets"),
+            arrived,
+            "{what}: analyze: {analyzed}"
+        );
+        assert_eq!(n(&analyzed, "tx_lost"), lost, "{what}: analyze: {analyzed}");
+        assert_eq!(
+            n(&analyzed, "tx_duplicate"),
+            0,
+            "{what}: analyze: {analyzed}"
+        );
         if percent > 0 {
             assert!(
                 dropped(&line.router, "to_server") > 50,

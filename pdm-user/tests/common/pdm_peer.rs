@@ -231,3 +231,70 @@ pub fn one_shift_short(ns: u64) -> DeltaTime {
         scale: scale as u8,
     }
 }
+
+/// One request of [`ask`], as its client did it.
+#[derive(Clone, Copy, Debug)]
+pub struct Asked {
+    /// The request's PDM, as sent.
+    pub sent: PdmFields,
+    /// Realtime just before its `sendmsg`, and the kernel's receive time of its answer.
+    pub sent_ns: u64,
+    pub answered_ns: u64,
+    /// The answer's PDM, as received.
+    pub answer: PdmFields,
+}
+
+/// The client side: `n` requests from `from` to `to`:`port` in `ns`, one at a time,
+/// each `think` after the previous answer, every one with a PDM this function computes
+/// from its own clock as RFC 8250 §3.2 says (PSNLR and DTLR from the last answer, DTLS
+/// from the previous request's send to that answer's reception). Returns what it did.
+pub fn ask(ns: &Netns, from: &str, to: &str, port: u16, n: usize, think: Duration) -> Vec<Asked> {
+    ns.in_ns(move || {
+        let u = UdpSocket::bind(super::traffic::sock(from, 0)).expect("bind");
+        let fd = u.as_raw_fd();
+        set_option(fd, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, "SO_TIMESTAMPNS");
+        set_option(fd, libc::IPPROTO_IPV6, IPV6_RECVDSTOPTS, "IPV6_RECVDSTOPTS");
+        u.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let to = super::traffic::sock(to, port);
+        let mut psn = 0xfff0u16;
+        let mut last: Option<Asked> = None;
+        let mut asked = Vec::new();
+        for i in 0..n {
+            let now = super::clock_ns(libc::CLOCK_REALTIME);
+            let (psn_last_recv, dtlr, dtls) = last.map_or((0, 0, 0), |a| {
+                (
+                    a.answer.psn_this,
+                    now - a.answered_ns,
+                    a.answered_ns - a.sent_ns,
+                )
+            });
+            let (dtlr, dtls) = (
+                pdm_common::time::encode_delta_ns(dtlr),
+                pdm_common::time::encode_delta_ns(dtls),
+            );
+            let sent = PdmFields {
+                psn_this: psn,
+                psn_last_recv,
+                scale_dtlr: dtlr.scale,
+                dtlr: dtlr.delta,
+                scale_dtls: dtls.scale,
+                dtls: dtls.delta,
+            };
+            psn = psn.wrapping_add(1);
+            let sent_ns = super::clock_ns(libc::CLOCK_REALTIME);
+            send_with_pdm(fd, to, format!("request {i}").as_bytes(), &sent);
+            let r = receive(fd).expect("an answer within 5 s");
+            let a = Asked {
+                sent,
+                sent_ns,
+                answered_ns: r.rx_ns,
+                answer: r.pdm.expect("the answer carries PDM"),
+            };
+            asked.push(a);
+            last = Some(a);
+            std::thread::sleep(think);
+        }
+        asked
+    })
+}

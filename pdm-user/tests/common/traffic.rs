@@ -187,11 +187,16 @@ pub struct Capture {
 
 impl Capture {
     pub fn start(ns: &Netns) -> Self {
-        let path = std::env::temp_dir().join(format!("{}.pcapng", ns.name));
+        Self::start_on(ns, IFACE)
+    }
+
+    /// A capture of interface `iface` of `ns`.
+    pub fn start_on(ns: &Netns, iface: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("{}-{iface}.pcapng", ns.name));
         let _ = std::fs::remove_file(&path);
         let child = ns
             .cmd("dumpcap")
-            .args(["-q", "-i", IFACE, "-s", "200", "-B", "64", "-w"])
+            .args(["-q", "-i", iface, "-s", "200", "-B", "64", "-w"])
             .arg(&path)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
