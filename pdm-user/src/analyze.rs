@@ -3,10 +3,12 @@
 //! ([`crate::sources::capture`]), each packet's chain walked by the shared parser
 //! ([`pdm_common::chain`]).
 //!
-//! By default, per-flow figures: the capture's flows ([`capture::CaptureFlows`]) feed
-//! the same metrics engine as the kernel does in `pdm run`, and the rows go out as the
-//! same NDJSON flow objects (`local_*` = the client). `--packets` prints every packet
-//! that carries PDM instead, its fields raw and decoded.
+//! By default, per-flow figures: the files, merged by time, feed the capture's flows
+//! ([`CaptureFlows`]), which feed the same metrics engine as the kernel does in `pdm
+//! run`; each flow's row goes out when it ends (and each `--interval`) as the same
+//! NDJSON flow object (`local_*` = the client), or as the live view's table on a
+//! terminal. `--packets` prints every packet that carries PDM instead, its fields raw
+//! and decoded.
 
 use std::{
     io::{IsTerminal as _, Write as _},

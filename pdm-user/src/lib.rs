@@ -11,8 +11,9 @@
 //!   `--per-packet` offload changes (restored after a crash too), the maps read back
 //!   (counters, the mmapped flow table) and test runs on hand-built frames.
 //! - [`sys`]: system facts — interfaces and their lock, reverse DNS and socket owners.
-//! - [`sources`]: what feeds the engine — today the kernel (its RTT sample ring and
-//!   flow-table snapshots); capture files and the passive observer next.
+//! - [`sources`]: what feeds the engine — the kernel (its RTT sample ring and
+//!   flow-table snapshots) and capture files (pcap/pcapng, merged by time, their flows
+//!   seen from both ends); the passive observer next.
 //! - [`engine`]: one flow-metrics engine — per-flow records, delay distributions,
 //!   widened counters, loss, expiry — producing [`engine::FlowRow`]s.
 //! - [`sinks`]: where the rows go — [`sinks::ndjson`] and the terminal view

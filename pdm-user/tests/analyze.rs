@@ -24,10 +24,16 @@ fn packets_of_a_capture_match_tshark_field_by_field() {
     let _pdm_a = Pdm::start(&h.a, &["--ingress", "tc"]);
     let _pdm_b = Pdm::start(&h.b, &["--ingress", "tc"]);
     let mut cap = Capture::start(&h.a);
+    // The same packets through Linux's "any" device: cooked (SLL2) link headers.
+    let mut cooked = Capture::start_on(&h.a, "any");
     ping(&h, 10);
     udp_exchange(&h, 7400, 20);
     tcp_transfer(&h, 7401, 2 << 20);
     assert_eq!(cap.stop(), 0, "the capture dropped packets");
+    assert_eq!(cooked.stop(), 0, "the capture on any dropped packets");
+    let (code, lines, err) = analyze(&["--packets"], &[&cooked.path]);
+    assert_eq!(code, 0, "{err}");
+    check_against_tshark(&cooked.path, &lines, "");
     let (code, lines, err) = analyze(&["--packets"], &[&cap.path]);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("with PDM"), "a summary line: {err}");

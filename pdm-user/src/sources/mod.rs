@@ -1,5 +1,5 @@
 //! What feeds the engine ([`crate::engine`]): the kernel ([`kernel`]: its RTT samples
-//! and snapshots of its flow table) and capture files ([`capture`]: pcap and pcapng);
+//! and snapshots of its flow table) and capture files ([`capture`]: pcap and pcapng, several merged by time);
 //! the passive observer is to come beside them.
 
 pub mod capture;

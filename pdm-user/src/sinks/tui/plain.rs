@@ -47,3 +47,34 @@ pub fn write_table(out: &mut impl Write, rows: &[FlowRow]) -> io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::filter::test_row;
+
+    #[test]
+    fn the_table_has_the_live_views_columns_aligned() {
+        let mut a = test_row(17, "fd00::1", 40000, "fd00::2", 53);
+        a.rtt.p50 = Some(1_500);
+        let b = test_row(6, "fd00::1:2:3", 40001, "fd00::2", 443);
+        let mut out = Vec::new();
+        write_table(&mut out, &[a, b]).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(lines[0].starts_with("LOCAL"), "{text}");
+        assert!(
+            lines[0].contains("RTT p50") && !lines[0].contains("PROCESS"),
+            "{text}"
+        );
+        assert!(
+            lines[1].contains("[fd00::1]:40000") && lines[1].contains("1.50µs"),
+            "{text}"
+        );
+        // Every column starts where its title does.
+        let at = lines[0].find("PROTO").unwrap();
+        assert_eq!(&lines[1][at..at + 3], "udp", "{text}");
+        assert_eq!(&lines[2][at..at + 3], "tcp", "{text}");
+    }
+}
