@@ -367,13 +367,7 @@ impl Table {
     pub fn add_sample(&mut self, s: &RttSample) {
         let generation = self.generation;
         let span = self.config.window.as_nanos() as u64;
-        // Through the slot only where a scan has already seen one: the slot number is
-        // the kernel's word, and must not size anything.
-        let id = if (s.slot as usize) < self.by_slot.len() {
-            self.id_in_slot(s.slot, &s.key)
-        } else {
-            self.id(&s.key)
-        };
+        let id = self.id_hinted(s.slot, &s.key);
         let f = self.flow_mut(id);
         if f.prev.is_none() {
             f.seen = generation;
@@ -394,10 +388,21 @@ impl Table {
         }
     }
 
-    /// Adds a figure only a source that sees both ends has, for `key`'s flow.
-    pub fn add_figure(&mut self, key: &FlowKey, figure: Figure, ts_ns: u64, ns: u64) {
+    /// The id of `key`'s flow, through the source's `slot` where a scan has already
+    /// seen one (the slot number is the source's word, and must not size anything).
+    fn id_hinted(&mut self, slot: u32, key: &FlowKey) -> u32 {
+        if (slot as usize) < self.by_slot.len() {
+            self.id_in_slot(slot, key)
+        } else {
+            self.id(key)
+        }
+    }
+
+    /// Adds a figure only a source that sees both ends has, for `key`'s flow (in
+    /// `slot`, as the source's refreshes give it).
+    pub fn add_figure(&mut self, slot: u32, key: &FlowKey, figure: Figure, ts_ns: u64, ns: u64) {
         let span = self.config.window.as_nanos() as u64;
-        let id = self.id(key);
+        let id = self.id_hinted(slot, key);
         let b = self.delays[id as usize].both.get_or_insert_default();
         let (window, all) = match figure {
             Figure::ClientDelay => (&mut b.client_delay, &mut b.client_delay_all),
@@ -408,8 +413,8 @@ impl Table {
     }
 
     /// Counts an echo of `key`'s flow that gave no sample because of the times sent.
-    pub fn add_fault(&mut self, key: &FlowKey, fault: TimeFault) {
-        let id = self.id(key);
+    pub fn add_fault(&mut self, slot: u32, key: &FlowKey, fault: TimeFault) {
+        let id = self.id_hinted(slot, key);
         self.delays[id as usize].faults.count(fault);
     }
 

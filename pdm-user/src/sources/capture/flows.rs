@@ -23,8 +23,6 @@
 //! counts as a packet with PDM, not in the sequence and not as a duplicate. A sender
 //! numbering every wire packet needs nothing special.
 
-use std::collections::HashMap;
-
 use pdm_common::{
     chain::{Chain, Upper},
     flow::{FLOW_CLOSED, FLOW_VALID, FlowKey, FlowSlot, FlowState, NO_SAMPLE, RttSample},
@@ -36,7 +34,7 @@ use super::{
     fragments::{Datagram, Fragments},
     reader::Packet,
 };
-use crate::engine::{Figure, FlowRow, SeqCounts, Table};
+use crate::engine::{FastMap, Figure, FlowRow, SeqCounts, Table};
 
 /// A flow whichever way a packet goes: (the lower end's address and port, the higher
 /// end's, protocol).
@@ -127,7 +125,7 @@ pub struct CaptureFlows {
     /// By slot (the engine's kernel-slot stand-in); freed slots are reused.
     flows: Vec<Option<CaptureFlow>>,
     free: Vec<u32>,
-    index: HashMap<Ends, u32>,
+    index: FastMap<Ends, u32>,
     fragments: Fragments,
     /// Flows seen in all, ended ones included.
     seen: u64,
@@ -277,8 +275,8 @@ impl CaptureFlows {
             if data && echoes && f.client_delay_echo != Some(pdm.psn_last_recv) {
                 f.client_delay_echo = Some(pdm.psn_last_recv);
                 match decode_received(dtlr) {
-                    Ok(ns) => table.add_figure(&key, Figure::ClientDelay, p.ts_ns, ns),
-                    Err(fault) => table.add_fault(&key, fault),
+                    Ok(ns) => table.add_figure(id, &key, Figure::ClientDelay, p.ts_ns, ns),
+                    Err(fault) => table.add_fault(id, &key, fault),
                 }
             }
             if f.rtt_echo == Some(pdm.psn_last_recv) {
@@ -325,8 +323,8 @@ impl CaptureFlows {
             f.capture_rtt_echo = Some(pdm.psn_last_recv);
             // Malformed and non-RFC DTLRs are counted once, by the server delay below.
             match echo_rtt(p.ts_ns.saturating_sub(sent), dtlr) {
-                Ok((rtt, _)) => table.add_figure(&key, Figure::CaptureRtt, p.ts_ns, rtt),
-                Err(TimeFault::Implausible) => table.add_fault(&key, TimeFault::Implausible),
+                Ok((rtt, _)) => table.add_figure(id, &key, Figure::CaptureRtt, p.ts_ns, rtt),
+                Err(TimeFault::Implausible) => table.add_fault(id, &key, TimeFault::Implausible),
                 Err(_) => {}
             }
         }

@@ -5,7 +5,9 @@
 //! captured, or came after it) is counted as unattributed, not made into a flow of
 //! port 0.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use crate::engine::FastMap;
 
 /// Datagrams remembered at once: a reassembly queue's worth (Linux keeps at most
 /// 4 MiB of fragments; 4096 datagrams of 1 KiB), far more than are in flight on any
@@ -26,7 +28,7 @@ pub struct Datagram {
 
 #[derive(Default)]
 pub struct Fragments {
-    datagrams: HashMap<Key, Datagram>,
+    datagrams: FastMap<Key, Datagram>,
     order: VecDeque<Key>,
     /// Later fragments with no first fragment to attribute them to.
     pub unattributed: u64,
