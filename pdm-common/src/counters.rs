@@ -90,6 +90,10 @@ counters! {
     /// A new flow took the slot of the least recently active flow of its set (either
     /// program; not a packet outcome).
     FlowEvictions => "flow_table_evictions",
+    /// Later fragments (either program) whose first fragment was not seen or was
+    /// forgotten: counted in a flow of their addresses with ports 0, not their
+    /// datagram's (not a packet outcome).
+    FragmentsUnattributed => "fragments_unattributed",
 }
 
 /// Number of counter slots.

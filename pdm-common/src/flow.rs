@@ -408,3 +408,27 @@ mod tests {
         assert!(sets_hit.len() > 950, "{} of 1024 sets hit", sets_hit.len());
     }
 }
+
+/// Fragmented datagrams whose ports the programs remember at once, to give their later
+/// fragments (which carry no ports) their datagram's flow: far more than are in flight
+/// through one interface (Linux reassembles at most 4 MiB of fragments per namespace).
+/// An LRU map: the oldest are forgotten first, and a fragment whose first was forgotten
+/// is counted (`fragments_unattributed`).
+pub const MAX_FRAGMENTED_DATAGRAMS: u32 = 4096;
+
+/// A fragmented datagram: its addresses and Fragment header identification.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub id: u32,
+}
+
+/// Its ports (the echo identifier for ICMPv6 echo), from its first fragment.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragPorts {
+    pub sport: u16,
+    pub dport: u16,
+}

@@ -71,6 +71,8 @@ fn try_egress(ctx: &TcContext, c: Option<*mut Counters>) -> Result<(), Counter> 
         }
     }
 
+    // A later fragment: its datagram's ports.
+    crate::fragments::attribute(p, c);
     // Sent: we are the source.
     let key = FlowKey::new(p.src, p.dst, p.sport, p.dport, p.proto);
     let (state, _) = get_or_create(&key, c).ok_or(Counter::EgressFlowMapFull)?;

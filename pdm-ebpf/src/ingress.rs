@@ -89,6 +89,8 @@ pub fn run(data: usize, data_end: usize, hook: Hook) {
     if p.bad_pdm {
         bump(c, Counter::IngressBadPdm);
     }
+    // A later fragment: its datagram's ports.
+    crate::fragments::attribute(p, c);
     let selected = match record(p, data, data_end, &hook, c) {
         Ok(selected) => {
             bump(
@@ -108,9 +110,11 @@ pub fn run(data: usize, data_end: usize, hook: Hook) {
     };
     // SAFETY: a global the loader sets before load.
     let clamp = unsafe { read_volatile(&raw const CONFIG.clamp_mss) } != 0;
-    // Only flows that get PDM need room for it: `--only` leaves the rest untouched.
+    // Only flows that get PDM need room for it: `--only` leaves the rest untouched. A
+    // fragmented SYN (no stack sends one) is left as it is.
     if clamp
         && selected
+        && p.frag == crate::parse::FRAG_NONE
         && p.proto == IPPROTO_TCP
         && p.tcp_flags & TCP_SYN != 0
         && well_formed_syn(p, hook.packets_bytes(data, data_end).1)

@@ -9,19 +9,23 @@
 
 mod egress;
 mod flow;
+mod fragments;
 mod ingress;
 mod parse;
 
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, TC_ACT_UNSPEC, xdp_action},
     macros::{classifier, map, xdp},
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{TcContext, XdpContext},
 };
 use pdm_common::{
     config::Config,
     counters::Counters,
-    flow::{DEFAULT_MAX_FLOWS, FlowSlot, SAMPLES_RING_BYTES},
+    flow::{
+        DEFAULT_MAX_FLOWS, FlowSlot, FragKey, FragPorts, MAX_FRAGMENTED_DATAGRAMS,
+        SAMPLES_RING_BYTES,
+    },
     select::{HostKey, MAX_HOST_ADDRS},
 };
 
@@ -33,6 +37,11 @@ static FLOWS: Array<FlowSlot> = Array::with_max_entries(DEFAULT_MAX_FLOWS, BPF_F
 /// Per-CPU scratch for the extension-header walk (see parse.rs).
 #[map(name = "SCRATCH")]
 static SCRATCH: PerCpuArray<parse::Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// The ports of fragmented datagrams, from their first fragment (see fragments.rs).
+#[map(name = "FRAGMENTS")]
+static FRAGMENTS: LruHashMap<FragKey, FragPorts> =
+    LruHashMap::with_max_entries(MAX_FRAGMENTED_DATAGRAMS, 0);
 
 /// RTT samples for userspace.
 #[map(name = "SAMPLES")]

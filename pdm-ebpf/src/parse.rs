@@ -76,7 +76,20 @@ pub struct Packet {
     pub l4_hdr_len: usize,
     /// TCP flags byte (SYN detection), 0 for other protocols.
     pub tcp_flags: u8,
+    /// [`FRAG_NONE`], or the first or a later fragment of a datagram, and its
+    /// identification.
+    pub frag: u8,
+    pub frag_id: u32,
 }
+
+/// Not a fragment.
+pub const FRAG_NONE: u8 = 0;
+/// The first fragment of a datagram (its ports are read).
+pub const FRAG_FIRST: u8 = 1;
+/// A later fragment (no ports in it).
+pub const FRAG_LATER: u8 = 2;
+/// An atomic fragment: offset 0 and no more to come, a whole datagram.
+pub const FRAG_ATOMIC: u8 = 3;
 
 /// Returns a pointer to `N` readable octets at `off`, or None past `data_end`.
 #[inline(always)]
@@ -231,6 +244,8 @@ pub fn parse(data: usize, data_end: usize, src: Source) -> Result<&'static mut P
         l4_off: 0,
         l4_hdr_len: 0,
         tcp_flags: 0,
+        frag: FRAG_NONE,
+        frag_id: 0,
     };
     if matches!(ip[6], IPPROTO_TCP | IPPROTO_UDP | IPPROTO_ICMPV6) {
         // Fast path: no extension headers, upper layer at a constant offset.
@@ -329,6 +344,9 @@ struct Walk {
     /// The first Destination Options header (offset, length), 0 if none.
     dst_off: usize,
     dst_len: usize,
+    /// What the Fragment header says, if there is one (see [`Packet::frag`]).
+    frag: u8,
+    frag_id: u32,
 }
 
 const WALK_RUNNING: u8 = 0;
@@ -359,6 +377,8 @@ fn walk(p: &'static mut Packet, src: Source) -> Result<&'static mut Packet, Skip
         insert_off: p.insert_off,
         dst_off: 0,
         dst_len: 0,
+        frag: FRAG_NONE,
+        frag_id: 0,
     };
     // The callback gets the packet source on the stack (a context pointer cannot be
     // stored in a map) and finds the rest in the scratch map.
@@ -378,6 +398,8 @@ fn walk(p: &'static mut Packet, src: Source) -> Result<&'static mut Packet, Skip
     p.nh_at_insert = w.nh_at_insert;
     p.nh_field_off = w.nh_field_off;
     p.insert_off = w.insert_off;
+    p.frag = w.frag;
+    p.frag_id = w.frag_id;
     match w.state {
         WALK_UPPER => {}
         WALK_OPAQUE => {
@@ -455,10 +477,23 @@ fn walk_one(w: &mut Walk, src: Source) -> u8 {
             let Some(h) = src.load::<8>(w.off) else {
                 return WALK_UNPARSABLE;
             };
-            // Only the first fragment has ports, so every fragment of a datagram is
-            // keyed with ports 0 and the protocol it carries.
             w.nh = h[0];
             w.has_ah |= w.nh == IPPROTO_AH;
+            // What follows is the fragmentable part: PDM goes in front of the Fragment
+            // header, so that every fragment carries one.
+            w.in_prefix = false;
+            w.frag_id = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+            let offset = u16::from_be_bytes([h[2], h[3]]) & 0xfff8;
+            let more = h[3] & 1 != 0;
+            if offset == 0 && w.frag == FRAG_NONE {
+                // The first fragment holds the ports: walk on to them. (An atomic
+                // fragment, with no more to come, is a whole datagram.)
+                w.frag = if more { FRAG_FIRST } else { FRAG_ATOMIC };
+                w.off += 8;
+                return WALK_RUNNING;
+            }
+            // A later fragment: no ports here (fragments.rs finds its datagram's).
+            w.frag = FRAG_LATER;
             WALK_OPAQUE
         }
         IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH => {
@@ -479,14 +514,16 @@ fn walk_one(w: &mut Walk, src: Source) -> u8 {
             if src.load::<1>(w.off + len - 1).is_none() {
                 return WALK_UNPARSABLE;
             }
-            if this == IPPROTO_DSTOPTS && w.dst_off == 0 {
+            // Behind a Fragment header, a header is in the first fragment only: what
+            // the programs do must not differ between a datagram's fragments.
+            if this == IPPROTO_DSTOPTS && w.dst_off == 0 && w.frag == FRAG_NONE {
                 w.dst_off = w.off;
                 w.dst_len = len;
             }
             if this == IPPROTO_DSTOPTS || this == IPPROTO_AH {
                 w.in_prefix = false;
             }
-            w.has_ah |= this == IPPROTO_AH;
+            w.has_ah |= this == IPPROTO_AH && w.frag == FRAG_NONE;
             if w.in_prefix {
                 w.nh_field_off = w.off;
                 w.nh_at_insert = next;

@@ -42,6 +42,18 @@ pub struct Options {
     pub resolve: bool,
     /// Also append the NDJSON lines to this file (with the live view, a record of it).
     pub log: Option<std::path::PathBuf>,
+    /// `--mtu-room` is on: packets too big for PDM are not expected.
+    pub mtu_room: bool,
+}
+
+/// What to tell the user when packets went without PDM for want of room, or None.
+pub fn too_big_hint(totals: &Totals, mtu_room: bool) -> Option<String> {
+    let n = totals.get(pdm_common::counters::Counter::EgressTooBig);
+    (n > 0 && !mtu_room).then(|| {
+        format!(
+            "{n} packets left without PDM: too big for its 16 octets (full-size UDP, fragments, large pings); --mtu-room makes room"
+        )
+    })
 }
 
 /// Where each interval's results go.
@@ -165,6 +177,14 @@ fn report(
     log: Option<&mut std::fs::File>,
 ) -> Result<()> {
     let snap = snapshot(ebpf, kernel, opts, table, sink, log.is_some())?;
+    // Said once on stderr (the live view shows it in its header all along).
+    static HINTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if let Some(hint) = too_big_hint(&snap.totals, opts.mtu_room)
+        && matches!(sink, Sink::Json(_))
+        && !HINTED.swap(true, std::sync::atomic::Ordering::Relaxed)
+    {
+        log::warn!("{hint}");
+    }
     emit(snap, opts, table, lookups, labels, sink, log)
 }
 
@@ -262,6 +282,7 @@ fn emit(
         }
         Sink::Tui(ui) => ui
             .draw(tui::Frame {
+                hint: too_big_hint(&totals, opts.mtu_room),
                 iface: opts.iface.name().to_owned(),
                 attach: opts.attach.clone(),
                 totals,

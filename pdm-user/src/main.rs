@@ -12,7 +12,7 @@ use pdm_user::{
     filter::Filter,
     kernel::{
         attach::{self, Ingress, LoadOptions, TcMode},
-        offload,
+        mtu_room, offload,
     },
     live,
     sys::iface::{Iface, IfaceLock},
@@ -60,6 +60,11 @@ struct RunArgs {
     /// attached (restored on exit, or on the next start after a crash).
     #[arg(long)]
     per_packet: bool,
+    /// Make room for PDM in every packet: lowers the MTU of the IPv6 routes through the
+    /// interface by 16 while attached (restored on exit, or on the next start after a
+    /// crash), so full-size UDP (QUIC), fragments and large pings carry PDM too.
+    #[arg(long)]
+    mtu_room: bool,
     /// Leave the MSS of received SYN/SYN-ACKs alone (full-size TCP segments then go
     /// without PDM, counted as too big).
     #[arg(long)]
@@ -312,6 +317,12 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
             on(gso)
         );
     }
+    let recovered = mtu_room::recover(&iface)?;
+    if recovered > 0 {
+        log::info!(
+            "restored the MTU of {recovered} route(s) through {iface}, left lowered by a previous run"
+        );
+    }
     raise_memlock();
 
     let mut ebpf = attach::load(&LoadOptions {
@@ -328,6 +339,27 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
             "per-packet PSNs: TSO and GSO off on {iface} (were {} / {}; restored on exit)",
             on(tso),
             on(gso)
+        );
+        Some(guard)
+    } else {
+        None
+    };
+    // Room before attaching, so that no full-size packet meets the program first.
+    let room = if args.mtu_room {
+        let guard = mtu_room::make_room(&iface)?;
+        let mtus: std::collections::BTreeSet<u32> = guard.lowered.iter().map(|l| l.1).collect();
+        log::info!(
+            "room for PDM: the MTU of {} IPv6 route(s) through {iface} lowered by 16 (now {}; restored on exit){}",
+            guard.lowered.len(),
+            mtus.iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            if guard.multipath > 0 {
+                format!("; {} multipath route(s) left alone", guard.multipath)
+            } else {
+                String::new()
+            }
         );
         Some(guard)
     } else {
@@ -365,12 +397,14 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
             json: args.json || !std::io::stdout().is_terminal(),
             resolve: args.resolve,
             log: args.log,
+            mtu_room: args.mtu_room,
         },
     )
     .await;
     // Detach first, then give the interface its offloads back, whatever happened.
     drop(attached);
     drop(offloads);
+    drop(room);
     match end? {
         live::End::Stopped => {
             log::info!("detached from {iface}");

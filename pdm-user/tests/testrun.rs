@@ -620,24 +620,42 @@ fn egress_cases() -> Vec<Case> {
             L3_END + 24,
             egress_key(40011, 9, IPPROTO_UDP),
         ),
-        // Before a Fragment header: every fragment carries its own PDM. Fragments are
-        // keyed without ports, with the protocol they carry.
+        // Before a Fragment header: every fragment carries its own PDM, in the flow of
+        // its datagram (the first fragment's ports, remembered for the later ones).
         Case {
             name: "first fragment (UDP inside)",
             frame: with_ext(&udp(A, B, 40020, 9, &[0x33; 64]), &[fragment(0, true)]),
             expect: Expect::Inserted {
                 at: L3_END,
                 nh_field: IP6_NH,
-                key: egress_key(0, 0, IPPROTO_UDP),
+                key: egress_key(40020, 9, IPPROTO_UDP),
                 l4: false,
             },
         },
         Case {
-            // Same key as the first fragment: its PSN must continue that sequence.
+            // The first fragment's flow: its PSN continues that sequence.
             name: "non-first fragment (UDP inside)",
             frame: {
                 let mut p = fragment(9, false).bytes;
                 p[0] = IPPROTO_UDP;
+                p.extend_from_slice(&[0x44; 40]);
+                ipv6(A, B, IPPROTO_FRAGMENT, &p)
+            },
+            expect: Expect::Inserted {
+                at: L3_END,
+                nh_field: IP6_NH,
+                key: egress_key(40020, 9, IPPROTO_UDP),
+                l4: false,
+            },
+        },
+        Case {
+            // Its first fragment never passed: still PDM, in a flow without ports
+            // (counted as unattributed).
+            name: "non-first fragment of an unknown datagram",
+            frame: {
+                let mut p = fragment(9, false).bytes;
+                p[0] = IPPROTO_UDP;
+                p[4..8].copy_from_slice(&0x0bad_f00du32.to_be_bytes());
                 p.extend_from_slice(&[0x44; 40]);
                 ipv6(A, B, IPPROTO_FRAGMENT, &p)
             },
@@ -657,7 +675,7 @@ fn egress_cases() -> Vec<Case> {
             expect: Expect::Inserted {
                 at: L3_END + 8,
                 nh_field: L3_END,
-                key: key(B, A, 0, 0, IPPROTO_UDP),
+                key: key(B, A, 40021, 9, IPPROTO_UDP),
                 l4: false,
             },
         },
@@ -984,9 +1002,9 @@ fn egress_table() {
             "egress_packets must equal inserted + every skip reason: {moved:?}"
         );
         assert!(
-            moved
-                .iter()
-                .all(|(c, _)| c.name().starts_with("egress_") || *c == Counter::FlowEvictions),
+            moved.iter().all(|(c, _)| c.name().starts_with("egress_")
+                || *c == Counter::FlowEvictions
+                || *c == Counter::FragmentsUnattributed),
             "only egress counters move (and evictions, should flows share a set): {moved:?}"
         );
     });
@@ -1219,7 +1237,7 @@ fn ingress_cases(prog: Prog) -> Vec<IngressCase> {
                 ],
             ),
             counters: vec![IngressPdm],
-            flow: Some((ingress_key(0, 0, IPPROTO_UDP), Some(0))),
+            flow: Some((ingress_key(6002, 5002, IPPROTO_UDP), Some(0))),
         },
         IngressCase {
             name: "PDM + ESP",
@@ -1403,9 +1421,9 @@ fn ingress_table(prog: Prog) {
         );
         assert_eq!(outcomes, get(Counter::IngressPackets), "{moved:?}");
         assert!(
-            moved
-                .iter()
-                .all(|(c, _)| c.name().starts_with("ingress_") || *c == Counter::FlowEvictions),
+            moved.iter().all(|(c, _)| c.name().starts_with("ingress_")
+                || *c == Counter::FlowEvictions
+                || *c == Counter::FragmentsUnattributed),
             "only ingress counters move (and evictions, should flows share a set): {moved:?}"
         );
     });

@@ -57,6 +57,9 @@ use {render::*, sort::*};
 /// Everything one refresh shows.
 pub struct Frame {
     pub iface: String,
+    /// Something the user should act on (packets going without PDM, and the option
+    /// that helps), shown under the counters.
+    pub hint: Option<String>,
     /// How each program is attached, e.g. `pdm_egress: tc egress (tcx link)`.
     pub attach: Vec<String>,
     pub totals: Totals,

@@ -18,8 +18,9 @@ pub(super) fn render_sorted(
     frame: &Frame,
     sorted: Option<&Sorted>,
 ) -> usize {
+    let header_height = HEADER_LINES + u16::from(frame.hint.is_some());
     let [header, body, keys] = Layout::vertical([
-        Constraint::Length(HEADER_LINES),
+        Constraint::Length(header_height),
         Constraint::Min(2),
         Constraint::Length(1),
     ])
@@ -77,7 +78,7 @@ pub(super) fn header_lines(
         format!("attached: {}", frame.attach.join(" · "))
     };
     let t = &frame.totals;
-    vec![
+    let mut lines = vec![
         first,
         Line::raw(attach),
         direction_line(
@@ -97,7 +98,11 @@ pub(super) fn header_lines(
                 (Counter::IngressRttSamples, "RTT samples"),
             ],
         ),
-    ]
+    ];
+    if let Some(hint) = &frame.hint {
+        lines.push(Line::styled(hint.clone(), Style::new().fg(Color::Yellow)));
+    }
+    lines
 }
 
 /// Counters of packets measured without PDM: shown after `skipped:` with the skips.

@@ -45,6 +45,7 @@ fn frame() -> Frame {
     totals.0[Counter::IngressNoPdm as usize] = 42;
     totals.0[Counter::IngressMssClamped as usize] = 2;
     Frame {
+        hint: None,
         iface: "veth-test".into(),
         attach: vec![
             "pdm_egress: tc egress (tcx link)".into(),
