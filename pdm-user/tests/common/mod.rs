@@ -226,13 +226,16 @@ pub fn last_flow<'a>(
         .unwrap_or_else(|| panic!("no {proto} flow (port {port:?}) in pdm's output"))
 }
 
-/// pdm's files in /run/pdm for this namespace (lock, offload or tc state).
+/// pdm's files in /run/pdm for this namespace's [`IFACE`] (lock, offload, tc or MTU
+/// room state).
 pub fn run_state(ns: &Netns) -> Vec<String> {
     use std::os::unix::fs::MetadataExt as _;
     let ino = std::fs::metadata(format!("/run/netns/{}", ns.name))
         .expect("netns file")
         .ino();
-    let prefix = format!("{ino}-");
+    // Of this namespace's test interface: a namespace's inode is reused once it is
+    // gone, and files another run left under a recycled inode are not ours.
+    let prefix = format!("{ino}-{IFACE}.");
     std::fs::read_dir(pdm_user::RUN_DIR)
         .map(|d| {
             d.filter_map(Result::ok)
