@@ -118,6 +118,7 @@ names! {
     pub enum ThroughputMode {
         Baseline => "baseline",
         PdmTc => "pdm_tc",
+        PdmMtuRoom => "pdm_mtu_room",
         PdmXdp => "pdm_xdp",
         XdpPass => "xdp_pass",
         BaselineOffloadsOff => "baseline_offloads_off",

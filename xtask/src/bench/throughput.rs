@@ -60,6 +60,15 @@ pub const MODES: &[Mode] = &[
         dstopts: false,
     },
     Mode {
+        mode: ThroughputMode::PdmMtuRoom,
+        what: "`pdm --mtu-room` on both hosts (routes 16 octets lower, TC ingress on a veth)",
+        pdm: Some(&["--mtu-room"]),
+        offloads_off: false,
+        null_xdp: false,
+        pair: true,
+        dstopts: false,
+    },
+    Mode {
         mode: ThroughputMode::PdmXdp,
         what: "`pdm --ingress xdp` (XDP native ingress) on both hosts",
         pdm: Some(&["--ingress", "xdp"]),
@@ -144,6 +153,24 @@ pub const RATIOS: &[(&str, Measure, Measure, Option<f64>)] = &[
         at(M::PdmTc, T::Iperf8),
         at(M::Baseline, T::Iperf8),
         Some(0.95),
+    ),
+    (
+        "pdm --mtu-room (TC ingress) vs no PDM, iperf3 1 stream",
+        at(M::PdmMtuRoom, T::Iperf1),
+        at(M::Baseline, T::Iperf1),
+        Some(0.95),
+    ),
+    (
+        "pdm --mtu-room (TC ingress) vs no PDM, iperf3 8 streams",
+        at(M::PdmMtuRoom, T::Iperf8),
+        at(M::Baseline, T::Iperf8),
+        Some(0.95),
+    ),
+    (
+        "pdm --mtu-room vs pdm default (TC ingress), iperf3 1 stream",
+        at(M::PdmMtuRoom, T::Iperf1),
+        at(M::PdmTc, T::Iperf1),
+        None,
     ),
     (
         "XDP_PASS-only program vs no PDM, iperf3 1 stream",

@@ -317,9 +317,10 @@ fn hottest<T>(s: &mut String, setup: &str, traffic: &str, prof: &Profile<T>) {
 }
 
 /// The throughput modes that run pdm.
-const PDM_MODES: [ThroughputMode; 4] = [
+const PDM_MODES: [ThroughputMode; 5] = [
     ThroughputMode::PdmXdp,
     ThroughputMode::PdmTc,
+    ThroughputMode::PdmMtuRoom,
     ThroughputMode::PdmPerPacket,
     ThroughputMode::PdmPerPacketTc,
 ];
