@@ -441,3 +441,37 @@ fn a_flow_whose_peer_lies_is_marked() {
     assert!(!bulk.contains('!'), "{bulk}");
     assert!(all.contains("implausible_dtlr 3"), "{all}");
 }
+
+#[test]
+fn packets_too_big_for_pdm_are_said_with_the_option_that_helps() {
+    let mut totals = Totals::default();
+    totals.0[Counter::EgressTooBig as usize] = 80;
+    let hint = crate::live::too_big_hint(&totals, false);
+    assert!(
+        hint.as_deref()
+            .is_some_and(|h| h.contains("80 packets") && h.contains("--mtu-room")),
+        "{hint:?}"
+    );
+    assert_eq!(
+        crate::live::too_big_hint(&totals, true),
+        None,
+        "not with the room made"
+    );
+    let mut f = frame();
+    f.hint = hint;
+    let s = screen(&ViewState::default(), &f, 140, 20);
+    let at = line_of(&s, "--mtu-room");
+    assert!(
+        at < line_of(&s, "LOCAL"),
+        "in the header, above the table: {s:#?}"
+    );
+    assert_eq!(
+        line_of(&frame_screen_without_hint(), "LOCAL") + 1,
+        line_of(&s, "LOCAL"),
+        "one line more in the header"
+    );
+}
+
+fn frame_screen_without_hint() -> Vec<String> {
+    screen(&ViewState::default(), &frame(), 140, 20)
+}
