@@ -31,11 +31,11 @@ pub fn attribute(p: &mut Packet, c: Option<*mut Counters>) {
             dport: p.dport,
         };
         // A full map evicts its least recently used datagram: nothing to handle.
-        let _ = FRAGMENTS.insert(&key, &ports, 0);
+        let _ = FRAGMENTS.insert(key, ports, 0);
         return;
     }
     // SAFETY: the value is copied out at once; a concurrent update is harmless.
-    match unsafe { FRAGMENTS.get(&key) } {
+    match unsafe { FRAGMENTS.get(key) } {
         Some(ports) => {
             p.sport = ports.sport;
             p.dport = ports.dport;
