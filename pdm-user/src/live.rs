@@ -13,6 +13,7 @@ use crate::{
     engine::{self, FlowRow, Table, TableConfig},
     filter::Filter,
     kernel::maps::{self, Totals},
+    sinks::metrics::{self, Exporter, MetricsConfig},
     sinks::{
         labels::Labels,
         ndjson,
@@ -44,6 +45,8 @@ pub struct Options {
     pub log: Option<std::path::PathBuf>,
     /// `--mtu-room` is on: packets too big for PDM are not expected.
     pub mtu_room: bool,
+    /// `--metrics-addr`: the bound listener and what to export.
+    pub metrics: Option<(std::net::TcpListener, MetricsConfig)>,
 }
 
 /// What to tell the user when packets went without PDM for want of room, or None.
@@ -90,6 +93,19 @@ pub async fn run(ebpf: &mut Ebpf, opts: Options) -> Result<End> {
     let lookups = Lookups::new(opts.resolve);
     let mut labels = Labels::default();
     let mut table = Table::with_capacity(opts.table, kernel.slots());
+    let exporter = match &opts.metrics {
+        Some((listener, config)) => {
+            let exporter = Exporter::new(config.clone());
+            let listener = tokio::net::TcpListener::from_std(
+                listener.try_clone().context("the metrics listener")?,
+            )
+            .context("the metrics listener")?;
+            // Dropped with the runtime when the run ends.
+            tokio::spawn(metrics::http::serve(listener, exporter.clone()));
+            Some(exporter)
+        }
+        None => None,
+    };
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut tick = tokio::time::interval(opts.interval);
@@ -102,7 +118,7 @@ pub async fn run(ebpf: &mut Ebpf, opts: Options) -> Result<End> {
             _ = sigint.recv() => break End::Stopped,
             _ = sigterm.recv() => break End::Stopped,
             _ = &mut drain_tick => {
-                let n = kernel.drain(&mut table);
+                let n = drain(&mut kernel, &mut table, exporter.as_ref());
                 let next = if n > DRAIN_BUSY { DRAIN_FAST } else { DRAIN_SLOW };
                 drain_tick.as_mut().reset(tokio::time::Instant::now() + next);
             }
@@ -114,18 +130,18 @@ pub async fn run(ebpf: &mut Ebpf, opts: Options) -> Result<End> {
                 }
             }
             _ = tick.tick() => {
-                kernel.drain(&mut table);
+                drain(&mut kernel, &mut table, exporter.as_ref());
                 if !opts.iface.still_there() {
                     break End::InterfaceGone;
                 }
-                report(ebpf, &kernel, &opts, &mut table, &lookups, &mut labels, &mut sink, log.as_mut())?;
+                report(ebpf, &kernel, &opts, &mut table, &lookups, &mut labels, &mut sink, log.as_mut(), exporter.as_ref())?;
                 if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
                     break End::Stopped;
                 }
             }
         }
     };
-    kernel.drain(&mut table);
+    drain(&mut kernel, &mut table, exporter.as_ref());
     drop(sink);
     if end == End::Stopped && opts.json {
         // A last report, so even a run shorter than one interval says what it saw; what
@@ -140,6 +156,7 @@ pub async fn run(ebpf: &mut Ebpf, opts: Options) -> Result<End> {
             &mut labels,
             &mut Sink::Json(Vec::new()),
             log.as_mut(),
+            exporter.as_ref(),
         )?;
     }
     Ok(end)
@@ -175,8 +192,13 @@ fn report(
     labels: &mut Labels,
     sink: &mut Sink,
     log: Option<&mut std::fs::File>,
+    exporter: Option<&Exporter>,
 ) -> Result<()> {
     let snap = snapshot(ebpf, kernel, opts, table, sink, log.is_some())?;
+    if let Some(e) = exporter {
+        let flows = table.len();
+        e.with(|s| s.refresh(&snap.rows, &snap.totals, flows));
+    }
     // Said once on stderr (the live view shows it in its header all along).
     static HINTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     if let Some(hint) = too_big_hint(&snap.totals, opts.mtu_room)
@@ -329,4 +351,12 @@ fn json(
     writeln!(out, "{line}")?;
     out.flush()?;
     Ok(())
+}
+
+/// Drains the kernel's samples into the table, and into the exporter if there is one.
+fn drain(kernel: &mut KernelSource, table: &mut Table, exporter: Option<&Exporter>) -> usize {
+    match exporter {
+        Some(e) => kernel.drain_with(table, |batch| e.with(|s| s.samples(batch))),
+        None => kernel.drain(table),
+    }
 }

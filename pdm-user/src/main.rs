@@ -15,6 +15,7 @@ use pdm_user::{
         mtu_room, offload,
     },
     live,
+    sinks::metrics::{MetricsConfig, PeerLabel, default_buckets},
     sys::iface::{Iface, IfaceLock},
     trace,
 };
@@ -60,6 +61,22 @@ struct RunArgs {
     /// attached (restored on exit, or on the next start after a crash).
     #[arg(long)]
     per_packet: bool,
+    /// Serve metrics for Prometheus at http://ADDR:PORT/metrics (e.g. [::1]:9464).
+    /// Off by default: they are timing data about this host's traffic (RFC 8250 §6), so
+    /// bind beyond loopback only where they may be read.
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics_addr: Option<std::net::SocketAddr>,
+    /// The peer label of the metrics: none, the remote /64 (prefix), or the remote
+    /// address (host).
+    #[arg(long, value_enum, default_value_t = PeerLabel::Prefix, value_name = "WHAT")]
+    metrics_peer: PeerLabel,
+    /// At most this many distinct peers get series of their own; the rest are "other".
+    #[arg(long, default_value_t = 100, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    metrics_max_series: u32,
+    /// Upper bounds of the RTT and server-delay histogram buckets, e.g.
+    /// "100us,1ms,10ms,100ms" (default: 1, 2 and 5 of every power of ten, 1 µs to 10 s).
+    #[arg(long, value_delimiter = ',', value_parser = parse_duration, value_name = "D,D,...")]
+    metrics_buckets: Option<Vec<Duration>>,
     /// Make room for PDM in every packet: lowers the MTU of the IPv6 routes through the
     /// interface by 16 while attached (restored on exit, or on the next start after a
     /// crash), so full-size UDP (QUIC), fragments and large pings carry PDM too.
@@ -344,6 +361,35 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     } else {
         None
     };
+    // The metrics port is taken before anything is attached: one that cannot be had
+    // ends the run with nothing changed.
+    let metrics = match args.metrics_addr {
+        Some(addr) => {
+            let listener = std::net::TcpListener::bind(addr).with_context(|| {
+                format!("cannot listen on {addr} for --metrics-addr (in use, or not an address of this host?)")
+            })?;
+            listener
+                .set_nonblocking(true)
+                .context("the metrics listener")?;
+            let mut buckets: Vec<f64> = match &args.metrics_buckets {
+                Some(b) => b.iter().map(Duration::as_secs_f64).collect(),
+                None => default_buckets(),
+            };
+            buckets.sort_by(f64::total_cmp);
+            buckets.dedup();
+            log::info!("metrics for Prometheus at http://{addr}/metrics");
+            Some((
+                listener,
+                MetricsConfig {
+                    iface: iface.name().to_owned(),
+                    peer: args.metrics_peer,
+                    max_series: args.metrics_max_series as usize,
+                    buckets,
+                },
+            ))
+        }
+        None => None,
+    };
     // Room before attaching, so that no full-size packet meets the program first.
     let room = if args.mtu_room {
         let guard = mtu_room::make_room(&iface)?;
@@ -398,6 +444,7 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
             resolve: args.resolve,
             log: args.log,
             mtu_room: args.mtu_room,
+            metrics,
         },
     )
     .await;

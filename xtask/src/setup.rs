@@ -34,6 +34,9 @@ const DEBIAN_TOOLS: &[(&str, &str)] = &[
     ("tmux", "tmux"),
     ("capsh", "libcap2-bin"),
     ("setpriv", "util-linux"),
+    // A real Prometheus scraping `--metrics-addr`, and promtool checking the exposition.
+    ("prometheus", "prometheus"),
+    ("promtool", "prometheus"),
 ];
 
 /// Where set-up keeps what it builds: outside `target/`, so `cargo clean` keeps it.

@@ -3,5 +3,6 @@
 //! beside the figures ([`labels`]).
 
 pub mod labels;
+pub mod metrics;
 pub mod ndjson;
 pub mod tui;

@@ -56,6 +56,12 @@ impl KernelSource {
 
     /// Hands every sample waiting in the ring to `table`; returns how many there were.
     pub fn drain(&mut self, table: &mut Table) -> usize {
+        self.drain_with(table, |_| {})
+    }
+
+    /// As [`KernelSource::drain`], and each batch to `also` (an exporter that keeps
+    /// every sample).
+    pub fn drain_with(&mut self, table: &mut Table, mut also: impl FnMut(&[RttSample])) -> usize {
         let mut n = 0;
         self.batch.clear();
         while let Some(item) = self.ring.next() {
@@ -67,10 +73,12 @@ impl KernelSource {
             }
             if self.batch.len() == SAMPLE_BATCH {
                 table.add_samples(&self.batch);
+                also(&self.batch);
                 self.batch.clear();
             }
         }
         table.add_samples(&self.batch);
+        also(&self.batch);
         n
     }
 
