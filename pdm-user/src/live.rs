@@ -81,13 +81,7 @@ pub async fn run(ebpf: &mut Ebpf, opts: Options) -> Result<End> {
         Sink::Tui(tui::Ui::start().context("starting the terminal view (use --json for a log)")?)
     };
     let mut log = match &opts.log {
-        Some(path) => Some(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .with_context(|| format!("opening the log file {}", path.display()))?,
-        ),
+        Some(path) => Some(open_log(path)?),
         None => None,
     };
     let lookups = Lookups::new(opts.resolve);
@@ -108,6 +102,8 @@ pub async fn run(ebpf: &mut Ebpf, opts: Options) -> Result<End> {
     };
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
+    // logrotate's postrotate (or systemctl reload): the log is reopened by name.
+    let mut sighup = signal(SignalKind::hangup())?;
     let mut tick = tokio::time::interval(opts.interval);
     let mut keys = tokio::time::interval(Duration::from_millis(50));
     let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
@@ -117,6 +113,15 @@ pub async fn run(ebpf: &mut Ebpf, opts: Options) -> Result<End> {
         tokio::select! {
             _ = sigint.recv() => break End::Stopped,
             _ = sigterm.recv() => break End::Stopped,
+            _ = sighup.recv() => {
+                if let Some(path) = &opts.log {
+                    match open_log(path) {
+                        Ok(file) => log = Some(file),
+                        // Keep writing to the old file rather than lose lines.
+                        Err(e) => log::warn!("{e:#}"),
+                    }
+                }
+            }
             _ = &mut drain_tick => {
                 let n = drain(&mut kernel, &mut table, exporter.as_ref());
                 let next = if n > DRAIN_BUSY { DRAIN_FAST } else { DRAIN_SLOW };
@@ -359,4 +364,13 @@ fn drain(kernel: &mut KernelSource, table: &mut Table, exporter: Option<&Exporte
         Some(e) => kernel.drain_with(table, |batch| e.with(|s| s.samples(batch))),
         None => kernel.drain(table),
     }
+}
+
+/// Opens `--log` for appending (created if missing).
+fn open_log(path: &std::path::Path) -> Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening the log file {}", path.display()))
 }

@@ -46,6 +46,45 @@ enum Cmd {
     Trace(trace::TraceArgs),
     /// PDM in capture files (pcap, pcapng), pdm's own or anyone else's.
     Analyze(analyze::AnalyzeArgs),
+    /// Print the man page or a shell's completions (what `cargo xtask dist` packages).
+    Generate {
+        #[arg(value_enum)]
+        what: Generated,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Generated {
+    /// The man page, pdm(1), in roff.
+    Man,
+    Bash,
+    Zsh,
+    Fish,
+    Elvish,
+    Powershell,
+}
+
+/// Writes what `pdm generate` was asked for to stdout.
+fn generate(what: Generated) -> Result<ExitCode> {
+    use clap::CommandFactory as _;
+    use clap_complete::Shell;
+    let mut cmd = Cli::command();
+    let mut out = std::io::stdout().lock();
+    let shell = match what {
+        Generated::Man => {
+            clap_mangen::Man::new(cmd)
+                .render(&mut out)
+                .context("writing the man page")?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Generated::Bash => Shell::Bash,
+        Generated::Zsh => Shell::Zsh,
+        Generated::Fish => Shell::Fish,
+        Generated::Elvish => Shell::Elvish,
+        Generated::Powershell => Shell::PowerShell,
+    };
+    clap_complete::generate(shell, &mut cmd, "pdm", &mut out);
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(clap::Args)]
@@ -172,6 +211,7 @@ fn main() -> ExitCode {
         Cmd::Demo(args) => demo(args),
         Cmd::Trace(args) => trace::run(&args).map_err(Into::into),
         Cmd::Analyze(args) => analyze::run(&args).map(|()| ExitCode::SUCCESS),
+        Cmd::Generate { what } => generate(what),
     };
     match result {
         Ok(code) => code,

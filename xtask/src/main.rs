@@ -65,6 +65,9 @@ enum Task {
         #[arg(long, default_value_t = 60)]
         time: u64,
     },
+    /// What a Linux package ships, in target/dist: pdm (release), its man page, shell
+    /// completions, the systemd unit pdm@.service and the logrotate snippet.
+    Dist,
     /// The whole suite: formatting, clippy (host and eBPF), unit, kernel and end-to-end tests.
     Test {
         /// Extra arguments passed to `cargo test` after `--` (e.g. a test name filter).
@@ -85,6 +88,7 @@ fn main() {
         Task::Setup => setup::run().map(|_| ()),
         Task::Run { args } => tasks::run(&args),
         Task::Test { args } => tasks::test(&args),
+        Task::Dist => tasks::dist(),
         Task::Bench {
             quick,
             render,

@@ -37,6 +37,8 @@ const DEBIAN_TOOLS: &[(&str, &str)] = &[
     // A real Prometheus scraping `--metrics-addr`, and promtool checking the exposition.
     ("prometheus", "prometheus"),
     ("promtool", "prometheus"),
+    // `systemd-analyze verify` of the unit pdm ships.
+    ("systemd-analyze", "systemd"),
 ];
 
 /// Where set-up keeps what it builds: outside `target/`, so `cargo clean` keeps it.

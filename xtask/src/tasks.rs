@@ -183,3 +183,45 @@ pub fn test(args: &[String]) -> Result<()> {
 fn section(name: &str) {
     eprintln!("\n== {name}");
 }
+
+/// `cargo xtask dist`: the files of a Linux package, generated from the CLI itself and
+/// copied from `dist/`, into target/dist (laid out as under /usr).
+pub fn dist() -> Result<()> {
+    let tools = setup::run()?;
+    let pdm = build_pdm(&tools)?;
+    let out = workspace_root().join("target/dist");
+    let _ = std::fs::remove_dir_all(&out);
+    let generated: &[(&str, &str)] = &[
+        ("man", "share/man/man1/pdm.1"),
+        ("bash", "share/bash-completion/completions/pdm"),
+        ("zsh", "share/zsh/vendor-completions/_pdm"),
+        ("fish", "share/fish/vendor_completions.d/pdm.fish"),
+    ];
+    for (what, path) in generated {
+        let text = cmd::output(Command::new(&pdm).args(["generate", what]))?;
+        write(&out.join(path), text.as_bytes())?;
+    }
+    for (from, to) in [
+        ("dist/pdm@.service", "lib/systemd/system/pdm@.service"),
+        ("dist/pdm.logrotate", "etc/logrotate.d/pdm"),
+    ] {
+        let bytes = std::fs::read(workspace_root().join(from))
+            .with_context(|| format!("reading {from}"))?;
+        write(&out.join(to), &bytes)?;
+    }
+    write(
+        &out.join("bin/pdm"),
+        &std::fs::read(&pdm).context("reading pdm")?,
+    )?;
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(out.join("bin/pdm"), std::fs::Permissions::from_mode(0o755))?;
+    eprintln!("xtask: wrote {}", out.display());
+    Ok(())
+}
+
+fn write(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
+}
