@@ -102,7 +102,8 @@ pub async fn run(ebpf: &mut Ebpf, opts: Options) -> Result<End> {
     };
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
-    // logrotate's postrotate (or systemctl reload): the log is reopened by name.
+    // logrotate's postrotate (systemctl reload) for a service's log; a closed terminal
+    // otherwise.
     let mut sighup = signal(SignalKind::hangup())?;
     let mut tick = tokio::time::interval(opts.interval);
     let mut keys = tokio::time::interval(Duration::from_millis(50));
@@ -114,12 +115,15 @@ pub async fn run(ebpf: &mut Ebpf, opts: Options) -> Result<End> {
             _ = sigint.recv() => break End::Stopped,
             _ = sigterm.recv() => break End::Stopped,
             _ = sighup.recv() => {
-                if let Some(path) = &opts.log {
-                    match open_log(path) {
+                // As a service writing a log: reopen it. Otherwise the terminal went
+                // away: stop (detaching), as the signal's default would, but cleanly.
+                match (&opts.log, &sink) {
+                    (Some(path), Sink::Json(_)) => match open_log(path) {
                         Ok(file) => log = Some(file),
                         // Keep writing to the old file rather than lose lines.
                         Err(e) => log::warn!("{e:#}"),
-                    }
+                    },
+                    _ => break End::Stopped,
                 }
             }
             _ = &mut drain_tick => {

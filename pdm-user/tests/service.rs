@@ -201,3 +201,30 @@ fn with_the_units_capabilities_it_runs_and_reopens_its_log_on_sighup() {
     assert_eq!(routes(), before, "routes back");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Without a log to reopen, SIGHUP is the terminal going away: pdm stops, detaching,
+/// as it does on SIGTERM (a live view in a closed tmux must not linger holding the
+/// interface).
+#[test]
+fn sighup_without_a_log_stops_it_cleanly() {
+    let h = TwoHosts::new("hup");
+    let pdm = common::Pdm::start(&h.a, &[]);
+    let pid = pdm.pid();
+    // SAFETY: signalling the pdm this test started.
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    wait_for("pdm gone after SIGHUP", || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+    });
+    assert!(
+        pdm.stderr_lines()
+            .iter()
+            .any(|l| l.contains("detached from")),
+        "a clean stop: {:?}",
+        pdm.stderr_lines()
+    );
+    // A second pdm can have the interface: nothing held, nothing left attached.
+    common::Pdm::start(&h.a, &[]).stop();
+}

@@ -2,6 +2,7 @@
 //! NDJSON.
 
 use std::{
+    io::{Read as _, Write as _},
     net::UdpSocket,
     path::Path,
     process::{Command, Stdio},
@@ -19,7 +20,7 @@ use super::{
     hosts::{
         ADDR_A, ADDR_B, Hosts, IFACE, KillOnDrop, NS_A, NS_B, cpu_ticks, enter, rss_kib, sock,
     },
-    results::{LoaderCpu, LoaderOutput, LoaderUse},
+    results::{LoaderCpu, LoaderOutput, LoaderUse, MetricsLoad},
 };
 use crate::cmd;
 
@@ -30,24 +31,50 @@ pub fn run(cfg: &Cfg) -> Result<LoaderCpu> {
 }
 
 /// `flows` UDP flows from host A (one socket each), each sending one request a second
-/// to an echo server on host B, until `stop`.
-fn udp_flows(flows: usize, stop: Arc<AtomicBool>) -> Result<Vec<std::thread::JoinHandle<()>>> {
+/// to an echo server on host B at one of `servers` (in turn), until `stop`.
+fn udp_flows(
+    flows: usize,
+    servers: Vec<String>,
+    stop: Arc<AtomicBool>,
+) -> Result<Vec<std::thread::JoinHandle<()>>> {
     let ready = Arc::new(AtomicBool::new(false));
     let echo = {
-        let (stop, ready) = (stop.clone(), ready.clone());
+        let (stop, ready, servers) = (stop.clone(), ready.clone(), servers.clone());
         std::thread::spawn(move || {
             if enter(NS_B).is_err() {
                 return;
             }
-            let Ok(u) = UdpSocket::bind(sock(ADDR_B, ECHO_PORT)) else {
+            // One socket per address: the answer leaves from the address asked.
+            let sockets: Vec<UdpSocket> = servers
+                .iter()
+                .filter_map(|a| UdpSocket::bind(sock(a, ECHO_PORT)).ok())
+                .collect();
+            if sockets.len() != servers.len() {
                 return;
-            };
-            let _ = u.set_read_timeout(Some(Duration::from_millis(200)));
+            }
+            let one = sockets.len() == 1;
+            for u in &sockets {
+                let _ = if one {
+                    u.set_read_timeout(Some(Duration::from_millis(200)))
+                } else {
+                    u.set_nonblocking(true)
+                };
+            }
             ready.store(true, Ordering::Relaxed);
             let mut buf = [0u8; 64];
             while !stop.load(Ordering::Relaxed) {
-                if let Ok((n, from)) = u.recv_from(&mut buf) {
-                    let _ = u.send_to(&buf[..n], from);
+                let mut idle = true;
+                for u in &sockets {
+                    while let Ok((n, from)) = u.recv_from(&mut buf) {
+                        let _ = u.send_to(&buf[..n], from);
+                        idle = false;
+                        if one {
+                            break;
+                        }
+                    }
+                }
+                if idle && !one {
+                    std::thread::sleep(Duration::from_millis(1));
                 }
             }
         })
@@ -62,12 +89,12 @@ fn udp_flows(flows: usize, stop: Arc<AtomicBool>) -> Result<Vec<std::thread::Joi
         let sockets: Vec<UdpSocket> = (0..flows)
             .filter_map(|_| UdpSocket::bind(sock(ADDR_A, 0)).ok())
             .collect();
-        let to = sock(ADDR_B, ECHO_PORT);
+        let to: Vec<_> = servers.iter().map(|a| sock(a, ECHO_PORT)).collect();
         let mut buf = [0u8; 64];
         while !stop.load(Ordering::Relaxed) {
             let started = Instant::now();
-            for s in &sockets {
-                let _ = s.send_to(b"ping", to);
+            for (i, s) in sockets.iter().enumerate() {
+                let _ = s.send_to(b"ping", to[i % to.len()]);
             }
             // Drain answers so socket buffers do not fill.
             for s in &sockets {
@@ -102,7 +129,7 @@ fn loader_cpu(pdm: &Path, flows: usize, settle: Duration, secs: u64) -> Result<L
             .stderr(Stdio::null()),
     )?;
     let stop = Arc::new(AtomicBool::new(false));
-    let threads = udp_flows(flows, stop.clone())?;
+    let threads = udp_flows(flows, vec![ADDR_B.to_owned()], stop.clone())?;
     let mut used = Vec::new();
     let mut json_child = None;
     for &output in LoaderOutput::ALL {
@@ -178,11 +205,116 @@ fn loader_cpu(pdm: &Path, flows: usize, settle: Duration, secs: u64) -> Result<L
     for t in threads {
         let _ = t.join();
     }
+    let metrics = metrics_load(pdm, flows, settle, secs)?;
     let [view, json] = <[LoaderUse; 2]>::try_from(used).expect("both outputs measured");
     Ok(LoaderCpu {
         flows: flows as u64,
         seconds: secs,
         view,
         json,
+        metrics: Some(metrics),
     })
+}
+
+/// Peers the flows of the metrics pass go to, and the series bound set: more peers
+/// than series, so that the bound is what limits them.
+const PEERS: usize = 150;
+const MAX_SERIES: usize = 100;
+
+/// The same flows spread over `PEERS` server addresses, pdm with NDJSON and
+/// `--metrics-addr --metrics-peer host --metrics-max-series 100`, scraped every second
+/// from inside the client host: the loader's CPU, the scrapes' latency, and the series.
+fn metrics_load(pdm: &Path, flows: usize, settle: Duration, secs: u64) -> Result<MetricsLoad> {
+    let servers: Vec<String> = (0..PEERS).map(|i| format!("fd0b::1:{i:x}")).collect();
+    for a in &servers {
+        cmd::run(Command::new("ip").args([
+            "-n",
+            NS_B,
+            "addr",
+            "add",
+            &format!("{a}/64"),
+            "dev",
+            IFACE,
+            "nodad",
+        ]))?;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads = udp_flows(flows, servers, stop.clone())?;
+    let child = KillOnDrop::spawn(
+        Command::new("ip")
+            .args(["netns", "exec", NS_A])
+            .arg(pdm)
+            .args(["run", "--iface", IFACE, "--ingress", "tc", "--json"])
+            .args(["--metrics-addr", "[::1]:9464", "--metrics-peer", "host"])
+            .args(["--metrics-max-series", &MAX_SERIES.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )?;
+    let pid = child.pid();
+    std::thread::sleep(settle);
+    let scraping = Arc::new(AtomicBool::new(true));
+    let scraper = {
+        let scraping = scraping.clone();
+        std::thread::spawn(move || -> Result<(Vec<f64>, String)> {
+            enter(NS_A)?;
+            let mut took = Vec::new();
+            let mut last = String::new();
+            while scraping.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                let mut s =
+                    std::net::TcpStream::connect("[::1]:9464").context("connecting to /metrics")?;
+                s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nAccept: application/openmetrics-text; version=1.0.0\r\n\r\n")?;
+                last.clear();
+                s.read_to_string(&mut last)?;
+                took.push(started.elapsed().as_secs_f64() * 1e3);
+                if let Some(rest) = Duration::from_secs(1).checked_sub(started.elapsed()) {
+                    std::thread::sleep(rest);
+                }
+            }
+            Ok((took, last))
+        })
+    };
+    let t0 = cpu_ticks(pid)?;
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_secs(secs));
+    let ticks = cpu_ticks(pid)? - t0;
+    let percent = ticks as f64 / started.elapsed().as_secs_f64();
+    let rss = rss_kib(pid);
+    scraping.store(false, Ordering::Relaxed);
+    let (mut took, last) = scraper.join().expect("scraper")?;
+    drop(child);
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        let _ = t.join();
+    }
+    took.sort_by(f64::total_cmp);
+    let pct = |p: f64| took[((took.len() - 1) as f64 * p).round() as usize];
+    let body = last.split_once("\r\n\r\n").map_or("", |b| b.1);
+    let series = body
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .count() as u64;
+    let peer_labels = body
+        .lines()
+        .filter_map(|l| l.split("peer=\"").nth(1)?.split('"').next())
+        .collect::<std::collections::HashSet<_>>()
+        .len() as u64;
+    anyhow::ensure!(!took.is_empty(), "no scrape answered");
+    let m = MetricsLoad {
+        cpu_percent_of_one_core: percent,
+        rss_kib: rss,
+        peers: PEERS as u64,
+        max_series: MAX_SERIES as u64,
+        scrapes: took.len() as u64,
+        scrape_ms_p50: pct(0.5),
+        scrape_ms_p99: pct(0.99),
+        scrape_ms_max: took[took.len() - 1],
+        series,
+        peer_labels,
+    };
+    eprintln!(
+        "bench: loader with {flows} flows and a scrape a second: {percent:.2} % of one core; scrape p50 {:.1} ms, p99 {:.1} ms; {series} series, {peer_labels} peer labels for {PEERS} peers (bound {MAX_SERIES})",
+        m.scrape_ms_p50, m.scrape_ms_p99
+    );
+    Ok(m)
 }

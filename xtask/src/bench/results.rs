@@ -941,6 +941,27 @@ pub struct LoaderCpu {
     pub seconds: u64,
     pub view: LoaderUse,
     pub json: LoaderUse,
+    /// With `--metrics-addr` and a scrape every second (absent from older runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsLoad>,
+}
+
+/// The loader with NDJSON and `--metrics-addr`, scraped every second.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MetricsLoad {
+    pub cpu_percent_of_one_core: f64,
+    pub rss_kib: u64,
+    /// Remote addresses the flows went to, and `--metrics-max-series`.
+    pub peers: u64,
+    pub max_series: u64,
+    pub scrapes: u64,
+    /// From sending the request to the last octet of the answer.
+    pub scrape_ms_p50: f64,
+    pub scrape_ms_p99: f64,
+    pub scrape_ms_max: f64,
+    /// Series (sample lines) in the last scrape, and distinct peer labels in it.
+    pub series: u64,
+    pub peer_labels: u64,
 }
 
 impl LoaderCpu {
