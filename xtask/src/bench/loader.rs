@@ -221,7 +221,7 @@ fn loader_cpu(pdm: &Path, flows: usize, settle: Duration, secs: u64) -> Result<L
 const PEERS: usize = 150;
 const MAX_SERIES: usize = 100;
 
-/// The same flows spread over `PEERS` server addresses, pdm with NDJSON and
+/// The same flows spread over `PEERS` server addresses, pdm with the live view and
 /// `--metrics-addr --metrics-peer host --metrics-max-series 100`, scraped every second
 /// from inside the client host: the loader's CPU, the scrapes' latency, and the series.
 fn metrics_load(pdm: &Path, flows: usize, settle: Duration, secs: u64) -> Result<MetricsLoad> {
@@ -240,17 +240,35 @@ fn metrics_load(pdm: &Path, flows: usize, settle: Duration, secs: u64) -> Result
     }
     let stop = Arc::new(AtomicBool::new(false));
     let threads = udp_flows(flows, servers, stop.clone())?;
-    let child = KillOnDrop::spawn(
-        Command::new("ip")
-            .args(["netns", "exec", NS_A])
-            .arg(pdm)
-            .args(["run", "--iface", IFACE, "--ingress", "tc", "--json"])
-            .args(["--metrics-addr", "[::1]:9464", "--metrics-peer", "host"])
-            .args(["--metrics-max-series", &MAX_SERIES.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    )?;
-    let pid = child.pid();
+    // With the live view, as the loader's own row: what the export adds to it.
+    let session = format!("pdm-bench-metrics-{}", std::process::id());
+    let line = format!(
+        "ip netns exec {NS_A} {} run --iface {IFACE} --ingress tc --metrics-addr [::1]:9464 --metrics-peer host --metrics-max-series {MAX_SERIES}",
+        pdm.display()
+    );
+    cmd::output(Command::new("tmux").args([
+        "new-session",
+        "-d",
+        "-s",
+        &session,
+        "-x",
+        "160",
+        "-y",
+        "50",
+        &line,
+    ]))?;
+    let _session = TmuxSession(session.clone());
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = cmd::output(Command::new("tmux").args([
+        "list-panes",
+        "-t",
+        &session,
+        "-F",
+        "#{pane_pid}",
+    ]))?
+    .trim()
+    .parse::<u32>()
+    .context("tmux pane pid")?;
     std::thread::sleep(settle);
     let scraping = Arc::new(AtomicBool::new(true));
     let scraper = {
@@ -282,7 +300,7 @@ fn metrics_load(pdm: &Path, flows: usize, settle: Duration, secs: u64) -> Result
     let rss = rss_kib(pid);
     scraping.store(false, Ordering::Relaxed);
     let (mut took, last) = scraper.join().expect("scraper")?;
-    drop(child);
+    drop(_session);
     stop.store(true, Ordering::Relaxed);
     for t in threads {
         let _ = t.join();
@@ -317,4 +335,15 @@ fn metrics_load(pdm: &Path, flows: usize, settle: Duration, secs: u64) -> Result
         m.scrape_ms_p50, m.scrape_ms_p99
     );
     Ok(m)
+}
+
+/// A tmux session, killed on drop.
+struct TmuxSession(String);
+
+impl Drop for TmuxSession {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["kill-session", "-t", &self.0])
+            .status();
+    }
 }

@@ -297,9 +297,16 @@ impl State {
         self.generation += 1;
         for r in rows {
             let key = r.key();
-            let id = self.series_of(&key) as usize;
+            // One lookup for a flow known before (nearly all of them, each refresh).
+            let seen = match self.flows.get_mut(&key) {
+                Some(seen) => seen,
+                None => {
+                    self.series_of(&key);
+                    self.flows.get_mut(&key).expect("just made")
+                }
+            };
+            let id = seen.series as usize;
             let now = counts(r);
-            let seen = self.flows.get_mut(&key).expect("just made");
             let mut delta = [0u64; 10];
             for i in 0..10 {
                 // A count that went back (a flow recreated) starts over from zero.

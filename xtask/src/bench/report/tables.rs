@@ -510,7 +510,7 @@ pub fn loader(s: &mut String, part: Option<&Outcome<LoaderCpu>>) {
     if let Some(m) = &l.metrics {
         let _ = writeln!(
             s,
-            "| NDJSON + `--metrics-addr`, scraped every second | {} | {} KiB |",
+            "| live view + `--metrics-addr`, scraped every second | {} | {} KiB |",
             num(m.cpu_percent_of_one_core, 2),
             m.rss_kib
         );
