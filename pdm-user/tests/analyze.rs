@@ -336,3 +336,85 @@ fn two_independent_pdm_peers_captured_at_a_router() {
         "the capture point is next to the server: {near} µs of the {rtt} µs"
     );
 }
+
+/// pdm's own request/response traffic through a router that delays 2 ms each way,
+/// captured on the router's link to the server: from the PDM fields alone, `pdm
+/// analyze` there gives the server delay (within 1 %) and the RTT (within 5 % or 20 µs)
+/// that `pdm run` measured at the client, whose clock the capture point does not share.
+#[test]
+fn a_router_capture_of_pdms_own_traffic_gives_what_pdm_run_measured() {
+    const N: usize = 30;
+    const PORT: u16 = 7403;
+    let mut line = Line::new("anr");
+    line.add_delay(Duration::from_millis(2));
+    let pdm_c = Pdm::start(&line.client, &["--interval", "200ms"]);
+    let _pdm_s = Pdm::start(&line.server, &[]);
+    let mut cap = Capture::start_on(&line.router, "rs");
+    let server = line.server.in_ns(|| {
+        let u = std::net::UdpSocket::bind(common::traffic::sock(router::SERVER_ADDR, PORT))
+            .expect("bind");
+        u.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        u
+    });
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut buf = [0u8; 2048];
+            for _ in 0..N {
+                let Ok((len, from)) = server.recv_from(&mut buf) else {
+                    break;
+                };
+                std::thread::sleep(Duration::from_millis(3));
+                server.send_to(&buf[..len], from).expect("answer");
+            }
+        });
+        line.client.in_ns(|| {
+            let u = std::net::UdpSocket::bind(common::traffic::sock(router::CLIENT_ADDR, 0))
+                .expect("bind");
+            u.set_read_timeout(Some(Duration::from_secs(2)))
+                .expect("timeout");
+            let mut buf = [0u8; 64];
+            for i in 0..N {
+                u.send_to(
+                    format!("request {i}").as_bytes(),
+                    common::traffic::sock(router::SERVER_ADDR, PORT),
+                )
+                .expect("send");
+                u.recv_from(&mut buf).expect("answer");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+    });
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(cap.stop(), 0, "the capture dropped packets");
+    let run = pdm_c.stop();
+    let live = common::last_flow(&run, "udp", Some(PORT));
+    let (code, flows, err) = analyze(&["--json"], &[&cap.path]);
+    assert_eq!(code, 0, "{err}");
+    let f = flows
+        .iter()
+        .find(|l| l["proto"] == "udp" && l["remote_port"] == PORT)
+        .unwrap_or_else(|| panic!("no UDP flow to port {PORT}: {flows:?}"));
+    eprintln!("pdm run at the client: {live}\npdm analyze at the router: {f}");
+    assert_eq!(f["local_addr"], router::CLIENT_ADDR);
+    let us = |v: &Value, k: &str| v[k].as_f64().unwrap_or_else(|| panic!("{k} in {v}"));
+    let (sd_run, sd_cap) = (
+        us(live, "server_delay_all_us_p50"),
+        us(f, "server_delay_all_us_p50"),
+    );
+    assert!(
+        (sd_cap - sd_run).abs() <= sd_run * 0.01,
+        "server delay p50: analyze {sd_cap} µs, pdm run {sd_run} µs"
+    );
+    let (rtt_run, rtt_cap) = (us(live, "rtt_all_us_p50"), us(f, "rtt_all_us_p50"));
+    assert!(
+        (rtt_cap - rtt_run).abs() <= (rtt_run * 0.05).max(20.0),
+        "RTT p50: analyze {rtt_cap} µs, pdm run {rtt_run} µs"
+    );
+    assert!(
+        rtt_cap > 4000.0,
+        "the router's 2 × 2 ms are in it: {rtt_cap}"
+    );
+    // The capture's own clock sees only the router ↔ server part.
+    assert!(us(f, "capture_rtt_all_us_p50") < 1000.0, "{f}");
+}
