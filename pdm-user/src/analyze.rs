@@ -96,7 +96,16 @@ pub fn run(args: &AnalyzeArgs) -> Result<()> {
     let result = if args.packets {
         packets(&mut capture, &mut tally, &mut progress)
     } else {
-        flows(args, &mut capture, &mut tally, &mut progress)
+        let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+        let json = args.json || !std::io::stdout().is_terminal();
+        flows(
+            args,
+            &mut capture,
+            &mut tally,
+            &mut progress,
+            &mut out,
+            json,
+        )
     };
     progress.finish();
     // A reader that stopped reading (`| head`) ends the output, not in an error.
@@ -143,8 +152,8 @@ fn packets(capture: &mut Merged, tally: &mut Tally, progress: &mut Progress) -> 
 const REFRESH_NS: u64 = 1_000_000_000;
 
 /// Where per-flow figures go: NDJSON lines, or a table on a terminal.
-struct FlowSink {
-    out: std::io::BufWriter<std::io::StdoutLock<'static>>,
+struct FlowSink<'w> {
+    out: &'w mut dyn std::io::Write,
     json: bool,
     name: String,
     filter: Option<Filter>,
@@ -152,7 +161,7 @@ struct FlowSink {
     ended: Vec<FlowRow>,
 }
 
-impl FlowSink {
+impl FlowSink<'_> {
     fn keep(&self, r: &FlowRow) -> bool {
         self.filter.as_ref().is_none_or(|f| f.matches(r))
     }
@@ -199,6 +208,8 @@ fn flows(
     capture: &mut Merged,
     tally: &mut Tally,
     progress: &mut Progress,
+    out: &mut dyn std::io::Write,
+    json: bool,
 ) -> Result<()> {
     let mut table = Table::new(TableConfig {
         window: args.window,
@@ -213,8 +224,8 @@ fn flows(
         closed_ns: TableConfig::default().closed_linger.as_nanos() as u64,
     };
     let mut sink = FlowSink {
-        out: std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock()),
-        json: args.json || !std::io::stdout().is_terminal(),
+        out,
+        json,
         name: args
             .files
             .iter()
@@ -353,6 +364,32 @@ fn proto_name(p: u8) -> &'static str {
     }
 }
 
+/// The NDJSON flow objects of `files`, one per flow every `interval` of capture time
+/// and at each flow's end, into `out` (what `pdm report` reads a capture as).
+pub fn flow_ndjson(
+    files: &[PathBuf],
+    interval: Duration,
+    out: &mut dyn std::io::Write,
+) -> Result<()> {
+    let args = AnalyzeArgs {
+        files: files.to_vec(),
+        json: true,
+        packets: false,
+        filter: None,
+        window: interval,
+        interval: Some(interval),
+        idle_timeout: Duration::from_secs(60),
+    };
+    let mut capture = Merged::open(files)?;
+    let mut progress = Progress::new(&capture);
+    let mut tally = Tally::default();
+    let result = flows(&args, &mut capture, &mut tally, &mut progress, out, true);
+    progress.finish();
+    result?;
+    summary(&capture, &tally);
+    Ok(())
+}
+
 /// The summary line on stderr, and a line per file that was cut short.
 fn summary(capture: &Merged, t: &Tally) {
     let (mut records, mut ipv6) = (0, 0);
@@ -389,7 +426,7 @@ fn summary(capture: &Merged, t: &Tally) {
 }
 
 /// A capture time (ns since the Unix epoch) as UTC, to the millisecond.
-fn ts_text(ns: u64) -> String {
+pub fn ts_text(ns: u64) -> String {
     let secs = ns / 1_000_000_000;
     let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).

@@ -20,6 +20,7 @@
 //!   [`sinks::tui`].
 //! - [`live`]: `pdm run`'s loop, drain → snapshot → emit.
 //! - [`analyze`]: `pdm analyze`, PDM in capture files (a capture source, no eBPF).
+//! - [`report`]: `pdm report`, an HTML page of charts from a run's NDJSON or a capture.
 //! - [`trace`]: `pdm trace`, traceroutes with and without PDM (no eBPF).
 //! - [`demo`]: the embedded demo's hosts and traffic.
 //! - [`filter`], [`duration`]: values from the command line (`--filter`/`--only`,
@@ -32,6 +33,7 @@ pub mod engine;
 pub mod filter;
 pub mod kernel;
 pub mod live;
+pub mod report;
 pub mod sinks;
 pub mod sources;
 pub mod sys;

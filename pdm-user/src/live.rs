@@ -84,6 +84,14 @@ pub async fn run(ebpf: &mut Ebpf, opts: Options) -> Result<End> {
         Some(path) => Some(open_log(path)?),
         None => None,
     };
+    // What this run is, first: a record (`--log`, or NDJSON kept) says what it measured.
+    let run_line = ndjson::run_json(ndjson::unix_now(), opts.iface.name(), &opts.attach);
+    if matches!(sink, Sink::Json(_)) {
+        writeln!(std::io::stdout().lock(), "{run_line}").context("writing to stdout")?;
+    }
+    if let Some(log) = log.as_mut() {
+        writeln!(log, "{run_line}").context("writing the log")?;
+    }
     let lookups = Lookups::new(opts.resolve);
     let mut labels = Labels::default();
     let mut table = Table::with_capacity(opts.table, kernel.slots());

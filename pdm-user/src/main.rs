@@ -46,6 +46,8 @@ enum Cmd {
     Trace(trace::TraceArgs),
     /// PDM in capture files (pcap, pcapng), pdm's own or anyone else's.
     Analyze(analyze::AnalyzeArgs),
+    /// One self-contained HTML page of charts from a recorded run (NDJSON) or a capture.
+    Report(pdm_user::report::ReportArgs),
     /// Print the man page or a shell's completions (what `cargo xtask dist` packages).
     Generate {
         #[arg(value_enum)]
@@ -212,6 +214,7 @@ fn main() -> ExitCode {
         Cmd::Trace(args) => trace::run(&args).map_err(Into::into),
         Cmd::Analyze(args) => analyze::run(&args).map(|()| ExitCode::SUCCESS),
         Cmd::Generate { what } => generate(what),
+        Cmd::Report(args) => pdm_user::report::run(&args).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

@@ -180,6 +180,17 @@ pub fn write_flow(
     o.end()
 }
 
+/// The first line of a run: what was attached where, by which version.
+pub fn run_json(ts: f64, iface: &str, attach: &[String]) -> Value {
+    json!({
+        "type": "run",
+        "ts": ts,
+        "iface": iface,
+        "attach": attach,
+        "version": env!("CARGO_PKG_VERSION"),
+    })
+}
+
 /// The interval's global line.
 pub fn counters_json(
     ts: f64,
