@@ -37,6 +37,8 @@ const DEBIAN_TOOLS: &[(&str, &str)] = &[
     // A real Prometheus scraping `--metrics-addr`, and promtool checking the exposition.
     ("prometheus", "prometheus"),
     ("promtool", "prometheus"),
+    // pdm report's page rendered by a real browser.
+    ("chromium", "chromium"),
     // `systemd-analyze verify` of the unit pdm ships.
     ("systemd-analyze", "systemd"),
 ];
