@@ -319,8 +319,10 @@ fn emit(
             *buffer = rows;
             written
         }
-        Sink::Tui(ui) => ui
-            .draw(tui::Frame {
+        Sink::Tui(ui) => {
+            let detail = ui.detail_key().and_then(|k| table.distributions(&k));
+            ui.draw(tui::Frame {
+                detail,
                 hint: too_big_hint(&totals, opts.mtu_room),
                 iface: opts.iface.name().to_owned(),
                 attach: opts.attach.clone(),
@@ -331,7 +333,8 @@ fn emit(
                 flows_expired: table.expired,
                 interval: opts.interval,
             })
-            .context("drawing the view"),
+            .context("drawing the view")
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! The live view, driven in tmux as a person would: it shows the same figures as the
-//! NDJSON log of the same run, quits on `q`, and gives the terminal back.
+//! NDJSON log of the same run, in the table and in a flow's detail (Enter, Esc back),
+//! quits on `q`, and gives the terminal back.
 
 mod common;
 
@@ -113,6 +114,62 @@ fn the_view_shows_what_the_log_records_and_quits_on_q() {
             row.contains(&shown),
             "{key}: log says {shown}, the view shows:\n{row}"
         );
+    }
+
+    // Its detail: select it (↓ from the top) and Enter. The RTT and server delay since
+    // the flow started are those the log has; Esc is back to the table.
+    let table: Vec<&str> = screen
+        .lines()
+        .skip_while(|l| !l.contains("LOCAL"))
+        .skip(1)
+        .collect();
+    let at = table
+        .iter()
+        .position(|l| l.contains(&format!(":{port}")) && l.contains("udp"))
+        .expect("the row");
+    tmux(&["send-keys", "-t", &session.0, "Home"]);
+    for _ in 0..at {
+        tmux(&["send-keys", "-t", &session.0, "Down"]);
+    }
+    tmux(&["send-keys", "-t", &session.0, "Enter"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let detail = loop {
+        let s = tmux(&["capture-pane", "-p", "-t", &session.0]);
+        // The distributions come with the next refresh after Enter.
+        if s.contains("RTT since start: p50 ") && !s.contains("RTT since start: p50 -") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "no detail view:\n{s}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        detail.contains(&format!(":{port}")),
+        "the flow's detail:\n{detail}"
+    );
+    assert!(detail.contains("over time"), "{detail}");
+    for (what, key) in [
+        ("RTT", "rtt_all_us_p50"),
+        ("server delay", "server_delay_all_us_p50"),
+    ] {
+        let ns = (last[key].as_f64().expect("p50") * 1000.0).round() as u64;
+        let want = format!(
+            "{what} since start: p50 {}",
+            pdm_user::sinks::tui::format_ns(ns)
+        );
+        assert!(detail.contains(&want), "{want} as the log says:\n{detail}");
+    }
+    tmux(&["send-keys", "-t", &session.0, "Escape"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = tmux(&["capture-pane", "-p", "-t", &session.0]);
+        if s.contains("RTT p50") && !s.contains("since start") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Esc did not return to the table:\n{s}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
 
     tmux(&["send-keys", "-t", &session.0, "q"]);

@@ -122,6 +122,16 @@ impl Histogram {
         low.saturating_add((1u64 << shift) / 2)
     }
 
+    /// The non-empty buckets: (their middle value, count), ascending.
+    pub(super) fn buckets(&self) -> Vec<(u64, u64)> {
+        self.counts
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| **c > 0)
+            .map(|(i, &c)| (Self::value(self.base + i), u64::from(c)))
+            .collect()
+    }
+
     pub(super) fn push(&mut self, v: u64) {
         let i = Self::index(v);
         if self.counts.is_empty() {

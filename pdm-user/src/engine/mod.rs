@@ -27,6 +27,17 @@ pub struct Summary {
     pub max: Option<u64>,
 }
 
+/// A flow's distributions since it started, as (bucket middle in ns, samples),
+/// ascending: what the live view's flow detail draws.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Distributions {
+    pub rtt: Vec<(u64, u64)>,
+    pub server_delay: Vec<(u64, u64)>,
+    /// Their summaries, as the NDJSON's `*_all_*` figures give them.
+    pub rtt_all: Summary,
+    pub server_delay_all: Summary,
+}
+
 /// One flow as shown: the TUI and the JSON output both read this.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FlowRow {

@@ -455,6 +455,18 @@ impl Table {
         Some(r)
     }
 
+    /// `key`'s distributions since it started (the log buckets of its histograms).
+    pub fn distributions(&self, key: &FlowKey) -> Option<super::Distributions> {
+        let &id = self.index.get(key)?;
+        let d = &self.delays[id as usize];
+        Some(super::Distributions {
+            rtt: d.rtt_all.buckets(),
+            server_delay: d.server_delay_all.buckets(),
+            rtt_all: d.rtt_all.summary(),
+            server_delay_all: d.server_delay_all.summary(),
+        })
+    }
+
     /// Forgets `key`'s flow (a source that decides itself when its flows end).
     pub fn remove(&mut self, key: &FlowKey) {
         if let Some(&id) = self.index.get(key) {

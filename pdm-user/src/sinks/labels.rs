@@ -47,6 +47,7 @@ impl Labels {
                     entry.0 = RowLabels {
                         remote_name: lookups.remote_name(r.remote_addr),
                         process: lookups.process(r),
+                        trend: None,
                     };
                     entry.1 = now;
                 }

@@ -36,7 +36,9 @@ use crate::{
     kernel::maps::Totals,
 };
 
+mod detail;
 mod format;
+pub mod history;
 mod plain;
 mod render;
 mod sort;
@@ -69,6 +71,8 @@ pub struct Frame {
     pub flows_evicted: u64,
     pub flows_expired: u64,
     pub interval: Duration,
+    /// The distributions of the flow whose detail is open ([`Ui::detail_key`]).
+    pub detail: Option<crate::engine::Distributions>,
 }
 
 /// What the view knows about a flow besides its measurements.
@@ -76,4 +80,6 @@ pub struct Frame {
 pub struct RowLabels {
     pub remote_name: Option<String>,
     pub process: Option<String>,
+    /// RTT p50 over the last minute, as block characters (from the view's history).
+    pub trend: Option<String>,
 }

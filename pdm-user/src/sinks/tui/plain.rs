@@ -13,9 +13,9 @@ pub fn write_table(out: &mut impl Write, rows: &[FlowRow]) -> io::Result<()> {
         .iter()
         .copied()
         .enumerate()
-        .filter(|&(_, c)| c != Column::Process)
+        .filter(|&(_, c)| !matches!(c, Column::Process | Column::Trend))
         .collect();
-    let texts: Vec<[String; 11]> = rows
+    let texts: Vec<[String; 12]> = rows
         .iter()
         .map(|r| cells(r, &RowLabels::default()))
         .collect();

@@ -8,16 +8,18 @@ pub(super) const HEADER_LINES: u16 = 4;
 /// Draws the whole view into `f`. Returns how many flow rows fit on screen (the page
 /// size for PgUp/PgDn).
 pub fn render(f: &mut ratatui::Frame, state: &ViewState, frame: &Frame) -> usize {
-    render_sorted(f, state, frame, None)
+    let mut state = state.clone();
+    render_sorted(f, &mut state, frame, None).0
 }
 
 /// [`render`], given the rows' order when it is already known (see [`Sorted`]).
+/// Draws the table view; returns the rows a page holds and the rows on screen.
 pub(super) fn render_sorted(
     f: &mut ratatui::Frame,
-    state: &ViewState,
+    state: &mut ViewState,
     frame: &Frame,
     sorted: Option<&Sorted>,
-) -> usize {
+) -> (usize, Vec<usize>) {
     let header_height = HEADER_LINES + u16::from(frame.hint.is_some());
     let [header, body, keys] = Layout::vertical([
         Constraint::Length(header_height),
@@ -26,7 +28,10 @@ pub(super) fn render_sorted(
     ])
     .areas(f.area());
     let page = usize::from(body.height.saturating_sub(1));
-    let offset = state.offset.min(frame.rows.len().saturating_sub(page));
+    // The selection within the rows and on screen; the offset within the rows, so Up
+    // works at once after End.
+    state.clamp(frame.rows.len(), page);
+    let offset = state.offset;
     let computed;
     let order = match sorted.filter(|s| s.serves(state, frame.rows.len(), offset + page)) {
         Some(s) => &s.order,
@@ -39,12 +44,13 @@ pub(super) fn render_sorted(
         Paragraph::new(header_lines(state, frame, offset, page)),
         header,
     );
-    render_table(f, body, state, frame, &order[offset..]);
+    let order = &order[offset.min(order.len())..];
+    render_table(f, body, state, frame, order);
     f.render_widget(Paragraph::new(help_line()), keys);
     if state.help {
         render_help(f, body);
     }
-    page
+    (page, order.iter().take(page).copied().collect())
 }
 
 pub(super) fn header_lines(
@@ -212,7 +218,7 @@ pub(super) fn render_help(f: &mut ratatui::Frame, area: Rect) {
 }
 
 /// The text of each column for one flow.
-pub(super) fn cells(row: &FlowRow, labels: &RowLabels) -> [String; 11] {
+pub(super) fn cells(row: &FlowRow, labels: &RowLabels) -> [String; 12] {
     let dash = || "-".to_owned();
     let ns = |v: Option<u64>| v.map_or_else(dash, format_ns);
     // `!`: the peer sent times that gave no sample (impossible, or not RFC 8250's
@@ -239,6 +245,7 @@ pub(super) fn cells(row: &FlowRow, labels: &RowLabels) -> [String; 11] {
         remote,
         proto_name(row.proto).to_owned(),
         peer_ns(row.rtt.p50),
+        labels.trend.clone().unwrap_or_default(),
         peer_ns(row.rtt.p99),
         peer_ns(row.server_delay.p50),
         row.loss_percent().map_or_else(dash, format_percent),
@@ -277,7 +284,7 @@ pub(super) fn render_table(
 ) {
     let page = usize::from(area.height.saturating_sub(1));
     let default_labels = RowLabels::default();
-    let visible: Vec<(&FlowRow, [String; 11])> = order
+    let visible: Vec<(&FlowRow, [String; 12])> = order
         .iter()
         .take(page)
         .map(|&i| {
@@ -309,9 +316,11 @@ pub(super) fn render_table(
         aligned(c, titles[c.index()].clone()).style(style)
     }))
     .style(Style::new().bg(Color::DarkGray).fg(Color::White));
+    let selected = state.selected.checked_sub(state.offset);
     let rows: Vec<Row> = visible
         .into_iter()
-        .map(|(row, texts)| {
+        .enumerate()
+        .map(|(at, (row, texts))| {
             let cells = columns
                 .iter()
                 .map(|&(c, w)| aligned(c, fit(c, &texts[c.index()], w)));
@@ -321,6 +330,12 @@ pub(super) fn render_table(
                 Style::new().fg(Color::Yellow)
             } else {
                 Style::new()
+            };
+            // The selected flow (Enter opens its detail).
+            let style = if Some(at) == selected {
+                style.add_modifier(Modifier::REVERSED)
+            } else {
+                style
             };
             Row::new(cells).style(style)
         })
@@ -349,8 +364,13 @@ pub(super) fn aligned(col: Column, text: String) -> Cell<'static> {
 }
 
 /// Columns hidden, in this order, when the screen cannot hold them all.
-pub(super) const DROP_ORDER: [Column; 4] =
-    [Column::Age, Column::Pps, Column::RttP99, Column::Process];
+pub(super) const DROP_ORDER: [Column; 5] = [
+    Column::Trend,
+    Column::Age,
+    Column::Pps,
+    Column::RttP99,
+    Column::Process,
+];
 
 /// How narrow a column may get: addresses and process names are elided down to this,
 /// measurements never (a cut number would be a wrong number).
@@ -365,7 +385,7 @@ pub(super) fn min_width(col: Column) -> u16 {
 /// The columns shown and their widths, given the width each would need (`natural`):
 /// elide names first, then drop columns (DROP_ORDER), then share out what is left
 /// between the elided columns.
-pub(super) fn column_layout(total: u16, natural: &[u16; 11]) -> Vec<(Column, u16)> {
+pub(super) fn column_layout(total: u16, natural: &[u16; 12]) -> Vec<(Column, u16)> {
     let floor = |c: Column| natural[c.index()].min(min_width(c));
     let need = |shown: &[Column]| -> u32 {
         shown.iter().map(|&c| u32::from(floor(c))).sum::<u32>()

@@ -17,7 +17,7 @@ pub(super) fn sort_key(col: Column, row: &FlowRow, labels: &RowLabels) -> SortKe
         Column::Local => SortKey::Endpoint(row.local_addr, row.local_port),
         Column::Remote => SortKey::Endpoint(row.remote_addr, row.remote_port),
         Column::Proto => SortKey::Text(Some(row.proto_name().to_owned())),
-        Column::RttP50 => ns(row.rtt.p50),
+        Column::RttP50 | Column::Trend => ns(row.rtt.p50),
         Column::RttP99 => ns(row.rtt.p99),
         Column::ServerDelayP50 => ns(row.server_delay.p50),
         Column::Loss => SortKey::Number(row.loss_percent()),

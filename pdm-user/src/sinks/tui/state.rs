@@ -9,6 +9,8 @@ pub enum Column {
     Remote,
     Proto,
     RttP50,
+    /// RTT p50 over the last minute, drawn.
+    Trend,
     RttP99,
     ServerDelayP50,
     Loss,
@@ -19,11 +21,12 @@ pub enum Column {
 }
 
 impl Column {
-    pub const ALL: [Column; 11] = [
+    pub const ALL: [Column; 12] = [
         Column::Local,
         Column::Remote,
         Column::Proto,
         Column::RttP50,
+        Column::Trend,
         Column::RttP99,
         Column::ServerDelayP50,
         Column::Loss,
@@ -34,7 +37,7 @@ impl Column {
     ];
 
     /// The key that sorts by this column: the number row, left to right.
-    pub const KEYS: [char; 11] = ['1', '2', '3', '4', '5', '6', '7', '8', '9', '0', '-'];
+    pub const KEYS: [char; 12] = ['1', '2', '3', '4', '=', '5', '6', '7', '8', '9', '0', '-'];
 
     pub fn title(self) -> &'static str {
         match self {
@@ -42,6 +45,7 @@ impl Column {
             Column::Remote => "REMOTE",
             Column::Proto => "PROTO",
             Column::RttP50 => "RTT p50",
+            Column::Trend => "RTT 1m",
             Column::RttP99 => "RTT p99",
             Column::ServerDelayP50 => "SRV p50",
             Column::Loss => "LOSS",
@@ -59,6 +63,7 @@ impl Column {
             Column::Remote => "remote address:port (or name)",
             Column::Proto => "protocol",
             Column::RttP50 => "round-trip time, median",
+            Column::Trend => "RTT median over the last minute",
             Column::RttP99 => "round-trip time, 99th percentile",
             Column::ServerDelayP50 => "server delay, median",
             Column::Loss => "loss of the peer's packets, %",
@@ -101,14 +106,19 @@ impl Column {
     }
 }
 
-/// What the user chose: sort order, scroll position, help shown.
+/// What the user chose: sort order, scroll position, the selected flow, help shown,
+/// and the flow whose detail is open.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ViewState {
     pub sort: Column,
     pub descending: bool,
     /// First flow shown (in sorted order).
     pub offset: usize,
+    /// The selected flow (in sorted order); kept on screen when drawn.
+    pub selected: usize,
     pub help: bool,
+    /// The flow whose detail view is open.
+    pub detail: Option<pdm_common::flow::FlowKey>,
 }
 
 impl Default for ViewState {
@@ -118,7 +128,9 @@ impl Default for ViewState {
             sort: Column::Bytes,
             descending: true,
             offset: 0,
+            selected: 0,
             help: false,
+            detail: None,
         }
     }
 }
@@ -128,6 +140,8 @@ impl Default for ViewState {
 pub enum KeyOutcome {
     Quit,
     Redraw,
+    /// Enter on the table: open the selected flow's detail.
+    Open,
     Ignored,
 }
 
@@ -138,24 +152,55 @@ impl ViewState {
             return KeyOutcome::Ignored;
         }
         let page = page.max(1);
+        if key.code == KeyCode::Char('c') && key.modifiers.contains(KeyModifiers::CONTROL) {
+            return KeyOutcome::Quit;
+        }
+        if self.detail.is_some() {
+            // The detail view: back to the table, or quit.
+            return match key.code {
+                KeyCode::Char('q' | 'Q') => KeyOutcome::Quit,
+                KeyCode::Esc | KeyCode::Backspace | KeyCode::Enter | KeyCode::Left => {
+                    self.detail = None;
+                    KeyOutcome::Redraw
+                }
+                KeyCode::Char('?' | 'h' | 'H') => {
+                    self.help = !self.help;
+                    KeyOutcome::Redraw
+                }
+                _ => KeyOutcome::Ignored,
+            };
+        }
         match key.code {
-            KeyCode::Char('c') if key.modifiers.contains(KeyModifiers::CONTROL) => {
-                return KeyOutcome::Quit;
-            }
             KeyCode::Char('q' | 'Q') | KeyCode::Esc => return KeyOutcome::Quit,
+            KeyCode::Enter => return KeyOutcome::Open,
             KeyCode::Char('r' | 'R') => self.descending = !self.descending,
             KeyCode::Char('?' | 'h' | 'H') => self.help = !self.help,
             KeyCode::Char('>' | '.') | KeyCode::Right => self.sort_by(self.sort.next()),
             KeyCode::Char('<' | ',') | KeyCode::Left => self.sort_by(self.sort.prev()),
-            KeyCode::Down | KeyCode::Char('j') => self.offset = self.offset.saturating_add(1),
-            KeyCode::Up | KeyCode::Char('k') => self.offset = self.offset.saturating_sub(1),
-            KeyCode::PageDown | KeyCode::Char(' ') => {
-                self.offset = self.offset.saturating_add(page)
+            // The selection moves; the table scrolls to keep it on screen.
+            KeyCode::Down | KeyCode::Char('j') => {
+                self.selected = self.selected.saturating_add(1);
+                if self.selected >= self.offset.saturating_add(page) {
+                    self.offset = self.selected + 1 - page;
+                }
             }
-            KeyCode::PageUp => self.offset = self.offset.saturating_sub(page),
-            KeyCode::Home | KeyCode::Char('g') => self.offset = 0,
+            KeyCode::Up | KeyCode::Char('k') => {
+                self.selected = self.selected.saturating_sub(1);
+                self.offset = self.offset.min(self.selected);
+            }
+            KeyCode::PageDown | KeyCode::Char(' ') => {
+                self.offset = self.offset.saturating_add(page);
+                self.selected = self.selected.saturating_add(page);
+            }
+            KeyCode::PageUp => {
+                self.offset = self.offset.saturating_sub(page);
+                self.selected = self.selected.saturating_sub(page);
+            }
+            KeyCode::Home | KeyCode::Char('g') => (self.offset, self.selected) = (0, 0),
             // Clamped to the last page when drawn.
-            KeyCode::End | KeyCode::Char('G') => self.offset = usize::MAX,
+            KeyCode::End | KeyCode::Char('G') => {
+                (self.offset, self.selected) = (usize::MAX, usize::MAX)
+            }
             KeyCode::Char(c) => match Column::from_key(c) {
                 // The sorted column's key again flips the order, as `r` does.
                 Some(col) if col == self.sort => self.descending = !self.descending,
@@ -172,5 +217,18 @@ impl ViewState {
         self.sort = col;
         self.descending = col.numeric();
         self.offset = 0;
+        self.selected = 0;
+    }
+
+    /// Keeps the selection among `rows` and on a page of `page` rows from the offset.
+    pub(super) fn clamp(&mut self, rows: usize, page: usize) {
+        let page = page.max(1);
+        self.offset = self.offset.min(rows.saturating_sub(page));
+        self.selected = self.selected.min(rows.saturating_sub(1));
+        if self.selected < self.offset {
+            self.offset = self.selected;
+        } else if self.selected >= self.offset + page {
+            self.offset = self.selected + 1 - page;
+        }
     }
 }

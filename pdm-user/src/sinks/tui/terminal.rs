@@ -2,6 +2,11 @@
 
 use super::*;
 
+/// Points of the table's trend column (a minute at the default refresh), drawn in so
+/// many characters.
+const TREND_POINTS: usize = 60;
+const TREND_WIDTH: usize = 20;
+
 /// Set while a [`Ui`] has the terminal, so the panic hook restores it only then.
 pub(super) static TERMINAL_TAKEN: AtomicBool = AtomicBool::new(false);
 pub(super) static PANIC_HOOK: Once = Once::new();
@@ -26,6 +31,10 @@ pub struct Ui {
     /// The order of `last`'s rows, when known before it was drawn.
     sorted: Option<Sorted>,
     page: usize,
+    /// The flows on screen and the detail's, over time.
+    history: Box<history::History>,
+    /// The keys of the rows on screen, in order, from the last draw.
+    visible: Vec<pdm_common::flow::FlowKey>,
 }
 
 impl Ui {
@@ -44,7 +53,14 @@ impl Ui {
         let offset = self.state.offset.min(rows.len().saturating_sub(page));
         let k = offset + page;
         let order = sorted_rows_prefix(&self.state, rows, &[], k);
-        let shown = order[offset.min(order.len())..k.min(order.len())].to_vec();
+        let mut shown = order[offset.min(order.len())..k.min(order.len())].to_vec();
+        // The detail's flow needs its figures too, wherever it is in the table.
+        if let Some(key) = &self.state.detail
+            && let Some(i) = rows.iter().position(|r| r.key() == *key)
+            && !shown.contains(&i)
+        {
+            shown.push(i);
+        }
         self.sorted = Some(Sorted {
             sort: self.state.sort,
             descending: self.state.descending,
@@ -81,6 +97,8 @@ impl Ui {
                 last: None,
                 sorted: None,
                 page: 0,
+                history: Box::default(),
+                visible: Vec::new(),
             }),
             Err(e) => {
                 restore_terminal();
@@ -99,8 +117,38 @@ impl Ui {
             .unwrap_or_default()
     }
 
-    /// Shows `frame`, and keeps it to redraw after keys and resizes.
-    pub fn draw(&mut self, frame: Frame) -> io::Result<()> {
+    /// The flow whose detail view is open: its distributions go into the next frame.
+    pub fn detail_key(&self) -> Option<pdm_common::flow::FlowKey> {
+        self.state.detail
+    }
+
+    /// Shows `frame`, and keeps it to redraw after keys and resizes. The rows on screen
+    /// (and the detail's) go into the history first.
+    pub fn draw(&mut self, mut frame: Frame) -> io::Result<()> {
+        let page = self.page.max(1);
+        self.state.clamp(frame.rows.len(), page);
+        let k = self.state.offset + page;
+        let order = match &self.sorted {
+            Some(s) if s.serves(&self.state, frame.rows.len(), k) => s.order.clone(),
+            _ => sorted_prefix(&self.state, &frame, k),
+        };
+        let on_screen = &order[self.state.offset.min(order.len())..k.min(order.len())];
+        let detail = self
+            .state
+            .detail
+            .and_then(|key| frame.rows.iter().position(|r| r.key() == key));
+        self.history.update(
+            on_screen
+                .iter()
+                .chain(detail.as_ref())
+                .map(|&i| &frame.rows[i]),
+        );
+        frame.labels.resize(frame.rows.len(), RowLabels::default());
+        for &i in on_screen {
+            frame.labels[i].trend =
+                self.history
+                    .trend(&frame.rows[i].key(), TREND_POINTS, TREND_WIDTH);
+        }
         self.last = Some(Box::new(frame));
         self.redraw()
     }
@@ -110,12 +158,19 @@ impl Ui {
             return Ok(());
         };
         let mut page = self.page;
+        let mut visible = Vec::new();
         let sorted = self.sorted.as_ref();
-        self.terminal
-            .draw(|f| page = render_sorted(f, &self.state, frame, sorted))?;
+        let (state, history) = (&mut self.state, &self.history);
+        if let Some(key) = state.detail {
+            self.terminal
+                .draw(|f| detail::render(f, state, frame, &key, history))?;
+            return Ok(());
+        }
+        self.terminal.draw(|f| {
+            (page, visible) = render_sorted(f, state, frame, sorted);
+        })?;
         self.page = page;
-        // Keep the offset within the rows, so Up works at once after End.
-        self.state.offset = self.state.offset.min(frame.rows.len().saturating_sub(page));
+        self.visible = visible.iter().map(|&i| frame.rows[i].key()).collect();
         Ok(())
     }
 
@@ -130,6 +185,13 @@ impl Ui {
                 Event::Key(key) => match self.state.handle_key(key, self.page) {
                     KeyOutcome::Quit => return Ok(true),
                     KeyOutcome::Redraw => redraw = true,
+                    KeyOutcome::Open => {
+                        let at = self.state.selected.saturating_sub(self.state.offset);
+                        if let Some(key) = self.visible.get(at) {
+                            self.state.detail = Some(*key);
+                            redraw = true;
+                        }
+                    }
                     KeyOutcome::Ignored => {}
                 },
                 Event::Resize(..) => redraw = true,

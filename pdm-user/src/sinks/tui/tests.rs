@@ -46,6 +46,7 @@ fn frame() -> Frame {
     totals.0[Counter::IngressMssClamped as usize] = 2;
     Frame {
         hint: None,
+        detail: None,
         iface: "veth-test".into(),
         attach: vec![
             "pdm_egress: tc egress (tcx link)".into(),
@@ -57,10 +58,12 @@ fn frame() -> Frame {
             RowLabels {
                 remote_name: Some("dns.example".into()),
                 process: Some("dig/4242".into()),
+                trend: None,
             },
             RowLabels {
                 remote_name: None,
                 process: Some("iperf3/77".into()),
+                trend: None,
             },
             RowLabels::default(),
         ],
@@ -225,7 +228,7 @@ fn an_order_kept_from_before_drawing_draws_the_same_screen() {
     let draw = |sorted: Option<&Sorted>| {
         let mut t = Terminal::new(TestBackend::new(160, 20)).expect("terminal");
         t.draw(|f| {
-            render_sorted(f, &state, &frame, sorted);
+            render_sorted(f, &mut state.clone(), &frame, sorted);
         })
         .expect("draw");
         lines(t.backend().buffer())
@@ -474,4 +477,78 @@ fn packets_too_big_for_pdm_are_said_with_the_option_that_helps() {
 
 fn frame_screen_without_hint() -> Vec<String> {
     screen(&ViewState::default(), &frame(), 140, 20)
+}
+
+#[test]
+fn enter_opens_a_flows_detail_esc_returns_and_it_draws_at_any_size() {
+    let f = frame();
+    let mut state = ViewState::default();
+    // The selection moves with the arrows; Enter asks to open it.
+    state.handle_key(key_code(KeyCode::Down), 10);
+    assert_eq!(state.selected, 1);
+    assert_eq!(
+        state.handle_key(key_code(KeyCode::Enter), 10),
+        KeyOutcome::Open
+    );
+    let flow = f.rows[1].key();
+    state.detail = Some(flow);
+    // A history of 400 refreshes (more than the ring holds).
+    let mut history = history::History::default();
+    let mut rows = f.rows.clone();
+    for i in 0..400u64 {
+        rows[1].rtt.p50 = Some(800_000 + (i % 50) * 1_000);
+        rows[1].rtt.max = Some(1_500_000);
+        rows[1].rx_lost = i / 40;
+        history.update(rows.iter());
+    }
+    let mut f = f;
+    f.detail = Some(crate::engine::Distributions {
+        rtt: vec![(700_000, 3), (800_000, 10), (1_500_000, 1)],
+        server_delay: vec![(25_000, 9)],
+        rtt_all: crate::engine::Summary {
+            samples: 14,
+            p50: Some(800_000),
+            p90: Some(800_000),
+            p99: Some(1_500_000),
+            ..Default::default()
+        },
+        server_delay_all: Default::default(),
+    });
+    for (w, h) in [(80, 24), (200, 60), (20, 6)] {
+        let mut t = Terminal::new(TestBackend::new(w, h)).expect("terminal");
+        t.draw(|fr| detail::draw_for_test(fr, &state, &f, &flow, &history))
+            .expect("draw");
+        let s = lines(t.backend().buffer()).join("\n");
+        if w >= 80 {
+            assert!(s.contains("RTT and server delay over time"), "{s}");
+            assert!(s.contains("p50 800µs"), "the RTT median since start: {s}");
+            assert!(s.contains("Esc"), "{s}");
+        }
+    }
+    assert_eq!(
+        state.handle_key(key_code(KeyCode::Esc), 10),
+        KeyOutcome::Redraw
+    );
+    assert_eq!(state.detail, None, "back to the table");
+    assert_eq!(
+        state.handle_key(key_code(KeyCode::Esc), 10),
+        KeyOutcome::Quit
+    );
+}
+
+#[test]
+fn the_table_shows_the_selection_and_the_trend() {
+    let mut f = frame();
+    f.labels[1].trend = Some("▁▂▃▄▅▆▇█".into());
+    let state = ViewState {
+        selected: 1,
+        ..ViewState::default()
+    };
+    let s = screen(&state, &f, 200, 20);
+    assert!(s.join("\n").contains("RTT 1m"), "{s:#?}");
+    assert!(s.iter().any(|l| l.contains("▁▂▃▄▅▆▇█")), "{s:#?}");
+}
+
+fn key_code(code: KeyCode) -> KeyEvent {
+    KeyEvent::new(code, KeyModifiers::NONE)
 }
