@@ -169,7 +169,8 @@ pub(super) fn help_line() -> Line<'static> {
         ("1-9 0 -", "sort"),
         ("< >", "column"),
         ("r", "reverse"),
-        ("↑↓ PgUp/Dn", "scroll"),
+        ("↑↓", "select"),
+        ("Enter", "detail"),
         ("?", "help"),
         ("q", "quit"),
     ] {
@@ -195,7 +196,8 @@ pub(super) fn render_help(f: &mut ratatui::Frame, area: Rect) {
     lines.push(Line::raw(""));
     lines.push(Line::raw(" same key again or r: reverse the order"));
     lines.push(Line::raw(" < > or ← →: previous/next column"));
-    lines.push(Line::raw(" ↑ ↓ PgUp PgDn Home End: scroll"));
+    lines.push(Line::raw(" ↑ ↓ PgUp PgDn Home End: select a flow (scrolls)"));
+    lines.push(Line::raw(" Enter: the selected flow's detail; Esc: back"));
     lines.push(Line::raw(" q Esc Ctrl-C: quit    ? h: close this help"));
     lines.push(Line::raw(""));
     lines.push(Line::raw(
