@@ -196,7 +196,9 @@ pub(super) fn render_help(f: &mut ratatui::Frame, area: Rect) {
     lines.push(Line::raw(""));
     lines.push(Line::raw(" same key again or r: reverse the order"));
     lines.push(Line::raw(" < > or ← →: previous/next column"));
-    lines.push(Line::raw(" ↑ ↓ PgUp PgDn Home End: select a flow (scrolls)"));
+    lines.push(Line::raw(
+        " ↑ ↓ PgUp PgDn Home End: select a flow (scrolls)",
+    ));
     lines.push(Line::raw(" Enter: the selected flow's detail; Esc: back"));
     lines.push(Line::raw(" q Esc Ctrl-C: quit    ? h: close this help"));
     lines.push(Line::raw(""));
