@@ -17,7 +17,8 @@ use std::{
     time::Duration,
 };
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
+use pdm_common::flow::FlowKey;
 use pdm_common::{
     chain::{self, Upper},
     time::{DeltaTime, TimeFault, decode_received},
@@ -26,7 +27,7 @@ use pdm_common::{
 use serde_json::{Value, json};
 
 use crate::{
-    engine::{FlowRow, Table, TableConfig},
+    engine::{Distributions, FastMap, FlowRow, Table, TableConfig},
     filter::Filter,
     sinks::{ndjson, tui},
     sources::capture::{CaptureFlows, Expiry, Merged, Packet},
@@ -57,6 +58,9 @@ pub struct AnalyzeArgs {
     /// interval), not only when it ends.
     #[arg(long, value_name = "D", value_parser = crate::duration::parse)]
     pub interval: Option<Duration>,
+    /// On a terminal, print the table instead of showing it in the live view.
+    #[arg(long, conflicts_with = "json")]
+    pub table: bool,
     /// A flow without a packet for this long in the capture has ended: it is reported
     /// then and forgotten (TCP FIN/RST end a flow 2 s after its last packet), as in
     /// `pdm run`; memory stays bounded however long the capture.
@@ -98,14 +102,25 @@ pub fn run(args: &AnalyzeArgs) -> Result<()> {
     } else {
         let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
         let json = args.json || !std::io::stdout().is_terminal();
-        flows(
+        // On a terminal, the live view's table over the capture's flows, with their
+        // detail (`--table` prints the table instead).
+        let view = !json && !args.table;
+        match flows(
             args,
             &mut capture,
             &mut tally,
             &mut progress,
             &mut out,
             json,
-        )
+            view,
+        ) {
+            Ok(Some(v)) => {
+                progress.finish();
+                drop(out);
+                return show(&capture, &tally, args, v);
+            }
+            other => other.map(drop),
+        }
     };
     progress.finish();
     // A reader that stopped reading (`| head`) ends the output, not in an error.
@@ -210,7 +225,8 @@ fn flows(
     progress: &mut Progress,
     out: &mut dyn std::io::Write,
     json: bool,
-) -> Result<()> {
+    view: bool,
+) -> Result<Option<View>> {
     let mut table = Table::new(TableConfig {
         window: args.window,
         // The source decides when its flows end ([`CaptureFlows::expire`]), on the
@@ -235,7 +251,15 @@ fn flows(
         filter: args.filter.clone(),
         ended: Vec::new(),
     };
-    let interval = args.interval.map(|d| (d.as_nanos() as u64).max(1));
+    // The view keeps a history of every flow at each interval (1 s unless given).
+    let interval = match args.interval {
+        Some(d) => Some(d),
+        None if view => Some(Duration::from_secs(1)),
+        None => None,
+    }
+    .map(|d| (d.as_nanos() as u64).max(1));
+    let mut history = tui::history::History::default();
+    let mut dists: FastMap<FlowKey, Distributions> = FastMap::default();
     let mut source = CaptureFlows::default();
     let (mut last_refresh, mut next_report, mut last_ts) = (None::<u64>, None::<u64>, 0u64);
     let mut failed = None;
@@ -253,14 +277,25 @@ fn flows(
             while ts >= *due {
                 source.refresh(&mut table, *due);
                 let rows = source.rows_at(&table, *due);
-                let heading = format!("capture time {}", ts_text(*due));
-                sink.report(rows, *due, Some(heading))?;
+                if view {
+                    // Bounded: past this many flows at once, no history (the detail
+                    // still has the distributions).
+                    if rows.len() <= VIEW_HISTORY_FLOWS {
+                        history.update(rows.iter());
+                    }
+                } else {
+                    let heading = format!("capture time {}", ts_text(*due));
+                    sink.report(rows, *due, Some(heading))?;
+                }
                 *due += every;
             }
         }
         if last_refresh.is_none_or(|t| ts >= t + REFRESH_NS) {
             source.refresh(&mut table, ts);
-            source.expire(&mut table, ts, expiry, |r| {
+            source.expire(&mut table, ts, expiry, |r, d| {
+                if view && let Some(d) = d {
+                    dists.insert(r.key(), d);
+                }
                 if failed.is_none()
                     && let Err(e) = sink.ended(r.clone(), ts)
                 {
@@ -278,6 +313,22 @@ fn flows(
     source.refresh(&mut table, last_ts);
     let mut rows = std::mem::take(&mut sink.ended);
     rows.extend(source.rows(&table));
+    let left = source.leftovers();
+    (tally.flows, tally.unattributed) = (left.flows, left.unattributed_fragments);
+    if view {
+        let rows: Vec<FlowRow> = rows.into_iter().filter(|r| sink.keep(r)).collect();
+        for r in &rows {
+            if let Some(d) = table.distributions(&r.key()) {
+                dists.insert(r.key(), d);
+            }
+        }
+        return Ok(Some(View {
+            rows,
+            history,
+            dists,
+            interval: Duration::from_nanos(interval.unwrap_or(REFRESH_NS)),
+        }));
+    }
     if sink.json {
         for r in rows {
             sink.ended(r, last_ts)?;
@@ -286,9 +337,48 @@ fn flows(
         let heading = interval.map(|_| format!("end of capture, {}", ts_text(last_ts)));
         sink.report(rows, last_ts, heading)?;
     }
-    let left = source.leftovers();
-    (tally.flows, tally.unattributed) = (left.flows, left.unattributed_fragments);
     sink.out.flush()?;
+    Ok(None)
+}
+
+/// Flows known at once beyond which the view keeps no history of them (300 points of
+/// 40 octets each per flow).
+const VIEW_HISTORY_FLOWS: usize = 2_000;
+
+/// What the view of a capture shows.
+struct View {
+    rows: Vec<FlowRow>,
+    history: tui::history::History,
+    dists: FastMap<FlowKey, Distributions>,
+    interval: Duration,
+}
+
+/// The capture's flows in the live view (sort, select, detail), until `q`; then the
+/// summary line.
+fn show(capture: &Merged, tally: &Tally, args: &AnalyzeArgs, v: View) -> Result<()> {
+    let names = args
+        .files
+        .iter()
+        .map(|f| f.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let n = v.rows.len();
+    let frame = tui::Frame {
+        iface: names.clone(),
+        attach: vec![format!("capture: {names}, read by pdm analyze ({n} flows)")],
+        hint: None,
+        totals: Default::default(),
+        rows: v.rows,
+        labels: vec![tui::RowLabels::default(); n],
+        flows_evicted: 0,
+        flows_expired: 0,
+        interval: v.interval,
+        detail: None,
+    };
+    let ui = tui::Ui::start().context("starting the terminal view (use --json or --table)")?;
+    ui.show(frame, v.history, |k| v.dists.get(k).cloned())
+        .context("the terminal view")?;
+    summary(capture, tally);
     Ok(())
 }
 
@@ -379,11 +469,20 @@ pub fn flow_ndjson(
         window: interval,
         interval: Some(interval),
         idle_timeout: Duration::from_secs(60),
+        table: false,
     };
     let mut capture = Merged::open(files)?;
     let mut progress = Progress::new(&capture);
     let mut tally = Tally::default();
-    let result = flows(&args, &mut capture, &mut tally, &mut progress, out, true);
+    let result = flows(
+        &args,
+        &mut capture,
+        &mut tally,
+        &mut progress,
+        out,
+        true,
+        false,
+    );
     progress.finish();
     result?;
     summary(&capture, &tally);

@@ -191,3 +191,122 @@ fn the_view_shows_what_the_log_records_and_quits_on_q() {
     let _ = std::fs::remove_file(&log);
     let _ = std::fs::remove_file(&done);
 }
+
+/// `pdm analyze` on a terminal: the capture's flows in the same view, a flow's detail
+/// with the figures `pdm analyze --json` gives, `q` ends it and the summary follows.
+#[test]
+fn analyze_on_a_terminal_shows_the_capture_in_the_view() {
+    use pdm_common::{time::encode_delta_ns, wire::PdmFields};
+    use testbed::pcap::{self, PcapWriter};
+    let dir = std::env::temp_dir().join(format!("pdm-tui-analyze-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let cap = dir.join("one.pcap");
+    let mut w = PcapWriter::create(&cap, true).expect("pcap");
+    let (a, b) = (
+        "fd00::1".parse::<std::net::Ipv6Addr>().unwrap().octets(),
+        "fd00::2".parse::<std::net::Ipv6Addr>().unwrap().octets(),
+    );
+    let t0 = 1_700_000_000_000_000_000u64;
+    for i in 0..60u64 {
+        let hold = 3_000_000 + (i % 7) * 100_000;
+        let psn = i as u16;
+        let q = PdmFields {
+            psn_this: psn,
+            psn_last_recv: psn.wrapping_sub(1),
+            ..PdmFields::default()
+        };
+        let r = PdmFields {
+            psn_this: psn,
+            psn_last_recv: psn,
+            scale_dtlr: encode_delta_ns(hold).scale,
+            dtlr: encode_delta_ns(hold).delta,
+            ..PdmFields::default()
+        };
+        let dst = |f: &PdmFields| vec![(pcap::DSTOPTS, f.encode_header(0).to_vec())];
+        w.ipv6(
+            t0 + i * 100_000_000,
+            &pcap::ipv6_packet(a, b, &dst(&q), pcap::UDP, &pcap::udp(41000, 7600, &[1; 30])),
+        )
+        .expect("write");
+        w.ipv6(
+            t0 + i * 100_000_000 + hold + 50_000,
+            &pcap::ipv6_packet(b, a, &dst(&r), pcap::UDP, &pcap::udp(7600, 41000, &[2; 90])),
+        )
+        .expect("write");
+    }
+    w.finish().expect("flush");
+    let json = Command::new(pdm_bin())
+        .args(["analyze", "--json"])
+        .arg(&cap)
+        .output()
+        .expect("pdm analyze");
+    let flow: serde_json::Value = serde_json::from_slice(
+        String::from_utf8_lossy(&json.stdout)
+            .lines()
+            .next()
+            .expect("a flow")
+            .as_bytes(),
+    )
+    .expect("json");
+    let done = dir.join("exit");
+    let out = dir.join("stderr");
+    let session = Session(format!("pdm-analyze-{}", std::process::id()));
+    let cmd = format!(
+        "{} analyze {} 2> {}; echo $? > {}; sleep 30",
+        pdm_bin(),
+        cap.display(),
+        out.display(),
+        done.display()
+    );
+    tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        &session.0,
+        "-x",
+        "200",
+        "-y",
+        "40",
+        &cmd,
+    ]);
+    let wait = |what: &str, cond: &dyn Fn(&str) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let s = tmux(&["capture-pane", "-p", "-t", &session.0]);
+            if cond(&s) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "{what}:\n{s}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let table = wait("the capture's flow in the view", &|s| {
+        s.contains("LOCAL") && s.contains(":7600")
+    });
+    assert!(table.contains("capture:"), "{table}");
+    tmux(&["send-keys", "-t", &session.0, "Enter"]);
+    let ns = (flow["server_delay_all_us_p50"].as_f64().expect("p50") * 1000.0).round() as u64;
+    let want = format!(
+        "server delay since start: p50 {}",
+        pdm_user::sinks::tui::format_ns(ns)
+    );
+    let detail = wait("the flow's detail", &|s| s.contains(&want));
+    assert!(detail.contains("over time"), "{detail}");
+    tmux(&["send-keys", "-t", &session.0, "Escape"]);
+    wait("back to the table", &|s| {
+        s.contains("LOCAL") && !s.contains("since start")
+    });
+    tmux(&["send-keys", "-t", &session.0, "q"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done.exists() {
+        assert!(Instant::now() < deadline, "q did not quit");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(std::fs::read_to_string(&done).expect("code").trim(), "0");
+    let err = std::fs::read_to_string(&out).expect("stderr");
+    assert!(
+        err.contains("120 packets read"),
+        "the summary after the view: {err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -35,6 +35,8 @@ pub struct Ui {
     history: Box<history::History>,
     /// The keys of the rows on screen, in order, from the last draw.
     visible: Vec<pdm_common::flow::FlowKey>,
+    /// The frame does not change ([`Ui::show`]): drawing adds nothing to the history.
+    frozen: bool,
 }
 
 impl Ui {
@@ -99,6 +101,7 @@ impl Ui {
                 page: 0,
                 history: Box::default(),
                 visible: Vec::new(),
+                frozen: false,
             }),
             Err(e) => {
                 restore_terminal();
@@ -137,12 +140,14 @@ impl Ui {
             .state
             .detail
             .and_then(|key| frame.rows.iter().position(|r| r.key() == key));
-        self.history.update(
-            on_screen
-                .iter()
-                .chain(detail.as_ref())
-                .map(|&i| &frame.rows[i]),
-        );
+        if !self.frozen {
+            self.history.update(
+                on_screen
+                    .iter()
+                    .chain(detail.as_ref())
+                    .map(|&i| &frame.rows[i]),
+            );
+        }
         frame.labels.resize(frame.rows.len(), RowLabels::default());
         for &i in on_screen {
             frame.labels[i].trend =
@@ -172,6 +177,32 @@ impl Ui {
         self.page = page;
         self.visible = visible.iter().map(|&i| frame.rows[i].key()).collect();
         Ok(())
+    }
+
+    /// Shows `frame`, which does not change (a capture read to its end), until the user
+    /// quits. `history` is what is known of the flows over time; `detail` gives a flow's
+    /// distributions when its detail opens.
+    pub fn show(
+        mut self,
+        frame: Frame,
+        history: history::History,
+        detail: impl Fn(&pdm_common::flow::FlowKey) -> Option<crate::engine::Distributions>,
+    ) -> io::Result<()> {
+        *self.history = history;
+        self.frozen = true;
+        self.draw(frame)?;
+        loop {
+            let before = self.state.detail;
+            if self.poll_quit(Duration::from_millis(250))? {
+                return Ok(());
+            }
+            if self.state.detail != before {
+                if let Some(f) = self.last.as_mut() {
+                    f.detail = self.state.detail.and_then(|k| detail(&k));
+                }
+                self.redraw()?;
+            }
+        }
     }
 
     /// Waits up to `timeout` for input and handles every pending event: sort, scroll

@@ -34,7 +34,7 @@ use super::{
     fragments::{Datagram, Fragments},
     reader::Packet,
 };
-use crate::engine::{FastMap, Figure, FlowRow, SeqCounts, Table};
+use crate::engine::{Distributions, FastMap, Figure, FlowRow, SeqCounts, Table};
 
 /// A flow whichever way a packet goes: (the lower end's address and port, the higher
 /// end's, protocol).
@@ -393,7 +393,8 @@ impl CaptureFlows {
         }
     }
 
-    /// Reports (to `out`, as of their last packet) and forgets the flows that ended
+    /// Reports (to `out`, as of their last packet, with their distributions since they
+    /// started) and forgets the flows that ended
     /// by `now_ns`: idle too long, or closed and quiet. The table must have been
     /// refreshed at `now_ns`.
     pub fn expire(
@@ -401,7 +402,7 @@ impl CaptureFlows {
         table: &mut Table,
         now_ns: u64,
         e: Expiry,
-        mut out: impl FnMut(FlowRow),
+        mut out: impl FnMut(FlowRow, Option<Distributions>),
     ) {
         for id in 0..self.flows.len() {
             let Some(f) = &self.flows[id] else { continue };
@@ -409,7 +410,7 @@ impl CaptureFlows {
             let closed = f.slot.state.flags & FLOW_CLOSED != 0;
             if idle > e.idle_ns || (closed && idle > e.closed_ns) {
                 if let Some(row) = f.final_row(table) {
-                    out(row);
+                    out(row, table.distributions(&f.slot.key));
                 }
                 table.remove(&f.slot.key);
                 self.index.remove(&f.ends);
