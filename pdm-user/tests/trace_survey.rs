@@ -214,12 +214,15 @@ fn check_rows(s: &Survey, rows: &[Row], strict: bool) {
         let row = by_host(h);
         let inconclusive = !strict && row["finding"] == "inconclusive";
         for (col, val) in want {
-            // Inconclusive: no hop n to speak of. Unreachable: the no-route may have
-            // come for a higher hop limit when r1's budget ran out on the lower ones.
+            // Inconclusive: no hop n to speak of (and for the unrouted prefix, whose
+            // only answers come from r1, maybe no answer at all). Unreachable: the
+            // no-route may have come for a higher hop limit when r1's budget ran out on
+            // the lower ones.
             let loose = (inconclusive
-                && (*col == "finding"
+                && (["finding", "summary"].contains(col)
                     || col.starts_with("last_pdm")
-                    || col.starts_with("next_hop")))
+                    || col.starts_with("next_hop")
+                    || (h == fan::UNROUTED && col.starts_with("last_plain"))))
                 || (!strict && h == fan::UNROUTED && col.ends_with("_hop"));
             if !loose {
                 assert_eq!(row[*col], *val, "{h}: `{col}` in {row:?}");
@@ -312,8 +315,9 @@ fn check_rows(s: &Survey, rows: &[Row], strict: bool) {
             ("next_hop_responder", ""),
         ],
     );
+    let unrouted = by_host(fan::UNROUTED);
     assert!(
-        by_host(fan::UNROUTED)["summary"].contains("answered no-route"),
+        unrouted["summary"].contains("answered no-route") || unrouted["finding"] == "inconclusive",
         "{rows:?}"
     );
     for r in rows {
@@ -352,6 +356,7 @@ fn a_survey_names_every_dropper_right_on_cold_paths_three_times() {
 
     let table_survey = Survey::new("tst", Some(0));
     let (table, summary) = table_survey.run(&[]);
+    eprintln!("{table}");
     assert!(summary.starts_with(want), "{summary}\n{table}");
     let line = |host: &str| {
         table

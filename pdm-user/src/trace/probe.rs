@@ -34,8 +34,8 @@ use super::{
 /// the whole window, not one per probe.
 const WINDOW: usize = 16;
 
-/// First-pass probes go at most this many hops beyond the first hop still waiting for
-/// its first pair: whatever ends the path (the destination, a router without a route)
+/// The pairs of the first round, and of each retry, go at most this many hops beyond
+/// the lowest one still to send or waiting for its answer: whatever ends the path (the destination, a router without a route)
 /// answers every probe that gets there, whatever its hop limit, and a long window would
 /// spend its ICMPv6 budget in one burst (Linux's is 6).
 const LOOKAHEAD: u8 = 3;
@@ -119,21 +119,16 @@ impl Run {
         hop <= self.stop[0].max(self.stop[1])
     }
 
-    /// The first hop whose first pair has not been sent or is still in flight.
-    fn frontier(&self, max_hops: u8) -> u8 {
-        let waiting = |hop: u8| {
-            let mut first = self
-                .results
-                .iter()
-                .enumerate()
-                .filter(|(_, r)| r.hop == hop && r.round == 0)
-                .peekable();
-            first.peek().is_none()
-                || first.any(|(i, _)| self.in_flight.iter().any(|f| f.index == i))
-        };
-        (1..=max_hops.min(self.stop[0].max(self.stop[1])))
-            .find(|&h| waiting(h))
-            .unwrap_or(u8::MAX)
+    /// The lowest hop whose pair of `round` is still to send or in flight.
+    fn frontier(&self, queue: &[Pending], round: u8) -> u8 {
+        let queued = queue.iter().filter(|p| p.round == round).map(|p| p.hop);
+        let flying = self
+            .in_flight
+            .iter()
+            .map(|f| &self.results[f.index])
+            .filter(|r| r.round == round)
+            .map(|r| r.hop);
+        queued.chain(flying).min().unwrap_or(u8::MAX)
     }
 
     /// Hops where a trace that goes that far has no answer at all yet.
@@ -265,14 +260,15 @@ impl Prober {
             last_sent: vec![None; usize::from(self.cfg.max_hops) + 1],
         };
         let mut retries_done = 0;
+        // The round whose pairs go out hop by hop, at most LOOKAHEAD hops ahead: the
+        // first of the first pass, then each retry.
+        let mut phase = 0;
         loop {
             let mut next_chance: Option<Instant> = None;
             while run.in_flight.len() + 2 <= WINDOW && Instant::now() < self.cfg.deadline {
                 queue.retain(|p| run.wants(p.hop));
                 let now = Instant::now();
-                let reach = run
-                    .frontier(self.cfg.max_hops)
-                    .saturating_add(LOOKAHEAD - 1);
+                let reach = run.frontier(&queue, phase).saturating_add(LOOKAHEAD - 1);
                 let mut sent = false;
                 for i in 0..queue.len() {
                     let p = queue[i];
@@ -315,6 +311,7 @@ impl Prober {
                 }
                 let round = self.cfg.probes.saturating_add(retries_done);
                 retries_done += 1;
+                phase = round;
                 queue = silent
                     .into_iter()
                     .map(|hop| Pending {
@@ -337,7 +334,17 @@ impl Prober {
             let results = &run.results;
             run.in_flight.retain(|f| {
                 let r = &results[f.index];
-                now.duration_since(f.sent.at) < wait && r.hop <= stop[usize::from(r.pdm)]
+                let expired = now.duration_since(f.sent.at) >= wait;
+                // Unanswered where the same trace got answers from that hop: its router
+                // is running out of ICMPv6 budget (a filter drops a trace's every probe).
+                if expired
+                    && results
+                        .iter()
+                        .any(|q| q.hop == r.hop && q.pdm == r.pdm && q.answer.is_some())
+                {
+                    pacer.slow_down(r.hop);
+                }
+                !expired && r.hop <= stop[usize::from(r.pdm)]
             });
         }
         Ok(Probed {

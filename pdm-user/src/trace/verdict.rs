@@ -112,6 +112,12 @@ pub fn judge(plain: &[Hop], pdm: &[Hop]) -> Verdict {
         // One router said both cannot be delivered; the hops may differ when answers
         // to the lower hop limits were lost (its ICMPv6 budget).
         Finding::Unreachable
+    } else if m == 0 && n == 0 {
+        why = Some(
+            "no hop answered either trace (a silent first hop, or its ICMPv6 rate limit): nothing to compare"
+                .to_owned(),
+        );
+        Finding::Inconclusive
     } else if !reached_plain && m <= n {
         Finding::NoDifference
     } else if last_pdm.is_some_and(|h| matches!(h.reply, Some(ReplyKind::Unreachable(_)))) {
@@ -504,6 +510,17 @@ mod tests {
         let plain = vec![hop(1, "fd::1", TE, false), hop(2, "fd::2", no_route, false)];
         let pdm = vec![hop(1, "fd::1", ReplyKind::Unreachable(1), false)];
         assert_eq!(judge(&plain, &pdm).finding, Finding::RejectedAt);
+    }
+
+    #[test]
+    fn no_answer_at_all_is_inconclusive() {
+        let v = judge(&[silent(1), silent(2)], &[silent(1), silent(2)]);
+        assert_eq!(v.finding, Finding::Inconclusive);
+        assert!(
+            v.why
+                .as_deref()
+                .is_some_and(|w| w.starts_with("no hop answered either"))
+        );
     }
 
     #[test]
