@@ -9,6 +9,7 @@ use std::{net::TcpListener, process::Stdio};
 use common::{
     Netns,
     chain::{self, CLIENT, Chain, R1, R2, R3, SERVER},
+    hosts::Hosts,
     pdm_bin,
 };
 use serde_json::Value;
@@ -76,8 +77,11 @@ fn a_router_dropping_dstopts_is_named_as_hop_n_plus_1() {
     // r1 quoted the probe it answered with the PDM header still on it.
     assert_eq!(v["pdm"][0]["quoted_pdm"], true, "{v}");
     assert_eq!(v["plain"][3]["reply"], "port-unreachable", "{v}");
-    // Every PDM probe (4 hops × 3) reached r1 with its PDM option; no plain one did.
-    assert_eq!(chain::pdm_seen(&c.r1), 12);
+    // Every PDM probe reached r1 with its PDM option, no plain one did: 4 hops × 3,
+    // and 2 retries of each of the 3 hops that stayed silent.
+    assert_eq!(chain::pdm_seen(&c.r1), 4 * 3 + 2 * 3);
+    assert_eq!(v["pdm"][1]["retried"], 2, "{v}");
+    assert_eq!(v["plain"][1]["retried"], 2, "{v}");
 
     // The other probe kinds come to the same verdict.
     for (proto, reply) in [("icmp", "echo-reply"), ("tcp", "rst")] {
@@ -257,29 +261,6 @@ fn bad_input_gets_one_clear_line_and_a_non_zero_exit() {
         err.trim(),
         "pdm: pdm trace needs root or CAP_NET_RAW (run with sudo)"
     );
-}
-
-/// Names for the client's resolver: `ip netns exec` mounts /etc/netns/NS/hosts over
-/// /etc/hosts, so only the client's namespace sees them. Removed on drop.
-struct Hosts(std::path::PathBuf);
-
-impl Hosts {
-    fn new(ns: &Netns, lines: &str) -> Self {
-        let dir = std::path::Path::new("/etc/netns").join(&ns.name);
-        std::fs::create_dir_all(&dir).expect("create /etc/netns/NS");
-        std::fs::write(dir.join("hosts"), lines).expect("write hosts");
-        Hosts(dir)
-    }
-}
-
-impl Drop for Hosts {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-        // /etc/netns itself too, if this made it and nothing else is in it.
-        if let Some(parent) = self.0.parent() {
-            let _ = std::fs::remove_dir(parent);
-        }
-    }
 }
 
 #[test]

@@ -6,6 +6,12 @@
 //! UDP and TCP probes each get a socket of their own, so their local port names them,
 //! and the destination's own answers (a UDP reply, SYN-ACK or RST) arrive there.
 //! The PDM header is the kernel's: the sticky `IPV6_DSTOPTS` socket option.
+//!
+//! Both traces run together: each plain probe goes out back to back with a PDM probe
+//! of the same hop limit (a pair), so that a transient condition — a neighbour being
+//! resolved, a rate limit, a burst of loss — hits both alike. Hops left silent are
+//! probed again after a pause, PDM first: a router with any ICMPv6 budget left answers
+//! the first probe that reaches it.
 
 use std::{
     io,
@@ -20,12 +26,23 @@ use pdm_common::wire::{IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, PdmFields};
 use super::{
     Proto, TCP_DEFAULT_PORT, TraceError, UDP_BASE_PORT,
     icmp::{self, ICMP6_FILTER, Icmp6Filter, Key, ReplyKind},
+    pace::Pacer,
     sock::{self, io_err, send_err, setsockopt},
 };
 
 /// Probes in flight at once, as traceroute's default: a silent hop costs one wait for
 /// the whole window, not one per probe.
 const WINDOW: usize = 16;
+
+/// The pairs of the first round, and of each retry, go at most this many hops beyond
+/// the lowest one still to send or waiting for its answer: whatever ends the path (the destination, a router without a route)
+/// answers every probe that gets there, whatever its hop limit, and a long window would
+/// spend its ICMPv6 budget in one burst (Linux's is 6).
+const LOOKAHEAD: u8 = 3;
+
+/// Before a silent hop is probed again: long enough for a router's ICMPv6 bucket to
+/// earn a token back (Linux's `net.ipv6.icmp.ratelimit` was 1000 ms by default).
+pub const RETRY_PAUSE: Duration = Duration::from_secs(1);
 
 /// What is in a UDP probe and an echo request after its header: recognisable in a capture.
 const PAYLOAD: &[u8; 8] = b"pdmtrace";
@@ -44,27 +61,91 @@ pub struct Answer {
     pub reply_pdm: bool,
 }
 
-/// One probe: the hop limit it went with and its answer, if any came in time.
+/// One probe: its trace, the hop limit it went with, its pair, and its answer if one
+/// came in time.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ProbeResult {
     pub hop: u8,
+    pub pdm: bool,
+    /// Which pair of its hop: `0..probes` the first pass, then one per retry.
+    pub round: u8,
+    /// It left before its partner of the other trace (same hop and round).
+    pub first: bool,
     pub answer: Option<Answer>,
 }
 
+#[derive(Clone, Copy, Debug)]
 pub struct Config {
     pub target: Ipv6Addr,
     pub proto: Proto,
     pub port: Option<u16>,
+    pub max_hops: u8,
     pub probes: u8,
+    pub retries: u8,
     pub wait: Duration,
+    /// Nothing is sent after this (a safety net; a trace normally ends long before).
+    pub deadline: Instant,
 }
 
-/// One trace in progress.
+/// Both traces to one destination, probe by probe in sending order, and the hop
+/// beyond which each had nothing more to find (plain first).
+pub struct Probed {
+    pub results: Vec<ProbeResult>,
+    pub stop: [u8; 2],
+}
+
+/// A pair still to send.
+#[derive(Clone, Copy)]
+struct Pending {
+    hop: u8,
+    round: u8,
+    pdm_first: bool,
+    not_before: Instant,
+}
+
+/// Both traces in progress.
 struct Run {
     results: Vec<ProbeResult>,
     in_flight: Vec<InFlight>,
-    /// No probes beyond this hop: the path ends here.
-    stop_hop: u8,
+    /// Per trace (plain, PDM): no probes beyond this hop, the path ends there.
+    stop: [u8; 2],
+    /// Per hop limit: when its last probe left.
+    last_sent: Vec<Option<Instant>>,
+}
+
+impl Run {
+    /// A trace wants more answers from `hop`.
+    fn wants(&self, hop: u8) -> bool {
+        hop <= self.stop[0].max(self.stop[1])
+    }
+
+    /// The lowest hop whose pair of `round` is still to send or in flight.
+    fn frontier(&self, queue: &[Pending], round: u8) -> u8 {
+        let queued = queue.iter().filter(|p| p.round == round).map(|p| p.hop);
+        let flying = self
+            .in_flight
+            .iter()
+            .map(|f| &self.results[f.index])
+            .filter(|r| r.round == round)
+            .map(|r| r.hop);
+        queued.chain(flying).min().unwrap_or(u8::MAX)
+    }
+
+    /// Hops where a trace that goes that far has no answer at all yet.
+    fn silent_hops(&self) -> Vec<u8> {
+        let top = self.stop[0].max(self.stop[1]);
+        (1..=top)
+            .filter(|&hop| {
+                [false, true].into_iter().any(|pdm| {
+                    hop <= self.stop[usize::from(pdm)]
+                        && !self
+                            .results
+                            .iter()
+                            .any(|r| r.hop == hop && r.pdm == pdm && r.answer.is_some())
+                })
+            })
+            .collect()
+    }
 }
 
 /// When a probe left, on both clocks: the kernel stamps received packets with the
@@ -94,6 +175,7 @@ impl Sent {
 
 /// A probe still waiting for its answer.
 struct InFlight {
+    /// Its place in `Run::results`.
     index: usize,
     key: Key,
     sent: Sent,
@@ -106,6 +188,8 @@ pub struct Prober {
     /// Raw ICMPv6 socket receiving the answers of every probe.
     icmp: OwnedFd,
     source: Ipv6Addr,
+    plain: Sender,
+    pdm: Sender,
 }
 
 impl Prober {
@@ -136,58 +220,168 @@ impl Prober {
         setsockopt(&icmp, libc::SOL_SOCKET, sock::SO_TIMESTAMPNS, &1 as &c_int)
             .map_err(io_err("asking for receive times"))?;
         let source = sock::route_source(cfg.target)?;
-        Ok(Prober { cfg, icmp, source })
+        Ok(Prober {
+            plain: Sender::new(&cfg, false)?,
+            pdm: Sender::new(&cfg, true)?,
+            cfg,
+            icmp,
+            source,
+        })
     }
 
     pub fn source(&self) -> Ipv6Addr {
         self.source
     }
 
-    /// One trace: `probes` probes per hop limit from 1 to `max_hop`, at most [`WINDOW`]
-    /// in flight, none beyond the first hop that ends the path. Results are hop-major.
-    pub fn trace(&self, pdm: bool, max_hop: u8) -> Result<Vec<ProbeResult>, TraceError> {
-        let probes = usize::from(self.cfg.probes);
-        let total = usize::from(max_hop) * probes;
-        let hop_of = |i: usize| (i / probes + 1) as u8;
-        let mut run = Run {
-            results: (0..total)
-                .map(|i| ProbeResult {
-                    hop: hop_of(i),
-                    answer: None,
+    /// Both traces: `probes` pairs per hop limit from 1 up (round by round, as mtr
+    /// does, so that one hop's pairs are spread out), at most [`WINDOW`] probes in
+    /// flight, none beyond the hop that ends a trace; then up to `retries` rounds of
+    /// one PDM-first pair to every hop still silent in either trace, each
+    /// [`RETRY_PAUSE`] after that hop's last probe. `pacer` is shared by every trace of
+    /// a survey.
+    pub fn run(&self, pacer: &Pacer) -> Result<Probed, TraceError> {
+        let start = Instant::now();
+        let mut queue: Vec<Pending> = (0..self.cfg.probes)
+            .flat_map(|round| {
+                (1..=self.cfg.max_hops).map(move |hop| Pending {
+                    hop,
+                    round,
+                    // Alternately, so that neither trace always has the first go at a
+                    // router's last token.
+                    pdm_first: round.is_multiple_of(2),
+                    not_before: start,
                 })
-                .collect(),
+            })
+            .collect();
+        let mut run = Run {
+            results: Vec::new(),
             in_flight: Vec::new(),
-            stop_hop: max_hop,
+            stop: [self.cfg.max_hops; 2],
+            last_sent: vec![None; usize::from(self.cfg.max_hops) + 1],
         };
-        let sender = Sender::new(&self.cfg, pdm)?;
-        let mut next = 0;
-        self.drain_stale();
+        let mut retries_done = 0;
+        // The round whose pairs go out hop by hop, at most LOOKAHEAD hops ahead: the
+        // first of the first pass, then each retry.
+        let mut phase = 0;
         loop {
-            while run.in_flight.len() < WINDOW && next < total && hop_of(next) <= run.stop_hop {
-                run.in_flight.push(sender.send(next, hop_of(next))?);
-                next += 1;
+            let mut next_chance: Option<Instant> = None;
+            while run.in_flight.len() + 2 <= WINDOW && Instant::now() < self.cfg.deadline {
+                queue.retain(|p| run.wants(p.hop));
+                let now = Instant::now();
+                let reach = run.frontier(&queue, phase).saturating_add(LOOKAHEAD - 1);
+                let mut sent = false;
+                for i in 0..queue.len() {
+                    let p = queue[i];
+                    if p.hop > reach {
+                        // Sent once the hops before it have answered or timed out.
+                        continue;
+                    }
+                    if p.not_before > now {
+                        next_chance = earliest(next_chance, p.not_before);
+                        continue;
+                    }
+                    let traces = self.pair(&run, p);
+                    match pacer.take(p.hop, traces.len() as u32) {
+                        Ok(()) => {
+                            queue.remove(i);
+                            self.send_pair(&mut run, p, &traces)?;
+                            sent = true;
+                            break;
+                        }
+                        Err(free) => next_chance = earliest(next_chance, free),
+                    }
+                }
+                if !sent {
+                    break;
+                }
                 // Answers that came while sending are read at once: the time a TCP or
                 // UDP answer is noticed is its receive time.
                 self.collect(&mut run, Duration::ZERO)?;
             }
-            if run.in_flight.is_empty() {
-                break;
+            if Instant::now() >= self.cfg.deadline {
+                queue.clear();
             }
-            let oldest = run
-                .in_flight
-                .iter()
-                .map(|f| f.sent.at)
-                .min()
-                .unwrap_or_else(Instant::now);
-            let timeout = (oldest + self.cfg.wait).saturating_duration_since(Instant::now());
-            self.collect(&mut run, timeout)?;
+            if run.in_flight.is_empty() && queue.is_empty() {
+                let silent = run.silent_hops();
+                if retries_done >= self.cfg.retries
+                    || silent.is_empty()
+                    || Instant::now() >= self.cfg.deadline
+                {
+                    break;
+                }
+                let round = self.cfg.probes.saturating_add(retries_done);
+                retries_done += 1;
+                phase = round;
+                queue = silent
+                    .into_iter()
+                    .map(|hop| Pending {
+                        hop,
+                        round,
+                        pdm_first: true,
+                        not_before: run.last_sent[usize::from(hop)].unwrap_or(start) + RETRY_PAUSE,
+                    })
+                    .collect();
+                continue;
+            }
             let now = Instant::now();
-            let (wait, stop_hop) = (self.cfg.wait, run.stop_hop);
-            run.in_flight
-                .retain(|f| now.duration_since(f.sent.at) < wait && hop_of(f.index) <= stop_hop);
+            let mut until = next_chance.unwrap_or(now + self.cfg.wait);
+            if let Some(oldest) = run.in_flight.iter().map(|f| f.sent.at).min() {
+                until = until.min(oldest + self.cfg.wait);
+            }
+            self.collect(&mut run, until.saturating_duration_since(now))?;
+            let now = Instant::now();
+            let (wait, stop) = (self.cfg.wait, run.stop);
+            let results = &run.results;
+            run.in_flight.retain(|f| {
+                let r = &results[f.index];
+                let expired = now.duration_since(f.sent.at) >= wait;
+                // Unanswered where the same trace got answers from that hop: its router
+                // is running out of ICMPv6 budget (a filter drops a trace's every probe).
+                if expired
+                    && results
+                        .iter()
+                        .any(|q| q.hop == r.hop && q.pdm == r.pdm && q.answer.is_some())
+                {
+                    pacer.slow_down(r.hop);
+                }
+                !expired && r.hop <= stop[usize::from(r.pdm)]
+            });
         }
-        run.results.truncate(usize::from(run.stop_hop) * probes);
-        Ok(run.results)
+        Ok(Probed {
+            results: run.results,
+            stop: run.stop,
+        })
+    }
+
+    /// The traces of pair `p` in sending order: those that still go as far as its hop.
+    fn pair(&self, run: &Run, p: Pending) -> Vec<bool> {
+        let order = if p.pdm_first {
+            [true, false]
+        } else {
+            [false, true]
+        };
+        order
+            .into_iter()
+            .filter(|&pdm| p.hop <= run.stop[usize::from(pdm)])
+            .collect()
+    }
+
+    fn send_pair(&self, run: &mut Run, p: Pending, traces: &[bool]) -> Result<(), TraceError> {
+        for (i, &pdm) in traces.iter().enumerate() {
+            let index = run.results.len();
+            let sender = if pdm { &self.pdm } else { &self.plain };
+            let flight = sender.send(index, p.hop)?;
+            run.results.push(ProbeResult {
+                hop: p.hop,
+                pdm,
+                round: p.round,
+                first: i == 0,
+                answer: None,
+            });
+            run.in_flight.push(flight);
+        }
+        run.last_sent[usize::from(p.hop)] = Some(Instant::now());
+        Ok(())
     }
 
     /// Waits up to `timeout` for answers and files those that came.
@@ -209,19 +403,19 @@ impl Prober {
         for (i, a) in answers {
             let probe = run.in_flight.swap_remove(i);
             let result = &mut run.results[probe.index];
-            if a.reached || matches!(a.kind, ReplyKind::Unreachable(_)) {
-                run.stop_hop = run.stop_hop.min(result.hop);
+            if a.reached {
+                // Probes allowed more hops than the destination is away are the same
+                // probes again: neither trace goes further.
+                for s in &mut run.stop {
+                    *s = (*s).min(result.hop);
+                }
+            } else if matches!(a.kind, ReplyKind::Unreachable(_)) {
+                let s = &mut run.stop[usize::from(result.pdm)];
+                *s = (*s).min(result.hop);
             }
             result.answer = Some(a);
         }
         Ok(())
-    }
-
-    /// Answers to an earlier trace's probes that came after it ended must not be read
-    /// as this one's.
-    fn drain_stale(&self) {
-        let mut buf = [0u8; 2048];
-        while sock::recv_icmp(&self.icmp, &mut buf).is_ok() {}
     }
 
     /// Reads every queued ICMPv6 message; those answering a probe in flight go to
@@ -232,6 +426,11 @@ impl Prober {
             let Some(parsed) = icmp::parse(&buf[..msg.len], self.cfg.target) else {
                 continue;
             };
+            // Every trace of a survey reads every ICMPv6 message: an echo reply (which
+            // quotes nothing) is ours only from our target.
+            if parsed.kind == ReplyKind::EchoReply && msg.from != self.cfg.target {
+                continue;
+            }
             let Some(i) = in_flight.iter().position(|f| f.key == parsed.key) else {
                 continue;
             };
@@ -287,9 +486,15 @@ impl Prober {
     }
 }
 
+fn earliest(a: Option<Instant>, b: Instant) -> Option<Instant> {
+    Some(a.map_or(b, |a| a.min(b)))
+}
+
 /// Sends the probes of one trace.
-struct Sender<'a> {
-    cfg: &'a Config,
+struct Sender {
+    target: Ipv6Addr,
+    proto: Proto,
+    port: Option<u16>,
     pdm: bool,
     /// PSN This Packet of the first PDM probe; +1 per probe.
     psn_base: u16,
@@ -298,8 +503,8 @@ struct Sender<'a> {
     echo_id: u16,
 }
 
-impl<'a> Sender<'a> {
-    fn new(cfg: &'a Config, pdm: bool) -> Result<Self, TraceError> {
+impl Sender {
+    fn new(cfg: &Config, pdm: bool) -> Result<Self, TraceError> {
         let echo = match cfg.proto {
             Proto::Icmp => {
                 let s = sock::raw_icmp_socket()?;
@@ -316,7 +521,9 @@ impl<'a> Sender<'a> {
             _ => None,
         };
         Ok(Sender {
-            cfg,
+            target: cfg.target,
+            proto: cfg.proto,
+            port: cfg.port,
             pdm,
             psn_base: sock::random_u16(),
             echo,
@@ -326,15 +533,12 @@ impl<'a> Sender<'a> {
 
     fn send(&self, index: usize, hop: u8) -> Result<InFlight, TraceError> {
         let seq = index as u16;
-        let target = self.cfg.target;
-        match self.cfg.proto {
+        let target = self.target;
+        match self.proto {
             Proto::Udp => {
                 let s = sock::socket(libc::SOCK_DGRAM, libc::IPPROTO_UDP)?;
                 self.prepare(&s, index, hop, IPPROTO_UDP)?;
-                let dport = self
-                    .cfg
-                    .port
-                    .unwrap_or_else(|| UDP_BASE_PORT.wrapping_add(seq));
+                let dport = self.port.unwrap_or_else(|| UDP_BASE_PORT.wrapping_add(seq));
                 let sent = Sent::now();
                 sock::send_to(&s, PAYLOAD, target, dport).map_err(send_err(target))?;
                 let sport = sock::local_port(&s).map_err(io_err("reading the probe's port"))?;
@@ -355,7 +559,7 @@ impl<'a> Sender<'a> {
                 };
                 setsockopt(&s, libc::SOL_SOCKET, libc::SO_LINGER, &linger)
                     .map_err(io_err("setting SO_LINGER"))?;
-                let dport = self.cfg.port.unwrap_or(TCP_DEFAULT_PORT);
+                let dport = self.port.unwrap_or(TCP_DEFAULT_PORT);
                 let sent = Sent::now();
                 sock::connect(&s, target, dport).map_err(send_err(target))?;
                 let sport = sock::local_port(&s).map_err(io_err("reading the probe's port"))?;

@@ -1,13 +1,16 @@
 //! The trace report as text (both traces side by side, then the verdict) or as one
-//! JSON document.
+//! JSON object per destination: the row of facts (row.rs) split into top-level keys
+//! and `verdict`, with both traces hop by hop.
 
 use std::{fmt::Write as _, net::Ipv6Addr};
 
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use super::{
     Hop, Proto, ReplyKind, Report,
-    verdict::{DestinationAnswer, Finding},
+    names::NameMap,
+    row::{Row, TOP_LEVEL},
+    verdict::DestinationAnswer,
 };
 
 /// Milliseconds to the microsecond: more digits would only be noise.
@@ -15,7 +18,47 @@ fn ms(v: f64) -> f64 {
     (v * 1000.0).round() / 1000.0
 }
 
-pub fn json(r: &Report) -> Value {
+/// Every address a report names, to look up.
+pub fn addresses(r: &Report) -> Vec<Ipv6Addr> {
+    let mut v = vec![r.source, r.target];
+    v.extend(
+        r.plain
+            .iter()
+            .chain(&r.pdm)
+            .flat_map(|h| h.responders.clone()),
+    );
+    v
+}
+
+/// A row as JSON: (top-level keys, `verdict` keys). The hops that look rate-limited
+/// are a list here, not CSV's one field.
+fn split_row(row: &Row) -> (Map<String, Value>, Map<String, Value>) {
+    let Value::Object(all) = serde_json::to_value(row).expect("a row is plain data") else {
+        unreachable!("a struct serializes to an object")
+    };
+    let (mut top, mut verdict) = (Map::new(), Map::new());
+    for (k, v) in all {
+        if TOP_LEVEL.contains(&k.as_str()) {
+            top.insert(k, v);
+        } else {
+            verdict.insert(k, v);
+        }
+    }
+    verdict.insert("rate_limited_hops".into(), json!(row.rate_limited()));
+    (top, verdict)
+}
+
+/// A destination that was not traced: its row, no hops, and `error`.
+pub fn failed_json(row: &Row) -> Value {
+    let (mut top, verdict) = split_row(row);
+    top.insert("error".into(), json!(row.summary));
+    top.insert("plain".into(), json!([]));
+    top.insert("pdm".into(), json!([]));
+    top.insert("verdict".into(), Value::Object(verdict));
+    Value::Object(top)
+}
+
+pub fn json(r: &Report, row: &Row, names: &NameMap) -> Value {
     let addr = |a: Option<Ipv6Addr>| a.map(|a| a.to_string());
     let hops = |hs: &[Hop]| -> Vec<Value> {
         hs.iter()
@@ -23,10 +66,11 @@ pub fn json(r: &Report) -> Value {
                 json!({
                     "hop": h.hop,
                     "responder": addr(h.responder()),
-                    "name": h.responder().and_then(|a| r.names.get(&a)),
+                    "name": h.responder().and_then(|a| names.get(&a)),
                     "responders": h.responders.iter().map(ToString::to_string).collect::<Vec<_>>(),
                     "rtt_ms": h.rtt_ms().into_iter().map(ms).collect::<Vec<_>>(),
                     "lost": h.rtts.iter().filter(|t| t.is_none()).count(),
+                    "retried": h.retried,
                     "reply": h.reply.map(ReplyKind::label),
                     "reached": h.reached,
                     "quoted_pdm": h.quoted_pdm,
@@ -36,32 +80,36 @@ pub fn json(r: &Report) -> Value {
             .collect()
     };
     let v = &r.verdict;
-    json!({
-        "host": r.host,
-        "target": r.target.to_string(),
-        "source": r.source.to_string(),
-        "proto": r.proto.name(),
-        "port": r.port,
-        "max_hops": r.max_hops,
-        "probes": r.probes,
-        "wait_ms": r.wait.as_secs_f64() * 1000.0,
-        "plain": hops(&r.plain),
-        "pdm": hops(&r.pdm),
-        "verdict": {
-            "last_pdm_hop": v.last_pdm_hop,
-            "last_pdm_responder": addr(v.last_pdm_responder),
-            "last_pdm_reply": v.last_pdm_reply.map(ReplyKind::label),
-            "next_hop": v.next_hop,
-            "next_hop_responder": addr(v.next_hop_responder),
-            "reached_with_pdm": v.reached_with_pdm,
-            "reached_plain": v.reached_plain,
-            "finding": finding_name(v.finding),
-            "summary": v.summary(),
-            "destination": v.destination_line(),
-            "plain_destination": v.plain_destination.as_ref().map(destination),
-            "pdm_destination": v.pdm_destination.as_ref().map(destination),
-        },
-    })
+    let (mut top, mut verdict) = split_row(row);
+    verdict.insert(
+        "last_pdm_reply".into(),
+        json!(v.last_pdm_reply.map(ReplyKind::label)),
+    );
+    verdict.insert("destination".into(), json!(v.destination_line()));
+    verdict.insert(
+        "plain_destination".into(),
+        json!(v.plain_destination.as_ref().map(destination)),
+    );
+    verdict.insert(
+        "pdm_destination".into(),
+        json!(v.pdm_destination.as_ref().map(destination)),
+    );
+    for (k, val) in [
+        ("proto", json!(r.proto.name())),
+        ("port", json!(r.port)),
+        ("max_hops", json!(r.max_hops)),
+        ("probes", json!(r.probes)),
+        ("retries", json!(r.retries)),
+        ("pace_ms", json!(r.pace.as_secs_f64() * 1000.0)),
+        ("wait_ms", json!(r.wait.as_secs_f64() * 1000.0)),
+        ("error", Value::Null),
+        ("plain", json!(hops(&r.plain))),
+        ("pdm", json!(hops(&r.pdm))),
+        ("verdict", Value::Object(verdict)),
+    ] {
+        top.insert(k.into(), val);
+    }
+    Value::Object(top)
 }
 
 fn destination(d: &DestinationAnswer) -> Value {
@@ -74,18 +122,7 @@ fn destination(d: &DestinationAnswer) -> Value {
     })
 }
 
-fn finding_name(f: Finding) -> &'static str {
-    match f {
-        Finding::PdmReaches => "pdm_reaches",
-        Finding::DroppedAfter => "dropped_after",
-        Finding::DestinationDrops => "destination_drops",
-        Finding::RejectedAt => "rejected_at",
-        Finding::NoDifference => "no_difference",
-        Finding::OnlyPdmReaches => "only_pdm_reaches",
-    }
-}
-
-pub fn text(r: &Report) -> String {
+pub fn text(r: &Report, names: &NameMap) -> String {
     let mut out = String::new();
     let target = if r.host == r.target.to_string() {
         r.host.clone()
@@ -99,17 +136,19 @@ pub fn text(r: &Report) -> String {
     };
     let _ = writeln!(
         out,
-        "pdm trace to {target} from {}: {}{port}, {} hops max, {} probes per hop, wait {:?}",
+        "pdm trace to {target} from {}: {}{port}, {} hops max, {} probes per hop (+{} retries), pace {:?}, wait {:?}",
         r.source,
         r.proto.name(),
         r.max_hops,
         r.probes,
+        r.retries,
+        r.pace,
         r.wait
     );
     out.push('\n');
 
     let rows = r.plain.len().max(r.pdm.len());
-    let cell = |trace: &[Hop], i: usize| trace.get(i).map_or(String::new(), |h| hop_cell(h, r));
+    let cell = |trace: &[Hop], i: usize| trace.get(i).map_or(String::new(), |h| hop_cell(h, names));
     let left: Vec<String> = (0..rows).map(|i| cell(&r.plain, i)).collect();
     let width = left
         .iter()
@@ -127,11 +166,24 @@ pub fn text(r: &Report) -> String {
     if let Some(note) = pdm_removed_note(&r.pdm) {
         let _ = writeln!(out, "note: {note}");
     }
+    if !r.verdict.rate_limited_hops.is_empty() {
+        let hops: Vec<String> = r
+            .verdict
+            .rate_limited_hops
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let _ = writeln!(
+            out,
+            "note: hops {} answered some probes and not others: rate-limited (or lossy); a longer --pace may help",
+            hops.join(", ")
+        );
+    }
     out
 }
 
 /// `responder (name)  0.123 ms  *  0.098 ms [reply]`, or `*  *  *` for a silent hop.
-fn hop_cell(h: &Hop, r: &Report) -> String {
+fn hop_cell(h: &Hop, names: &NameMap) -> String {
     let rtts: Vec<String> = h
         .rtts
         .iter()
@@ -141,7 +193,7 @@ fn hop_cell(h: &Hop, r: &Report) -> String {
         return rtts.join("  ");
     };
     let mut s = first.to_string();
-    if let Some(name) = r.names.get(&first) {
+    if let Some(name) = names.get(&first) {
         let _ = write!(s, " ({name})");
     }
     let _ = write!(s, "  {}", rtts.join("  "));

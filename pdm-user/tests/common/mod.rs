@@ -4,6 +4,8 @@
 
 pub mod analyze;
 pub mod chain;
+pub mod fan;
+pub mod hosts;
 pub mod pdm_peer;
 pub mod router;
 pub mod traffic;
