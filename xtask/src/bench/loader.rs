@@ -134,32 +134,11 @@ fn loader_cpu(pdm: &Path, flows: usize, settle: Duration, secs: u64) -> Result<L
     let mut json_child = None;
     for &output in LoaderOutput::ALL {
         let mode = output.name();
-        let session = format!("pdm-bench-{}", std::process::id());
+        let mut view = None;
         let pid = if output == LoaderOutput::View {
-            let line = format!(
-                "ip netns exec {NS_A} {} run --iface {IFACE} --ingress tc",
-                pdm.display()
-            );
-            cmd::output(Command::new("tmux").args([
-                "new-session",
-                "-d",
-                "-s",
-                &session,
-                "-x",
-                "160",
-                "-y",
-                "50",
-                &line,
-            ]))?;
-            std::thread::sleep(Duration::from_millis(500));
-            let p = cmd::output(Command::new("tmux").args([
-                "list-panes",
-                "-t",
-                &session,
-                "-F",
-                "#{pane_pid}",
-            ]))?;
-            p.trim().parse::<u32>().context("tmux pane pid")?
+            let (session, pid) = live_view(pdm, "view", "")?;
+            view = Some(session);
+            pid
         } else {
             let child = KillOnDrop::spawn(
                 Command::new("ip")
@@ -188,11 +167,8 @@ fn loader_cpu(pdm: &Path, flows: usize, settle: Duration, secs: u64) -> Result<L
             "bench: loader with {flows} flows ({mode}): {percent:.2} % of one core, {} KiB RSS",
             rss_kib(pid)
         );
-        if output == LoaderOutput::View {
-            let _ = Command::new("tmux")
-                .args(["kill-session", "-t", &session])
-                .status();
-        } else {
+        // The view's session goes with `view`; the NDJSON pdm is stopped.
+        if view.take().is_none() {
             // SAFETY: signalling the child we started.
             unsafe { libc::kill(pid as i32, libc::SIGTERM) };
             if let Some(mut c) = json_child.take() {
@@ -241,34 +217,11 @@ fn metrics_load(pdm: &Path, flows: usize, settle: Duration, secs: u64) -> Result
     let stop = Arc::new(AtomicBool::new(false));
     let threads = udp_flows(flows, servers, stop.clone())?;
     // With the live view, as the loader's own row: what the export adds to it.
-    let session = format!("pdm-bench-metrics-{}", std::process::id());
-    let line = format!(
-        "ip netns exec {NS_A} {} run --iface {IFACE} --ingress tc --metrics-addr [::1]:9464 --metrics-peer host --metrics-max-series {MAX_SERIES}",
-        pdm.display()
-    );
-    cmd::output(Command::new("tmux").args([
-        "new-session",
-        "-d",
-        "-s",
-        &session,
-        "-x",
-        "160",
-        "-y",
-        "50",
-        &line,
-    ]))?;
-    let _session = TmuxSession(session.clone());
-    std::thread::sleep(Duration::from_millis(500));
-    let pid = cmd::output(Command::new("tmux").args([
-        "list-panes",
-        "-t",
-        &session,
-        "-F",
-        "#{pane_pid}",
-    ]))?
-    .trim()
-    .parse::<u32>()
-    .context("tmux pane pid")?;
+    let (session, pid) = live_view(
+        pdm,
+        "metrics",
+        &format!("--metrics-addr [::1]:9464 --metrics-peer host --metrics-max-series {MAX_SERIES}"),
+    )?;
     std::thread::sleep(settle);
     let scraping = Arc::new(AtomicBool::new(true));
     let scraper = {
@@ -300,7 +253,7 @@ fn metrics_load(pdm: &Path, flows: usize, settle: Duration, secs: u64) -> Result
     let rss = rss_kib(pid);
     scraping.store(false, Ordering::Relaxed);
     let (mut took, last) = scraper.join().expect("scraper")?;
-    drop(_session);
+    drop(session);
     stop.store(true, Ordering::Relaxed);
     for t in threads {
         let _ = t.join();
@@ -346,4 +299,37 @@ impl Drop for TmuxSession {
             .args(["kill-session", "-t", &self.0])
             .status();
     }
+}
+
+/// `pdm run` with the live view (and `extra` arguments) in a tmux session of its own on
+/// host A, so that it has a terminal: the session (killed on drop) and pdm's pid.
+fn live_view(pdm: &Path, tag: &str, extra: &str) -> Result<(TmuxSession, u32)> {
+    let session = TmuxSession(format!("pdm-bench-{tag}-{}", std::process::id()));
+    let line = format!(
+        "ip netns exec {NS_A} {} run --iface {IFACE} --ingress tc {extra}",
+        pdm.display()
+    );
+    cmd::output(Command::new("tmux").args([
+        "new-session",
+        "-d",
+        "-s",
+        &session.0,
+        "-x",
+        "160",
+        "-y",
+        "50",
+        &line,
+    ]))?;
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = cmd::output(Command::new("tmux").args([
+        "list-panes",
+        "-t",
+        &session.0,
+        "-F",
+        "#{pane_pid}",
+    ]))?
+    .trim()
+    .parse::<u32>()
+    .context("tmux pane pid")?;
+    Ok((session, pid))
 }
