@@ -32,6 +32,15 @@ fn counter(c: &Value, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("{name} in {c}"))
 }
 
+/// The last counters object pdm printed.
+fn last_counters(lines: &[Value]) -> &Value {
+    lines
+        .iter()
+        .rev()
+        .find(|l| l["type"] == "counters")
+        .expect("counters")
+}
+
 fn n(v: &Value, k: &str) -> u64 {
     v[k].as_u64().unwrap_or_else(|| panic!("{k} in {v}"))
 }
@@ -124,11 +133,7 @@ fn with_room_every_fragment_carries_pdm_in_its_flow() {
     assert!(all >= 20 * 7 + 30, "the datagrams were fragmented: {all}");
     assert_eq!(with_pdm, all, "a PDM on every fragment");
     for (who, lines, local) in [("client", &lines_a, port), ("server", &lines_b, PORT)] {
-        let c = lines
-            .iter()
-            .rev()
-            .find(|l| l["type"] == "counters")
-            .expect("counters");
+        let c = last_counters(lines);
         assert_eq!(counter(c, "egress_skip_too_big"), 0, "{who}: {c}");
         assert_eq!(counter(c, "fragments_unattributed"), 0, "{who}: {c}");
         let f = last_flow(lines, "udp", Some(local));
@@ -241,11 +246,7 @@ fn quic_sized_datagrams_fit_with_room_and_are_counted_without() {
     std::thread::sleep(Duration::from_millis(400));
     let err = pdm.stderr_lines().join("\n");
     let lines = pdm.stop();
-    let c = lines
-        .iter()
-        .rev()
-        .find(|l| l["type"] == "counters")
-        .expect("counters");
+    let c = last_counters(&lines);
     assert_eq!(counter(c, "egress_skip_too_big"), 20 + 3 * 2, "{c}");
     assert!(err.contains("--mtu-room"), "the hint: {err}");
 
@@ -266,11 +267,7 @@ fn quic_sized_datagrams_fit_with_room_and_are_counted_without() {
     assert_eq!(drain(), 20);
     std::thread::sleep(Duration::from_millis(400));
     let lines = pdm.stop();
-    let c = lines
-        .iter()
-        .rev()
-        .find(|l| l["type"] == "counters")
-        .expect("counters");
+    let c = last_counters(&lines);
     assert_eq!(counter(c, "egress_skip_too_big"), 0, "{c}");
     let f = last_flow(&lines, "udp", Some(PORT));
     assert_eq!(n(f, "tx_packets"), 20, "{f}");

@@ -19,6 +19,23 @@ fn tmux(args: &[&str]) -> String {
 
 struct Session(String);
 
+impl Session {
+    /// Runs `cmd` in this session, on a 200×40 terminal.
+    fn run(&self, cmd: &str) {
+        tmux(&[
+            "new-session",
+            "-d",
+            "-s",
+            &self.0,
+            "-x",
+            "200",
+            "-y",
+            "40",
+            cmd,
+        ]);
+    }
+}
+
 impl Drop for Session {
     fn drop(&mut self) {
         let _ = Command::new("tmux")
@@ -43,17 +60,7 @@ fn the_view_shows_what_the_log_records_and_quits_on_q() {
         log.display(),
         done.display()
     );
-    tmux(&[
-        "new-session",
-        "-d",
-        "-s",
-        &session.0,
-        "-x",
-        "200",
-        "-y",
-        "40",
-        &cmd,
-    ]);
+    session.run(&cmd);
     let deadline = Instant::now() + Duration::from_secs(30);
     while !tmux(&["capture-pane", "-p", "-t", &session.0]).contains("RTT p50") {
         assert!(Instant::now() < deadline, "the view did not come up");
@@ -258,17 +265,7 @@ fn analyze_on_a_terminal_shows_the_capture_in_the_view() {
         out.display(),
         done.display()
     );
-    tmux(&[
-        "new-session",
-        "-d",
-        "-s",
-        &session.0,
-        "-x",
-        "200",
-        "-y",
-        "40",
-        &cmd,
-    ]);
+    session.run(&cmd);
     let wait = |what: &str, cond: &dyn Fn(&str) -> bool| {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
