@@ -26,6 +26,8 @@ pub fn both_attached(stderr_lines: &[String]) -> bool {
         .filter(|l| l.contains("attached to"))
         .count()
         >= 2
+        // `pdm observe` says so once everything it attaches is attached.
+        || stderr_lines.iter().any(|l| l.contains("observing on"))
 }
 
 /// A running pdm.
