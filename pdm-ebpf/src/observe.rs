@@ -262,6 +262,11 @@ fn pair(
                 let elapsed = now.wrapping_sub(sent) & PROBE_TIME_MASK;
                 match echo_rtt(elapsed, dtlr) {
                     Ok((r, _)) => side_rtt = r,
+                    // A hold longer than the observer saw pass: a lie, not a delay.
+                    Err(TimeFault::Implausible) => {
+                        fault = TimeFault::Implausible as u8;
+                        held = NO_SAMPLE;
+                    }
                     Err(f) => fault = f as u8,
                 }
             }
