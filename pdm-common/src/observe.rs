@@ -112,8 +112,9 @@ pub struct ObservedSample {
     pub key: FlowKey,
     /// Monotonic ns at the observer.
     pub ts_ns: u64,
-    /// The sender's round trip from the PDM fields alone: its DTLS − the DTLR of the
-    /// other end's packet it echoes, when that packet echoed the sender's previous one.
+    /// The client's round trip from the PDM fields alone (client packets only): its
+    /// DTLS − the DTLR of the server's packet it echoes, when that packet echoed the
+    /// client's previous one.
     pub rtt_ns: u64,
     /// The sender's DTLR, on the first data-carrying packet echoing a PSN: its turnaround
     /// (a server's server delay, a client's think time).

@@ -270,10 +270,16 @@ fn pair(
                     Err(f) => fault = f as u8,
                 }
             }
-            // The sender's own round trip, when the packet it echoes answered its
-            // previous one: DTLS here spans it, that packet's DTLR the other end's part.
+            // The client's own round trip, when the packet it echoes answered its
+            // previous one: DTLS here spans it, that packet's DTLR the server's part. (A
+            // server's DTLS spans the client's think time, and many servers send none.)
+            let from_client = (sample_flags & SAMPLE_FROM_HIGHER != 0)
+                == (sample_flags & SAMPLE_CLIENT_HIGHER != 0);
             let f = read_volatile(&raw const (*other).fields);
-            if (f >> 48) as u16 == echoed && (f >> 32) as u16 == pdm.psn_this.wrapping_sub(1) {
+            if from_client
+                && (f >> 48) as u16 == echoed
+                && (f >> 32) as u16 == pdm.psn_this.wrapping_sub(1)
+            {
                 let dtls = DeltaTime {
                     delta: pdm.dtls,
                     scale: pdm.scale_dtls,

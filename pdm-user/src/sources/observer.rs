@@ -121,8 +121,6 @@ impl LiveSource for ObserverSource {
             };
             let present = |v: u64| v != NO_SAMPLE;
             if from_client {
-                // The client's own round trip is the flow's RTT; the server's is not
-                // reported (its DTLS spans the client's think time).
                 if present(s.rtt_ns) {
                     let r = sample(s.rtt_ns, NO_SAMPLE);
                     table.add_sample(&r);
