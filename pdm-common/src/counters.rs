@@ -87,6 +87,31 @@ counters! {
     /// Echoes whose DTLR is malformed (zero value with a non-zero scale, or beyond
     /// 64-bit nanoseconds): no sample.
     IngressDtlrMalformed => "ingress_dtlr_malformed",
+    /// Packets the observer programs (`pdm observe`) ran on: each is passed on as it
+    /// came, and counted once below as PDM, no PDM, or a skip reason.
+    ObservePackets => "observe_packets",
+    /// Packets with a valid PDM option, recorded in their flow.
+    ObservePdm => "observe_pdm",
+    /// Eligible packets without PDM, counted in their flow.
+    ObserveNoPdm => "observe_no_pdm",
+    ObserveNotIpv6 => "observe_skip_not_ipv6",
+    ObserveNdMld => "observe_skip_nd_mld",
+    ObserveNotEligible => "observe_skip_not_eligible",
+    ObserveUnparsable => "observe_skip_unparsable",
+    ObserveFlowMapFull => "observe_skip_flow_map_full",
+    /// PDM option with a wrong length, or twice (also counted as no PDM).
+    ObserveBadPdm => "observe_bad_pdm",
+    /// Samples handed to userspace.
+    ObserveSamples => "observe_samples",
+    /// Samples lost because the sample ring was full.
+    ObserveSamplesDropped => "observe_samples_dropped",
+    /// Echoed PSNs not sampled: the same end's flow had a sample in the same tick.
+    ObserveSamplesThinned => "observe_samples_thinned",
+    /// PSNs not classified because other CPUs kept changing the sequence state.
+    ObserveSeqContended => "observe_seq_contended",
+    /// Echoes whose times gave no figure: DTLR longer than the time it stands in, or
+    /// encoded as RFC 8250's encoder never does (see the ingress_*_dtlr counters).
+    ObserveDtlrFaults => "observe_dtlr_faults",
     /// A new flow took the slot of the least recently active flow of its set (either
     /// program; not a packet outcome).
     FlowEvictions => "flow_table_evictions",

@@ -7,6 +7,7 @@ pub mod chain;
 pub mod config;
 pub mod counters;
 pub mod flow;
+pub mod observe;
 pub mod psn;
 pub mod select;
 pub mod seq;
@@ -21,6 +22,10 @@ pub mod names {
     pub const PROG_EGRESS: &str = "pdm_egress";
     pub const PROG_INGRESS_XDP: &str = "pdm_ingress_xdp";
     pub const PROG_INGRESS_TC: &str = "pdm_ingress_tc";
+    /// The observer's table, and its read-only programs (`pdm observe`).
+    pub const OBSERVED: &str = "OBSERVED";
+    pub const PROG_OBSERVE_XDP: &str = "pdm_observe_xdp";
+    pub const PROG_OBSERVE_TC: &str = "pdm_observe_tc";
     /// Global: the loader's settings ([`crate::config::Config`]).
     pub const CONFIG: &str = "CONFIG";
     /// The `--only` host terms' addresses.

@@ -85,7 +85,8 @@ fn try_egress(ctx: &TcContext, c: Option<*mut Counters>) -> Result<(), Counter> 
     // SAFETY: `state` points into a live map value.
     unsafe { add(&raw mut (*state).tx_bytes, ctx.len() as u64) };
     if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-        set_flags(state, FLOW_CLOSED);
+        // SAFETY: as above.
+        set_flags(unsafe { &raw mut (*state).flags }, FLOW_CLOSED);
     }
     let inserted = insert(ctx, p, state, now, gso_size, prefix);
     // Packets and PDM packets in one atomic add, once the outcome is known.

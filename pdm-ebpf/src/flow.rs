@@ -7,7 +7,10 @@ use core::{
     ptr::{read_volatile, write_volatile},
 };
 
-use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
+use aya_ebpf::{
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    maps::Array,
+};
 use pdm_common::{
     counters::{Counter, Counters},
     flow::{
@@ -42,15 +45,56 @@ pub fn now_ns() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
-/// The flow's entry, created (with a random first PSN) if it does not exist yet: in an
-/// empty slot of whichever of its two sets has more room, else in place of the least
-/// recently active of their eight flows. Returns the entry and its slot index.
-///
-/// Two CPUs creating flows in one set at the same moment may pick the same slot; the
-/// later write wins and the other flow is created again by its next packet. That costs
-/// a PSN restart on a rare race, where a lock would cost every packet.
+/// A slot of a set-associative table (the flow table, the observer's): its key, its
+/// flags word ([`FLOW_VALID`] when it holds a flow) and its eviction age.
+pub trait Slot {
+    /// What the slot holds after its key: whole u64 words.
+    type Value;
+    /// The word of `Value` that holds the flags (left out when a slot is zeroed, so
+    /// that the flags stay 0 until the slot is complete).
+    const FLAGS_WORD: usize;
+    fn key(s: *mut Self) -> *mut FlowKey;
+    fn flags(s: *mut Self) -> *mut u32;
+    /// Larger: more recently active (0: evicted first).
+    fn age(s: *mut Self) -> u64;
+}
+
+impl Slot for FlowSlot {
+    type Value = FlowState;
+    const FLAGS_WORD: usize = core::mem::offset_of!(FlowState, flags) / 8;
+    #[inline(always)]
+    fn key(s: *mut Self) -> *mut FlowKey {
+        // SAFETY: a field of the slot `s` points to.
+        unsafe { &raw mut (*s).key }
+    }
+    #[inline(always)]
+    fn flags(s: *mut Self) -> *mut u32 {
+        // SAFETY: as above.
+        unsafe { &raw mut (*s).state.flags }
+    }
+    #[inline(always)]
+    fn age(s: *mut Self) -> u64 {
+        // SAFETY: as above; a stale read only misorders one eviction.
+        unsafe { (*s).state.last_pdm_ns() }
+    }
+}
+
+/// Where a key lives in a table: its slot, or the slot it is to take.
+pub enum Place<S> {
+    Found(*mut S, u32),
+    /// Free, or (`evicting`) the least recently active of the key's eight slots.
+    Take(*mut S, u32),
+}
+
+/// Finds `key` in `table`, or the slot it is to take: an empty slot of whichever of its
+/// two sets has more room, else the least recently active of their eight flows (counted
+/// as an eviction). None only if the table cannot be read.
 #[inline(always)]
-pub fn get_or_create(key: &FlowKey, c: Option<*mut Counters>) -> Option<(*mut FlowState, u32)> {
+pub fn place<S: Slot>(
+    table: &Array<S>,
+    key: &FlowKey,
+    c: Option<*mut Counters>,
+) -> Option<Place<S>> {
     // SAFETY: globals the loader sets before load.
     let (hash_key, mask) = unsafe {
         (
@@ -59,24 +103,24 @@ pub fn get_or_create(key: &FlowKey, c: Option<*mut Counters>) -> Option<(*mut Fl
         )
     };
     let (first, second) = key.set_bases(&hash_key, mask);
-    let mut victim: *mut FlowSlot = core::ptr::null_mut();
+    let mut victim: *mut S = core::ptr::null_mut();
     let mut victim_index = 0;
     let mut victim_age = u64::MAX;
     // Empty slots per set, and the first empty one of each: a new flow goes to the set
     // with more room (at 95 % load that halves how often both sets are full).
     let mut empty = [0u32; 2];
-    let mut first_empty: [(*mut FlowSlot, u32); 2] = [(core::ptr::null_mut(), 0); 2];
+    let mut first_empty: [(*mut S, u32); 2] = [(core::ptr::null_mut(), 0); 2];
     for way in 0..2 * FLOW_WAYS {
         let (set, index) = if way < FLOW_WAYS {
             (0, first + way)
         } else {
             (1, second + way - FLOW_WAYS)
         };
-        let slot = FLOWS.get_ptr_mut(index)?;
+        let slot = table.get_ptr_mut(index)?;
         // SAFETY: `slot` points into the live array map; other CPUs write it
         // concurrently, and a stale read only misplaces one packet's accounting.
         unsafe {
-            let flags = read_volatile(&raw const (*slot).state.flags);
+            let flags = read_volatile(S::flags(slot));
             if flags & FLOW_VALID == 0 {
                 if empty[set] == 0 {
                     first_empty[set] = (slot, index);
@@ -84,10 +128,10 @@ pub fn get_or_create(key: &FlowKey, c: Option<*mut Counters>) -> Option<(*mut Fl
                 empty[set] += 1;
                 continue;
             }
-            if (*slot).key.same(key) {
-                return Some((&raw mut (*slot).state, index));
+            if (*S::key(slot)).same(key) {
+                return Some(Place::Found(slot, index));
             }
-            let age = (*slot).state.last_pdm_ns();
+            let age = S::age(slot);
             if age < victim_age {
                 victim = slot;
                 victim_index = index;
@@ -105,6 +149,54 @@ pub fn get_or_create(key: &FlowKey, c: Option<*mut Counters>) -> Option<(*mut Fl
     if evicting {
         bump(c, Counter::FlowEvictions);
     }
+    Some(Place::Take(victim, victim_index))
+}
+
+/// Rewrites slot `s` for `key`, every word of its value zero: invalidated first, so
+/// that a reader never takes a half-written slot for this key; the caller validates it
+/// last by writing its flags. Word by word with volatile stores: a value built on the
+/// stack first would cost stack the programs have little of.
+#[inline(always)]
+pub fn claim<S: Slot>(s: *mut S, key: &FlowKey) -> *mut S::Value {
+    // SAFETY: `s` points into a live map value laid out as a FlowKey followed by an
+    // `S::Value` of whole u64 words.
+    unsafe {
+        write_volatile(S::flags(s), 0);
+        *S::key(s) = *key;
+        let value = S::key(s).add(1).cast::<S::Value>();
+        let words = value.cast::<u64>();
+        for i in 0..size_of::<S::Value>() / 8 {
+            if i != S::FLAGS_WORD {
+                write_volatile(words.add(i), 0);
+            }
+        }
+        // The flags word's other half (the flags themselves are already 0).
+        let half = words.add(S::FLAGS_WORD).cast::<u32>();
+        write_volatile(
+            if half == S::flags(s) {
+                half.add(1)
+            } else {
+                half
+            },
+            0,
+        );
+        value
+    }
+}
+
+/// The flow's entry, created (with a random first PSN) if it does not exist yet (see
+/// [`place`]). Returns the entry and its slot index.
+///
+/// Two CPUs creating flows in one set at the same moment may pick the same slot; the
+/// later write wins and the other flow is created again by its next packet. That costs
+/// a PSN restart on a rare race, where a lock would cost every packet.
+#[inline(always)]
+pub fn get_or_create(key: &FlowKey, c: Option<*mut Counters>) -> Option<(*mut FlowState, u32)> {
+    let (slot, index) = match place(&FLOWS, key, c)? {
+        // SAFETY: a live map value.
+        Place::Found(s, i) => return Some((unsafe { &raw mut (*s).state }, i)),
+        Place::Take(s, i) => (s, i),
+    };
     let flags = if selected(key) {
         FLOW_VALID | FLOW_SELECTED
     } else {
@@ -112,25 +204,13 @@ pub fn get_or_create(key: &FlowKey, c: Option<*mut Counters>) -> Option<(*mut Fl
     };
     // SAFETY: helper without preconditions.
     let psn_start = unsafe { bpf_get_prandom_u32() } as u16;
-    // SAFETY: `victim` points into the live array map. Invalidate first and validate
-    // last, so that a reader never takes a half-written slot for this key.
-    // Field by field with volatile stores: a FlowState value would be built on the
-    // stack first, and the ingress program has little stack to spare.
+    let state = claim(slot, key);
+    // SAFETY: `state` points into the live map value just claimed.
     unsafe {
-        let state = &raw mut (*victim).state;
-        write_volatile(&raw mut (*state).flags, 0);
-        (*victim).key = *key;
-        let words = state.cast::<u64>();
-        for i in 0..size_of::<FlowState>() / 8 {
-            if i != FLAGS_WORD {
-                write_volatile(words.add(i), 0);
-            }
-        }
-        write_volatile(&raw mut (*state).dtls, 0);
         write_volatile(&raw mut (*state).psn_next, psn_start as u32);
         write_volatile(&raw mut (*state).flags, flags);
-        Some((state, victim_index))
     }
+    Some((state, index))
 }
 
 /// Whether `--only` selects the flow: decided once, when its entry is created, so the
@@ -146,10 +226,6 @@ fn selected(key: &FlowKey) -> bool {
         unsafe { ONLY_HOSTS.get(k) }.is_some()
     })
 }
-
-/// The u64 word of FlowState that holds `flags` (and `dtls`), left out of the zeroing
-/// so that `flags` stays 0 until the slot is complete.
-const FLAGS_WORD: usize = core::mem::offset_of!(FlowState, flags) / 8;
 
 /// Atomically `*field += v` (another CPU may update the same entry).
 #[inline(always)]
@@ -176,11 +252,11 @@ pub fn count(pair: *mut u32, packets: u32, pdm: u32) {
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(pair.cast(), v) };
 }
 
-/// Atomically sets flag bits (egress and ingress both set FLOW_CLOSED).
+/// Atomically sets bits in a flags word (several programs and CPUs set FLOW_CLOSED).
 #[inline(always)]
-pub fn set_flags(state: *mut FlowState, bits: u32) {
+pub fn set_flags(flags: *mut u32, bits: u32) {
     // SAFETY: points into a live map value, 4-byte aligned.
-    unsafe { atomic_or::<u32, u32, { AtomicOrdering::Relaxed }>(&raw mut (*state).flags, bits) };
+    unsafe { atomic_or::<u32, u32, { AtomicOrdering::Relaxed }>(flags, bits) };
 }
 
 /// Takes the next PSN This Packet: atomic, so no PSN is lost or repeated between CPUs.

@@ -38,7 +38,7 @@ pub enum Hook<'a> {
 
 impl Hook<'_> {
     #[inline(always)]
-    fn source(&self) -> Source {
+    pub fn source(&self) -> Source {
         match self {
             Hook::Xdp(c) => Source::Xdp(c.ctx),
             Hook::Tc(c) => Source::Skb(c.skb.skb),
@@ -55,7 +55,7 @@ impl Hook<'_> {
 
     /// Wire packets and octets this run stands for (TC ingress may see GRO packets).
     #[inline(always)]
-    fn packets_bytes(&self, data: usize, data_end: usize) -> (u32, u64) {
+    pub fn packets_bytes(&self, data: usize, data_end: usize) -> (u32, u64) {
         match self {
             Hook::Xdp(_) => (1, (data_end - data) as u64),
             Hook::Tc(c) => {
@@ -155,7 +155,7 @@ fn record(
         );
         add(&raw mut (*state).rx_bytes, octets);
         if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-            set_flags(state, FLOW_CLOSED);
+            set_flags(&raw mut (*state).flags, FLOW_CLOSED);
         }
         if let Some(pdm) = p.pdm {
             let now = now_ns();
@@ -171,7 +171,13 @@ fn record(
             );
             write_volatile(&raw mut (*state).last_recv_ns, now);
             write_volatile(&raw mut (*state).rx_psn, RX_PSN_VALID | pdm.psn_this as u32);
-            sequence(state, pdm.psn_this, c);
+            sequence(
+                &raw mut (*state).rx_seq,
+                (&raw mut (*state).rx_duplicate).cast(),
+                pdm.psn_this,
+                c,
+                Counter::IngressSeqContended,
+            );
             rtt(&key, slot, &mut *state, &pdm, now, carries_data(p), c);
         }
         Ok(read_volatile(&raw const (*state).flags) & FLOW_SELECTED != 0)
@@ -181,7 +187,7 @@ fn record(
 /// Whether the packet carries upper-layer data: a TCP segment with payload, or any
 /// UDP/ICMPv6/other packet. Only those make a server-delay sample.
 #[inline(always)]
-fn carries_data(p: &Packet) -> bool {
+pub fn carries_data(p: &Packet) -> bool {
     if p.proto != IPPROTO_TCP || p.l4_off == 0 {
         return true;
     }
@@ -193,12 +199,19 @@ fn carries_data(p: &Packet) -> bool {
 /// `pdm_common::seq`): the state word is replaced with compare-and-swap, so packets of
 /// one flow received on several CPUs at once are each classified exactly once. A
 /// packet whose update lost the race is classified again against the winner's state.
+/// `pair` is the (duplicate, reordered) counter pair; None when other CPUs kept
+/// winning (counted as `contended`).
 #[inline(always)]
-fn sequence(s: *mut FlowState, psn: u16, c: Option<*mut Counters>) {
-    // SAFETY: `s` points into a live map value; `rx_seq` is 8-aligned and only ever
-    // changed by this compare-and-swap, the counter pair by atomic adds.
+pub fn sequence(
+    word: *mut u64,
+    pair: *mut u32,
+    psn: u16,
+    c: Option<*mut Counters>,
+    contended: Counter,
+) -> Option<SeqEvent> {
+    // SAFETY: `word` points into a live map value, 8-aligned, only ever changed by
+    // this compare-and-swap; the counter pair by atomic adds.
     unsafe {
-        let word = &raw mut (*s).rx_seq;
         let mut old = read_volatile(word);
         for _ in 0..SEQ_ATTEMPTS {
             let (new, event) = seq_step(old, psn);
@@ -212,16 +225,16 @@ fn sequence(s: *mut FlowState, psn: u16, c: Option<*mut Counters>) {
                     continue;
                 }
             }
-            let pair = (&raw mut (*s).rx_duplicate).cast::<u32>();
             match event {
                 SeqEvent::None => {}
                 SeqEvent::Duplicate => add32(pair, 1),
                 SeqEvent::Reordered => add32(pair, 1 << REORDERED_SHIFT),
             }
-            return;
+            return Some(event);
         }
     }
-    bump(c, Counter::IngressSeqContended);
+    bump(c, contended);
+    None
 }
 
 /// Compare-and-swap attempts per packet. Each failure means another CPU updated the

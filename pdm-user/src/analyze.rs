@@ -365,6 +365,7 @@ fn show(capture: &Merged, tally: &Tally, args: &AnalyzeArgs, v: View) -> Result<
     let n = v.rows.len();
     let frame = tui::Frame {
         iface: names.clone(),
+        observing: false,
         attach: vec![format!("capture: {names}, read by pdm analyze ({n} flows)")],
         hint: None,
         totals: Default::default(),

@@ -1,7 +1,7 @@
-//! The measuring loop of `pdm run`: drain the kernel source's RTT samples into the
-//! engine (on a short timer), and every interval snapshot the kernel's flow table
-//! (flows expire there too) and emit the rows to the sinks (NDJSON, the live view,
-//! `--log`).
+//! The measuring loop of `pdm run` and `pdm observe`: drain the kernel source's
+//! samples into the engine (on a short timer), and every interval snapshot the
+//! kernel's table (flows expire there too) and emit the rows to the sinks (NDJSON, the
+//! live view, `--log`, metrics).
 
 use std::{io::Write as _, time::Duration};
 
@@ -19,7 +19,7 @@ use crate::{
         ndjson,
         tui::{self, RowLabels},
     },
-    sources::kernel::KernelSource,
+    sources::{LiveSource, kernel::KernelSource, observer::ObserverSource},
     sys::{iface::Iface, lookup::Lookups},
 };
 
@@ -32,8 +32,28 @@ pub enum End {
     InterfaceGone,
 }
 
+/// What the programs do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// `pdm run`: one end of its flows, adding PDM.
+    Run,
+    /// `pdm observe`: between the ends, changing nothing.
+    Observe,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Run => "run",
+            Mode::Observe => "observe",
+        }
+    }
+}
+
 pub struct Options {
-    pub iface: Iface,
+    pub mode: Mode,
+    /// Where the programs are attached (one for `pdm run`).
+    pub ifaces: Vec<Iface>,
     pub attach: Vec<String>,
     pub interval: Duration,
     pub duration: Option<Duration>,
@@ -68,11 +88,26 @@ enum Sink {
     Tui(tui::Ui),
 }
 
+impl Options {
+    /// The interfaces' names, as the output labels a run: "eth0", or "r0,r1".
+    pub fn label(&self) -> String {
+        let names: Vec<&str> = self.ifaces.iter().map(Iface::name).collect();
+        names.join(",")
+    }
+}
+
 pub async fn run(ebpf: &mut Ebpf, opts: Options) -> Result<End> {
+    match opts.mode {
+        Mode::Run => run_with(KernelSource::open(ebpf)?, ebpf, opts).await,
+        Mode::Observe => run_with(ObserverSource::open(ebpf)?, ebpf, opts).await,
+    }
+}
+
+async fn run_with(mut kernel: impl LiveSource, ebpf: &mut Ebpf, opts: Options) -> Result<End> {
     // Drained on a short timer rather than on readiness: at 10 000 samples a second,
     // waking for each one was a quarter of pdm's CPU time. Samples carry their kernel
     // timestamps, so reading them a little later changes nothing.
-    let mut kernel = KernelSource::open(ebpf)?;
+    let label = opts.label();
     let drain_tick = tokio::time::sleep(DRAIN_SLOW);
     tokio::pin!(drain_tick);
     let mut sink = if opts.json {
@@ -85,7 +120,7 @@ pub async fn run(ebpf: &mut Ebpf, opts: Options) -> Result<End> {
         None => None,
     };
     // What this run is, first: a record (`--log`, or NDJSON kept) says what it measured.
-    let run_line = ndjson::run_json(ndjson::unix_now(), opts.iface.name(), &opts.attach);
+    let run_line = ndjson::run_json(ndjson::unix_now(), opts.mode.name(), &label, &opts.attach);
     if matches!(sink, Sink::Json(_)) {
         writeln!(std::io::stdout().lock(), "{run_line}").context("writing to stdout")?;
     }
@@ -148,7 +183,7 @@ pub async fn run(ebpf: &mut Ebpf, opts: Options) -> Result<End> {
             }
             _ = tick.tick() => {
                 drain(&mut kernel, &mut table, exporter.as_ref());
-                if !opts.iface.still_there() {
+                if !opts.ifaces.iter().all(Iface::still_there) {
                     break End::InterfaceGone;
                 }
                 report(ebpf, &kernel, &opts, &mut table, &lookups, &mut labels, &mut sink, log.as_mut(), exporter.as_ref())?;
@@ -202,7 +237,7 @@ struct Snapshot {
 #[allow(clippy::too_many_arguments)]
 fn report(
     ebpf: &mut Ebpf,
-    kernel: &KernelSource,
+    kernel: &impl LiveSource,
     opts: &Options,
     table: &mut Table,
     lookups: &Lookups,
@@ -230,7 +265,7 @@ fn report(
 /// Takes in the kernel's flow table (expiring flows there too) and builds the rows.
 fn snapshot(
     ebpf: &mut Ebpf,
-    kernel: &KernelSource,
+    kernel: &impl LiveSource,
     opts: &Options,
     table: &mut Table,
     sink: &mut Sink,
@@ -248,12 +283,12 @@ fn snapshot(
     };
     let keep = |r: &FlowRow| opts.filter.matches(r);
     let expired = if complete {
-        let expired = table.refresh(kernel.flows(), now);
+        let expired = kernel.refresh(table, now, None, |_| true);
         table.rows_into(&mut rows, now, true, true, keep);
         expired
     } else {
         // The view's rows, built in the same pass over the flows.
-        table.refresh_rows(kernel.flows(), now, Some(&mut rows), keep)
+        kernel.refresh(table, now, Some(&mut rows), keep)
     };
     kernel.remove(&expired);
     Ok(Snapshot {
@@ -324,7 +359,8 @@ fn emit(
             ui.draw(tui::Frame {
                 detail,
                 hint: too_big_hint(&totals, opts.mtu_room),
-                iface: opts.iface.name().to_owned(),
+                iface: opts.label(),
+                observing: opts.mode == Mode::Observe,
                 attach: opts.attach.clone(),
                 totals,
                 rows,
@@ -350,11 +386,12 @@ fn json(
     // line was a syscall per flow.
     let mut out = std::io::BufWriter::with_capacity(1 << 16, out);
     let ts = ndjson::unix_now();
+    let label = opts.label();
     for (r, l) in rows.iter().zip(labels) {
         ndjson::write_flow(
             &mut out,
             ts,
-            opts.iface.name(),
+            &label,
             r,
             l.remote_name.as_deref(),
             l.process.as_deref(),
@@ -362,7 +399,7 @@ fn json(
     }
     let line = ndjson::counters_json(
         ts,
-        opts.iface.name(),
+        &label,
         totals,
         table.len(),
         table.evicted,
@@ -374,10 +411,10 @@ fn json(
 }
 
 /// Drains the kernel's samples into the table, and into the exporter if there is one.
-fn drain(kernel: &mut KernelSource, table: &mut Table, exporter: Option<&Exporter>) -> usize {
+fn drain(kernel: &mut impl LiveSource, table: &mut Table, exporter: Option<&Exporter>) -> usize {
     match exporter {
         Some(e) => kernel.drain_with(table, |batch| e.with(|s| s.samples(batch))),
-        None => kernel.drain(table),
+        None => kernel.drain_with(table, |_| {}),
     }
 }
 

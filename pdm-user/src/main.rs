@@ -11,7 +11,7 @@ use pdm_user::{
     engine::TableConfig,
     filter::Filter,
     kernel::{
-        attach::{self, Ingress, LoadOptions, TcMode},
+        attach::{self, Ingress, LoadOptions, Role, TcMode},
         mtu_room, offload,
     },
     live,
@@ -34,6 +34,9 @@ struct Cli {
 enum Cmd {
     /// Attach to an interface: add PDM to outgoing IPv6 packets and record incoming PDM.
     Run(RunArgs),
+    /// Measure PDM that others send, without changing a packet: read-only programs on
+    /// a router's, mirror port's or server's interfaces.
+    Observe(ObserveArgs),
     /// Create two test hosts with a server, a client and traffic between them, and run
     /// pdm on the client host (what `cargo xtask run` does). Removed again on exit.
     Demo(DemoArgs),
@@ -102,22 +105,6 @@ struct RunArgs {
     /// attached (restored on exit, or on the next start after a crash).
     #[arg(long)]
     per_packet: bool,
-    /// Serve metrics for Prometheus at http://ADDR:PORT/metrics (e.g. [::1]:9464).
-    /// Off by default: they are timing data about this host's traffic (RFC 8250 §6), so
-    /// bind beyond loopback only where they may be read.
-    #[arg(long, value_name = "ADDR:PORT")]
-    metrics_addr: Option<std::net::SocketAddr>,
-    /// The peer label of the metrics: none, the remote /64 (prefix), or the remote
-    /// address (host).
-    #[arg(long, value_enum, default_value_t = PeerLabel::Prefix, value_name = "WHAT")]
-    metrics_peer: PeerLabel,
-    /// At most this many distinct peers get series of their own; the rest are "other".
-    #[arg(long, default_value_t = 100, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
-    metrics_max_series: u32,
-    /// Upper bounds of the RTT and server-delay histogram buckets, e.g.
-    /// "100us,1ms,10ms,100ms" (default: 1, 2 and 5 of every power of ten, 1 µs to 10 s).
-    #[arg(long, value_delimiter = ',', value_parser = parse_duration, value_name = "D,D,...")]
-    metrics_buckets: Option<Vec<Duration>>,
     /// Make room for PDM in every packet: lowers the MTU of the IPv6 routes through the
     /// interface by 16 while attached (restored on exit, or on the next start after a
     /// crash), so full-size UDP (QUIC), fragments and large pings carry PDM too.
@@ -127,7 +114,23 @@ struct RunArgs {
     /// without PDM, counted as too big).
     #[arg(long)]
     no_clamp_mss: bool,
-    /// Flows the table holds (rounded up to a power of two; 128 octets each). A new flow
+    /// Add PDM only to matching flows (same syntax as --filter); everything else passes
+    /// untouched. Decided when a flow is first seen; nothing a peer sends changes it.
+    #[arg(long, value_parser = parse_filter, value_name = "FILTER")]
+    only: Option<Filter>,
+    #[command(flatten)]
+    live: LiveArgs,
+    /// Test switch: attach the TC programs as legacy netlink filters on a clsact qdisc
+    /// instead of TCX links.
+    #[arg(long, value_enum, default_value_t = TcMode::Tcx, hide = true)]
+    attach: TcMode,
+}
+
+/// Options of every live view (`pdm run`, `pdm observe`): what is measured, and where
+/// it goes.
+#[derive(clap::Args)]
+struct LiveArgs {
+    /// Flows the table holds (rounded up to a power of two; 128 octets each, 160 for `observe`). A new flow
     /// takes the place of the least recently active one of the four it competes with.
     #[arg(long, default_value_t = DEFAULT_MAX_FLOWS, value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
     max_flows: u32,
@@ -140,10 +143,6 @@ struct RunArgs {
     /// the default when stdout is not a terminal.
     #[arg(long)]
     json: bool,
-    /// Add PDM only to matching flows (same syntax as --filter); everything else passes
-    /// untouched. Decided when a flow is first seen; nothing a peer sends changes it.
-    #[arg(long, value_parser = parse_filter, value_name = "FILTER")]
-    only: Option<Filter>,
     /// Show only matching flows, e.g. "host example.org and port 443", "udp".
     #[arg(long, value_parser = parse_filter)]
     filter: Option<Filter>,
@@ -165,10 +164,39 @@ struct RunArgs {
     /// Detach and exit after this long (e.g. 30s, 5m); default: until Ctrl-C / SIGTERM.
     #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
     duration: Option<Duration>,
-    /// Test switch: attach the TC programs as legacy netlink filters on a clsact qdisc
-    /// instead of TCX links.
-    #[arg(long, value_enum, default_value_t = TcMode::Tcx, hide = true)]
-    attach: TcMode,
+    /// Serve metrics for Prometheus at http://ADDR:PORT/metrics (e.g. [::1]:9464).
+    /// Off by default: they are timing data about this host's traffic (RFC 8250 §6), so
+    /// bind beyond loopback only where they may be read.
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics_addr: Option<std::net::SocketAddr>,
+    /// The peer label of the metrics: none, the remote /64 (prefix), or the remote
+    /// address (host).
+    #[arg(long, value_enum, default_value_t = PeerLabel::Prefix, value_name = "WHAT")]
+    metrics_peer: PeerLabel,
+    /// At most this many distinct peers get series of their own; the rest are "other".
+    #[arg(long, default_value_t = 100, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    metrics_max_series: u32,
+    /// Upper bounds of the RTT and server-delay histogram buckets, e.g.
+    /// "100us,1ms,10ms,100ms" (default: 1, 2 and 5 of every power of ten, 1 µs to 10 s).
+    #[arg(long, value_delimiter = ',', value_parser = parse_duration, value_name = "D,D,...")]
+    metrics_buckets: Option<Vec<Duration>>,
+}
+
+#[derive(clap::Args)]
+struct ObserveArgs {
+    /// Interface to observe (repeat for each: a router's two sides, e.g. `-i r0 -i r1`).
+    #[arg(short, long, required = true)]
+    iface: Vec<String>,
+    /// Also observe packets this host sends (TC egress): for a host that is itself an
+    /// end of the flows. On a router it would see every forwarded packet twice.
+    #[arg(long)]
+    egress: bool,
+    /// How to read arriving packets: `auto` takes native XDP where the driver has it,
+    /// TC ingress on a veth or without native XDP.
+    #[arg(long, value_enum, default_value_t = Ingress::Auto)]
+    ingress: Ingress,
+    #[command(flatten)]
+    live: LiveArgs,
 }
 
 /// `pdm run`'s arguments on their own, so the demo takes their defaults from one place.
@@ -210,6 +238,7 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::Check { max_flows } => check(max_flows),
         Cmd::Run(args) => block_on(run(args)),
+        Cmd::Observe(args) => block_on(observe(args)),
         Cmd::Demo(args) => demo(args),
         Cmd::Trace(args) => trace::run(&args).map_err(Into::into),
         Cmd::Analyze(args) => analyze::run(&args).map(|()| ExitCode::SUCCESS),
@@ -247,7 +276,9 @@ fn usage_error(e: clap::Error) -> ExitCode {
     let what = what.join(" ");
     let what = what.strip_prefix("error: ").unwrap_or(&what);
     let help = match std::env::args().nth(1).as_deref() {
-        Some(sub @ ("run" | "demo" | "check" | "trace" | "analyze")) => format!("pdm {sub} --help"),
+        Some(sub @ ("run" | "observe" | "demo" | "check" | "trace" | "analyze" | "report")) => {
+            format!("pdm {sub} --help")
+        }
         _ => "pdm --help".into(),
     };
     eprintln!("pdm: {what} (see `{help}`)");
@@ -276,9 +307,9 @@ fn demo(a: DemoArgs) -> Result<ExitCode> {
     let mut args = RunOnly::try_parse_from(["pdm", "--iface", demo::IFACE, "--ingress", "tc"])
         .context("the demo's pdm run arguments")?
         .run;
-    args.json = a.json;
-    args.log = a.log;
-    args.duration = a.duration;
+    args.live.json = a.json;
+    args.live.log = a.log;
+    args.live.duration = a.duration;
     let result = block_on(run(args));
     drop(traffic);
     drop(server_pdm);
@@ -335,6 +366,7 @@ fn check(max_flows: u32) -> Result<ExitCode> {
     check_privileges()?;
     raise_memlock();
     let ebpf = attach::load(&LoadOptions {
+        role: Role::Check,
         max_flows,
         ..LoadOptions::default()
     })?;
@@ -386,10 +418,11 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     raise_memlock();
 
     let mut ebpf = attach::load(&LoadOptions {
-        max_flows: args.max_flows,
+        role: Role::Run,
+        max_flows: args.live.max_flows,
         clamp_mss: !args.no_clamp_mss,
         only: args.only.clone().unwrap_or_default(),
-        sample_tick_shift: args.sample_interval,
+        sample_tick_shift: args.live.sample_interval,
     })?;
     // Offloads go off before attaching so that no GSO packet meets a per-packet run.
     let offloads = if args.per_packet {
@@ -406,33 +439,7 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     };
     // The metrics port is taken before anything is attached: one that cannot be had
     // ends the run with nothing changed.
-    let metrics = match args.metrics_addr {
-        Some(addr) => {
-            let listener = std::net::TcpListener::bind(addr).with_context(|| {
-                format!("cannot listen on {addr} for --metrics-addr (in use, or not an address of this host?)")
-            })?;
-            listener
-                .set_nonblocking(true)
-                .context("the metrics listener")?;
-            let mut buckets: Vec<f64> = match &args.metrics_buckets {
-                Some(b) => b.iter().map(Duration::as_secs_f64).collect(),
-                None => default_buckets(),
-            };
-            buckets.sort_by(f64::total_cmp);
-            buckets.dedup();
-            log::info!("metrics for Prometheus at http://{addr}/metrics");
-            Some((
-                listener,
-                MetricsConfig {
-                    iface: iface.name().to_owned(),
-                    peer: args.metrics_peer,
-                    max_series: args.metrics_max_series as usize,
-                    buckets,
-                },
-            ))
-        }
-        None => None,
-    };
+    let metrics = metrics_listener(&args.live, iface.name())?;
     // Room before attaching, so that no full-size packet meets the program first.
     let room = if args.mtu_room {
         let guard = mtu_room::make_room(&iface)?;
@@ -472,23 +479,14 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
 
     let end = live::run(
         &mut ebpf,
-        live::Options {
-            iface: iface.clone(),
-            attach: attached.description.clone(),
-            interval: args.interval,
-            duration: args.duration,
-            table: TableConfig {
-                window: args.window,
-                idle_timeout: args.idle_timeout,
-                ..TableConfig::default()
-            },
-            filter: args.filter.unwrap_or_default(),
-            json: args.json || !std::io::stdout().is_terminal(),
-            resolve: args.resolve,
-            log: args.log,
-            mtu_room: args.mtu_room,
+        live_options(
+            args.live,
+            live::Mode::Run,
+            vec![iface.clone()],
+            attached.description.clone(),
+            args.mtu_room,
             metrics,
-        },
+        ),
     )
     .await;
     // Detach first, then give the interface its offloads back, whatever happened.
@@ -502,6 +500,142 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
         }
         live::End::InterfaceGone => {
             eprintln!("pdm: interface {iface} disappeared; detached and exiting");
+            Ok(ExitCode::from(3))
+        }
+    }
+}
+
+/// The live loop's options from the command line's.
+fn live_options(
+    a: LiveArgs,
+    mode: live::Mode,
+    ifaces: Vec<Iface>,
+    attach: Vec<String>,
+    mtu_room: bool,
+    metrics: Option<(std::net::TcpListener, MetricsConfig)>,
+) -> live::Options {
+    live::Options {
+        mode,
+        ifaces,
+        attach,
+        interval: a.interval,
+        duration: a.duration,
+        table: TableConfig {
+            window: a.window,
+            idle_timeout: a.idle_timeout,
+            ..TableConfig::default()
+        },
+        filter: a.filter.unwrap_or_default(),
+        json: a.json || !std::io::stdout().is_terminal(),
+        resolve: a.resolve,
+        log: a.log,
+        mtu_room,
+        metrics,
+    }
+}
+
+/// `--metrics-addr`'s listener, bound (so that a port that cannot be had ends the run
+/// before anything is attached), and what to export; None without the option.
+fn metrics_listener(
+    a: &LiveArgs,
+    label: &str,
+) -> Result<Option<(std::net::TcpListener, MetricsConfig)>> {
+    let Some(addr) = a.metrics_addr else {
+        return Ok(None);
+    };
+    let listener = std::net::TcpListener::bind(addr).with_context(|| {
+        format!(
+            "cannot listen on {addr} for --metrics-addr (in use, or not an address of this host?)"
+        )
+    })?;
+    listener
+        .set_nonblocking(true)
+        .context("the metrics listener")?;
+    let mut buckets: Vec<f64> = match &a.metrics_buckets {
+        Some(b) => b.iter().map(Duration::as_secs_f64).collect(),
+        None => default_buckets(),
+    };
+    buckets.sort_by(f64::total_cmp);
+    buckets.dedup();
+    log::info!("metrics for Prometheus at http://{addr}/metrics");
+    Ok(Some((
+        listener,
+        MetricsConfig {
+            iface: label.to_owned(),
+            peer: a.metrics_peer,
+            max_series: a.metrics_max_series as usize,
+            buckets,
+        },
+    )))
+}
+
+/// `pdm observe`: the read-only programs on every interface given, and the live loop
+/// over what they pair.
+async fn observe(args: ObserveArgs) -> Result<ExitCode> {
+    check_privileges()?;
+    // Looked up once; everything below takes these values.
+    let mut ifaces: Vec<Iface> = Vec::new();
+    for name in &args.iface {
+        let iface = Iface::resolve(name)?;
+        if ifaces.iter().any(|i| i.index() == iface.index()) {
+            bail!("--iface {name} is given twice: name each interface once");
+        }
+        ifaces.push(iface);
+    }
+    // The same lock as `pdm run`: one pdm per interface, whichever command.
+    let _locks = ifaces
+        .iter()
+        .map(IfaceLock::acquire)
+        .collect::<Result<Vec<_>, _>>()?;
+    raise_memlock();
+    let mut ebpf = attach::load(&LoadOptions {
+        role: Role::Observe,
+        max_flows: args.live.max_flows,
+        clamp_mss: false,
+        sample_tick_shift: args.live.sample_interval,
+        ..LoadOptions::default()
+    })?;
+    let label = ifaces.iter().map(Iface::name).collect::<Vec<_>>().join(",");
+    let metrics = metrics_listener(&args.live, &label)?;
+    // Dropped (detached) on every way out, errors included.
+    let mut attached = Vec::new();
+    let mut description = Vec::new();
+    for iface in &ifaces {
+        let a = attach::observe(&mut ebpf, iface, args.ingress, args.egress)?;
+        for d in &a.description {
+            log::info!(
+                "{iface} (ifindex {}, MTU {}): {d}",
+                iface.index(),
+                iface.mtu().unwrap_or(0)
+            );
+            description.push(format!("{iface}: {d}"));
+        }
+        attached.push(a);
+    }
+    log::info!(
+        "observing on {}: read-only, every packet passes unchanged",
+        label.replace(',', ", ")
+    );
+    let end = live::run(
+        &mut ebpf,
+        live_options(
+            args.live,
+            live::Mode::Observe,
+            ifaces,
+            description,
+            true,
+            metrics,
+        ),
+    )
+    .await;
+    drop(attached);
+    match end? {
+        live::End::Stopped => {
+            log::info!("detached from {label}");
+            Ok(ExitCode::SUCCESS)
+        }
+        live::End::InterfaceGone => {
+            eprintln!("pdm: an interface of {label} disappeared; detached and exiting");
             Ok(ExitCode::from(3))
         }
     }

@@ -310,7 +310,7 @@ fn two_independent_pdm_peers_captured_at_a_router() {
     );
     assert!(rtt > 4000.0, "the router's 2 × 2 ms are in it: {rtt}");
     // On the capture's clock: the router ↔ server part only (no delay there).
-    let near = us("capture_rtt_us_p50");
+    let near = us("server_side_rtt_us_p50");
     assert!(
         near > 0.0 && near < 1000.0,
         "the capture point is next to the server: {near} µs of the {rtt} µs"
@@ -378,7 +378,7 @@ fn a_router_capture_of_pdms_own_traffic_gives_what_pdm_run_measured() {
         "the router's 2 × 2 ms are in it: {rtt_cap}"
     );
     // The capture's own clock sees only the router ↔ server part.
-    assert!(us(&f, "capture_rtt_all_us_p50") < 1000.0, "{f}");
+    assert!(us(&f, "server_side_rtt_all_us_p50") < 1000.0, "{f}");
 }
 
 /// The UDP flow to `port` that `pdm analyze` finds in `capture`, checked against what

@@ -128,7 +128,7 @@ struct Expected {
     client_delay: Vec<u64>,
     /// RTT from the PDM fields, ns, per sample.
     rtt: Vec<u64>,
-    capture_rtt: Vec<u64>,
+    server_side_rtt: Vec<u64>,
     tx_packets: u64,
     rx_packets: u64,
     tx_lost: u64,
@@ -240,7 +240,7 @@ fn run_rounds(
                 .push((a_seen, flow.packet(false, &a, &[0x22; 200]), false));
             e.rx_packets += 1;
             e.server_delay.push(dtlr);
-            e.capture_rtt.push(a_seen - q_seen - dtlr);
+            e.server_side_rtt.push(a_seen - q_seen - dtlr);
         }
         // The duplicate comes late, after the next answer (a copy sent back to back
         // is what segmentation offload makes of a burst: not a duplicate).
@@ -326,7 +326,7 @@ fn fragmented_rounds(
         // The answer echoes the datagram's PSN: sent with its first fragment (one PSN
         // for all), or with its last.
         let echoed_sent = if same_psn { first_sent } else { last };
-        e.capture_rtt.push(sent + d - echoed_sent - hold(i));
+        e.server_side_rtt.push(sent + d - echoed_sent - hold(i));
         client.recv(sent + d, a.psn_this);
         previous = Some((sent + d, echoed_sent, hold(i)));
         t = sent + d + think(i);
@@ -577,7 +577,7 @@ fn every_figure_of_a_modelled_capture_is_the_time_it_stands_for() {
         }
         let span = 2 * MS;
         check_figure(v, "server_delay", &e.server_delay, span);
-        check_figure(v, "capture_rtt", &e.capture_rtt, span);
+        check_figure(v, "server_side_rtt", &e.server_side_rtt, span);
         check_figure(v, "rtt", &e.rtt, span);
         check_figure(v, "client_delay", &e.client_delay, span);
     }

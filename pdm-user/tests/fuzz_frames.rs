@@ -25,7 +25,7 @@ use pdm_common::{
     wire::{PDM_HEADER_LEN, PDM_OPTION_LEN, PDM_OPTION_TYPE, PdmFields},
 };
 use pdm_user::kernel::{
-    attach::{self, LoadOptions},
+    attach::{self, LoadOptions, Role},
     maps::{self, Totals},
     testrun::{self, Prog},
 };
@@ -383,7 +383,16 @@ fn random_and_mutated_frames_through_every_program() {
         ..LoadOptions::default()
     })
     .expect("load the eBPF programs (needs root)");
+    let observer = attach::load(&LoadOptions {
+        role: Role::Observe,
+        max_flows: 4096,
+        sample_tick_shift: 0,
+        ..LoadOptions::default()
+    })
+    .expect("load the observer programs");
     let start = maps::totals(&ebpf).expect("counters");
+    let observer_start = maps::totals(&observer).expect("counters");
+    let mut observed = 0u64;
     let mut rng = Rng(seed);
     let (mut egress_runs, mut ingress_runs, mut inserted, mut refused) = (0u64, 0u64, 0u64, 0u64);
     for i in 0..frames {
@@ -396,8 +405,13 @@ fn random_and_mutated_frames_through_every_program() {
                 hex(out)
             )
         };
-        for prog in Prog::ALL {
-            let (ret, out) = match testrun::run(&ebpf, prog, &f, None, 1) {
+        for prog in Prog::ALL.into_iter().chain(Prog::OBSERVE) {
+            let loaded = if Prog::OBSERVE.contains(&prog) {
+                &observer
+            } else {
+                &ebpf
+            };
+            let (ret, out) = match testrun::run(loaded, prog, &f, None, 1) {
                 Ok(r) => (r.ret, r.frame),
                 // The kernel refuses skb test runs shorter than the headers the
                 // ethertype announces (and XDP runs shorter than Ethernet), before any
@@ -414,7 +428,13 @@ fn random_and_mutated_frames_through_every_program() {
             if ret != prog.pass() {
                 fail(&format!("{prog_name} returned {ret}, not pass"), &out);
             }
-            if prog == Prog::Egress {
+            if Prog::OBSERVE.contains(&prog) {
+                // Read-only: not one octet may differ, whatever the frame.
+                observed += 1;
+                if out != f {
+                    fail(&format!("{prog_name} changed the frame"), &out);
+                }
+            } else if prog == Prog::Egress {
                 egress_runs += 1;
                 match check_egress(&f, &out) {
                     Ok(true) => inserted += 1,
@@ -467,11 +487,37 @@ fn random_and_mutated_frames_through_every_program() {
         ingress_outcomes, ingress_runs,
         "one ingress outcome per packet"
     );
+    let observer_end = maps::totals(&observer).expect("counters");
+    let o = |c| moved(&observer_start, &observer_end, c);
+    assert_eq!(
+        o(Counter::ObservePackets),
+        observed,
+        "observer runs counted"
+    );
+    let observe_outcomes: u64 = Counter::ALL
+        .iter()
+        .filter(|c| {
+            c.name().starts_with("observe_skip_")
+                || matches!(c, Counter::ObservePdm | Counter::ObserveNoPdm)
+        })
+        .map(|&c| o(c))
+        .sum();
+    assert_eq!(
+        observe_outcomes, observed,
+        "one observer outcome per packet"
+    );
+    assert!(
+        o(Counter::ObservePdm) > 0 && o(Counter::ObserveNoPdm) > 0,
+        "the frames exercise both outcomes"
+    );
     eprintln!(
         "fuzz: {frames} frames, {egress_runs} egress runs ({inserted} with PDM inserted), \
-         {ingress_runs} ingress runs, {refused} refused by the kernel as too short; \
+         {ingress_runs} ingress runs, {observed} observer runs ({} with PDM, {} samples), \
+         {refused} refused by the kernel as too short; \
          egress skips: unparsable {}, already PDM {}, other dstopts {}, AH {}, not eligible {}, \
          prefix too long {}, too big {}",
+        o(Counter::ObservePdm),
+        o(Counter::ObserveSamples),
         m(Counter::EgressUnparsable),
         m(Counter::EgressAlreadyPdm),
         m(Counter::EgressOtherDstOpts),

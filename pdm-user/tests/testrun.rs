@@ -1987,3 +1987,126 @@ fn echoes_with_impossible_peer_times_give_no_sample() {
     let t = totals(&ebpf);
     assert_eq!(t.get(IngressRttSamples), 1, "one sample in all");
 }
+
+// ---------------------------------------------------------------------------------------
+// The observer
+
+/// A client and a server exchanging PDM through the observer's two programs (as a
+/// router's two sides would): the kernel pairs each end's echo with the other end's
+/// packet, and hands over figures the test computes from the fields it wrote.
+#[test]
+fn observer_pairs_both_ends_in_the_kernel() {
+    use aya::maps::RingBuf;
+    use pdm_common::{
+        flow::NO_SAMPLE,
+        observe::{OBS_CLIENT_HIGHER, ObservedSample, ObservedSlot, SAMPLE_FROM_HIGHER},
+        time::TimeFault,
+    };
+    use pdm_user::kernel::{attach::Role, maps::MappedTable};
+
+    let mut ebpf = attach::load(&LoadOptions {
+        role: Role::Observe,
+        max_flows: 1024,
+        sample_tick_shift: 0,
+        ..LoadOptions::default()
+    })
+    .expect("load the observer");
+    let dt = |ns| encode_delta_ns(ns);
+    let pdm = |psn_this, psn_last_recv, dtlr: DeltaTime, dtls: DeltaTime| PdmFields {
+        scale_dtlr: dtlr.scale,
+        scale_dtls: dtls.scale,
+        psn_this,
+        psn_last_recv,
+        dtlr: dtlr.delta,
+        dtls: dtls.delta,
+    };
+    let zero = DeltaTime::default();
+    // A is the client (its packet comes first), B the server.
+    let from_client = |f: PdmFields| with_ext(&udp(A, B, 40_000, 53, b"query"), &[dstopts_pdm(f)]);
+    let from_server = |f: PdmFields| with_ext(&udp(B, A, 53, 40_000, b"answer"), &[dstopts_pdm(f)]);
+    let (server_hold, client_think, client_span) = (1, 2, 5_000_000);
+    let frames = [
+        (Prog::ObserveXdp, from_client(pdm(100, 0, zero, zero))),
+        // Echoes 100, held a nanosecond (the test run is quicker than any real hold).
+        (
+            Prog::ObserveTc,
+            from_server(pdm(500, 100, dt(server_hold), zero)),
+        ),
+        // Echoes 500; DTLS spans the client's round trip.
+        (
+            Prog::ObserveXdp,
+            from_client(pdm(101, 500, dt(client_think), dt(client_span))),
+        ),
+        // A server claiming to have held 101 for a second: impossible by the
+        // observer's clock.
+        (
+            Prog::ObserveTc,
+            from_server(pdm(501, 101, dt(1_000_000_000), zero)),
+        ),
+        // Without PDM: counted, no figure.
+        (Prog::ObserveTc, udp(B, A, 53, 40_000, b"plain")),
+    ];
+    for (prog, f) in &frames {
+        assert_eq!(
+            run(&ebpf, *prog, f, None),
+            *f,
+            "{}: frame changed",
+            prog.name()
+        );
+    }
+    let t = totals(&ebpf);
+    assert_eq!(t.get(Counter::ObservePackets), 5);
+    assert_eq!(t.get(Counter::ObservePdm), 4);
+    assert_eq!(t.get(Counter::ObserveNoPdm), 1);
+    assert_eq!(t.get(Counter::ObserveDtlrFaults), 1);
+
+    let table: MappedTable<ObservedSlot> = MappedTable::open(&ebpf).expect("observer table");
+    let slots: Vec<_> = table.live().collect();
+    assert_eq!(slots.len(), 1, "one entry for both directions");
+    let s = slots[0].1;
+    assert_eq!((s.key.local_addr, s.key.remote_addr), (A, B));
+    assert_eq!(
+        s.state.flags & OBS_CLIENT_HIGHER,
+        0,
+        "A, the lower end, is the client"
+    );
+    assert_eq!((s.state.dir[0].packets, s.state.dir[0].pdm), (2, 2));
+    assert_eq!((s.state.dir[1].packets, s.state.dir[1].pdm), (3, 2));
+
+    let mut ring = RingBuf::try_from(ebpf.take_map(names::SAMPLES).unwrap()).unwrap();
+    let mut samples = Vec::new();
+    while let Some(item) = ring.next() {
+        // SAFETY: the observer writes ObservedSamples.
+        samples.push(unsafe { item.as_ptr().cast::<ObservedSample>().read_unaligned() });
+    }
+    let decoded = |ns| decode_delta_ns(dt(ns));
+    assert_eq!(samples.len(), 3, "{samples:?}");
+    // The server's answer: its hold, and the observer → server → observer time.
+    let s2 = samples[0];
+    assert_eq!(
+        (s2.flags & SAMPLE_FROM_HIGHER, s2.psn, s2.fault),
+        (SAMPLE_FROM_HIGHER, 100, 0)
+    );
+    assert_eq!(s2.held_ns, decoded(server_hold));
+    assert!(
+        s2.side_rtt_ns != NO_SAMPLE && s2.side_rtt_ns < 1_000_000_000,
+        "{s2:?}"
+    );
+    assert_eq!(
+        s2.rtt_ns, NO_SAMPLE,
+        "100 came before anything of the server's"
+    );
+    // The client's next request: its think time, its side, and its own round trip.
+    let s3 = samples[1];
+    assert_eq!(
+        (s3.flags & SAMPLE_FROM_HIGHER, s3.psn, s3.fault),
+        (0, 500, 0)
+    );
+    assert_eq!(s3.held_ns, decoded(client_think));
+    assert_eq!(s3.rtt_ns, decoded(client_span) - decoded(server_hold));
+    assert!(s3.side_rtt_ns != NO_SAMPLE, "{s3:?}");
+    // The lie: flagged, and no figure comes of it.
+    let s4 = samples[2];
+    assert_eq!(s4.fault, TimeFault::Implausible as u8, "{s4:?}");
+    assert_eq!((s4.side_rtt_ns, s4.held_ns), (NO_SAMPLE, NO_SAMPLE));
+}

@@ -87,11 +87,16 @@ pub struct BothEnds {
     /// The client's DTLR: its think time before answering the server.
     pub client_delay: Summary,
     pub client_delay_all: Summary,
-    /// Round trips on the capture's own clock: t(server packet) − t(client packet it
-    /// echoes) − its DTLR. At the client this is the RTT `pdm run` measures there;
-    /// elsewhere, the capture point ↔ server part of the path.
-    pub capture_rtt: Summary,
-    pub capture_rtt_all: Summary,
+    /// Round trips on the capture point's own clock (a capture, an observer): the
+    /// server side, t(server packet) − t(client packet it echoes) − its DTLR; at the
+    /// client this is the RTT `pdm run` measures there, elsewhere the capture point ↔
+    /// server part of the path.
+    pub server_side_rtt: Summary,
+    pub server_side_rtt_all: Summary,
+    /// The client side: t(client packet) − t(server packet it echoes) − its DTLR, the
+    /// capture point ↔ client part of the path.
+    pub client_side_rtt: Summary,
+    pub client_side_rtt_all: Summary,
 }
 
 /// A flow's echoes that gave no sample, by what was wrong with the peer's DTLR (see

@@ -66,8 +66,10 @@ struct Both {
     tx_recent_holes: u32,
     client_delay: Window,
     client_delay_all: Histogram,
-    capture_rtt: Window,
-    capture_rtt_all: Histogram,
+    server_side_rtt: Window,
+    server_side_rtt_all: Histogram,
+    client_side_rtt: Window,
+    client_side_rtt_all: Histogram,
 }
 
 impl Both {
@@ -80,11 +82,13 @@ impl Both {
         };
         if windows {
             b.client_delay = self.client_delay.summary(now_ns, span);
-            b.capture_rtt = self.capture_rtt.summary(now_ns, span);
+            b.server_side_rtt = self.server_side_rtt.summary(now_ns, span);
+            b.client_side_rtt = self.client_side_rtt.summary(now_ns, span);
         }
         if since_start {
             b.client_delay_all = self.client_delay_all.summary();
-            b.capture_rtt_all = self.capture_rtt_all.summary();
+            b.server_side_rtt_all = self.server_side_rtt_all.summary();
+            b.client_side_rtt_all = self.client_side_rtt_all.summary();
         }
         b
     }
@@ -96,7 +100,9 @@ pub enum Figure {
     /// DTLR on the client's packets.
     ClientDelay,
     /// A round trip on the capture's clock.
-    CaptureRtt,
+    ServerSideRtt,
+    /// The same on the client's side of the capture point.
+    ClientSideRtt,
 }
 
 /// The kernel's narrow per-flow counters (16 and 32 bits, to fit a flow in 128 octets),
@@ -406,7 +412,8 @@ impl Table {
         let b = self.delays[id as usize].both.get_or_insert_default();
         let (window, all) = match figure {
             Figure::ClientDelay => (&mut b.client_delay, &mut b.client_delay_all),
-            Figure::CaptureRtt => (&mut b.capture_rtt, &mut b.capture_rtt_all),
+            Figure::ServerSideRtt => (&mut b.server_side_rtt, &mut b.server_side_rtt_all),
+            Figure::ClientSideRtt => (&mut b.client_side_rtt, &mut b.client_side_rtt_all),
         };
         window.push(ts_ns, ns, span);
         all.push(ns);

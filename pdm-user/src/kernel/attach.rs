@@ -18,8 +18,12 @@ use aya::programs::{
 use aya::{Ebpf, EbpfLoader, maps::HashMap};
 use pdm_common::{
     config::Config,
-    flow::{DEFAULT_MAX_FLOWS, DEFAULT_SAMPLE_TICK_SHIFT, FLOW_WAYS, HashKey, table_slots},
+    flow::{
+        DEFAULT_MAX_FLOWS, DEFAULT_SAMPLE_TICK_SHIFT, FLOW_WAYS, HashKey, SAMPLES_RING_BYTES,
+        table_slots,
+    },
     names,
+    observe::OBSERVE_RING_BYTES,
     select::HostKey,
 };
 use serde::{Deserialize, Serialize};
@@ -89,7 +93,20 @@ pub enum Ingress {
     Tc,
 }
 
+/// Which programs a load is for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Role {
+    /// `pdm run`: egress and ingress, and the flow table.
+    #[default]
+    Run,
+    /// `pdm observe`: the read-only observer programs, and the observer's table.
+    Observe,
+    /// `pdm check`: every program verified, tables as for a run.
+    Check,
+}
+
 pub struct LoadOptions {
+    pub role: Role,
     pub max_flows: u32,
     pub clamp_mss: bool,
     /// `--only`: the flows that get PDM (default: all).
@@ -101,6 +118,7 @@ pub struct LoadOptions {
 impl Default for LoadOptions {
     fn default() -> Self {
         Self {
+            role: Role::Run,
             max_flows: DEFAULT_MAX_FLOWS,
             clamp_mss: true,
             only: Filter::default(),
@@ -121,8 +139,15 @@ pub fn load(opts: &LoadOptions) -> Result<Ebpf, AttachError> {
         sample_tick_shift: opts.sample_tick_shift,
         ..Config::DEFAULT
     };
+    // Only the table of the role's programs gets its size; the other one a set.
+    let (flows, observed, ring) = match opts.role {
+        Role::Observe => (FLOW_WAYS, slots, OBSERVE_RING_BYTES),
+        Role::Run | Role::Check => (slots, FLOW_WAYS, SAMPLES_RING_BYTES),
+    };
     let mut ebpf = EbpfLoader::new()
-        .map_max_entries(names::FLOWS, slots)
+        .map_max_entries(names::FLOWS, flows)
+        .map_max_entries(names::OBSERVED, observed)
+        .map_max_entries(names::SAMPLES, ring)
         .override_global(names::CONFIG, &config, true)
         .load(crate::EBPF_OBJECT)
         .map_err(AttachError::Load)?;
@@ -134,15 +159,31 @@ pub fn load(opts: &LoadOptions) -> Result<Ebpf, AttachError> {
     for h in only_hosts {
         hosts.insert(h, 1, 0).map_err(AttachError::OnlyHosts)?;
     }
-    for name in [names::PROG_EGRESS, names::PROG_INGRESS_TC] {
+    let (classifiers, xdps): (&[&'static str], &[&'static str]) = match opts.role {
+        Role::Run => (
+            &[names::PROG_EGRESS, names::PROG_INGRESS_TC],
+            &[names::PROG_INGRESS_XDP],
+        ),
+        Role::Observe => (&[names::PROG_OBSERVE_TC], &[names::PROG_OBSERVE_XDP]),
+        Role::Check => (
+            &[
+                names::PROG_EGRESS,
+                names::PROG_INGRESS_TC,
+                names::PROG_OBSERVE_TC,
+            ],
+            &[names::PROG_INGRESS_XDP, names::PROG_OBSERVE_XDP],
+        ),
+    };
+    for &name in classifiers {
         classifier(&mut ebpf, name)?
             .load()
             .map_err(|source| AttachError::Program { name, source })?;
     }
-    let name = names::PROG_INGRESS_XDP;
-    xdp(&mut ebpf)?
-        .load()
-        .map_err(|source| AttachError::Program { name, source })?;
+    for &name in xdps {
+        xdp(&mut ebpf, name)?
+            .load()
+            .map_err(|source| AttachError::Program { name, source })?;
+    }
     Ok(ebpf)
 }
 
@@ -165,8 +206,7 @@ pub fn classifier<'a>(
         .map_err(|source| AttachError::Program { name, source })
 }
 
-pub fn xdp(ebpf: &mut Ebpf) -> Result<&mut Xdp, AttachError> {
-    let name = names::PROG_INGRESS_XDP;
+pub fn xdp<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, AttachError> {
     ebpf.program_mut(name)
         .ok_or(AttachError::MissingProgram(name))?
         .try_into()
@@ -181,6 +221,7 @@ pub struct Attached {
     links: Vec<FdLink>,
     /// Netlink filters (`--attach netlink`): dropping one deletes the filter.
     filters: Vec<SchedClassifierLink>,
+    mode: TcMode,
     /// The clsact qdisc pdm added (`--attach netlink`), removed after the filters.
     qdisc: Option<Clsact>,
 }
@@ -208,98 +249,155 @@ pub fn attach_with(
     ingress: Ingress,
     mode: TcMode,
 ) -> Result<Attached, AttachError> {
-    let mut out = Attached {
-        description: Vec::new(),
-        links: Vec::new(),
-        filters: Vec::new(),
-        qdisc: None,
-    };
-    if mode == TcMode::Netlink {
-        out.qdisc = Clsact::ensure(iface)?;
-    }
+    let mut out = Attached::new(iface, mode)?;
     // On an error below, dropping `out` undoes what was attached so far.
-    let tc_attach = |ebpf: &mut Ebpf,
-                     out: &mut Attached,
-                     name: &'static str,
-                     at: TcAttachType,
-                     what: &str|
-     -> Result<(), AttachError> {
-        match mode {
-            TcMode::Tcx => {
-                out.links.push(attach_tc(ebpf, name, iface, at)?);
-                out.description
-                    .push(format!("{name}: tc {what} (tcx link)"));
-            }
-            TcMode::Netlink => {
-                out.filters.push(attach_tc_netlink(ebpf, name, iface, at)?);
-                out.description
-                    .push(format!("{name}: tc {what} (netlink filter, clsact)"));
-            }
-        }
-        Ok(())
-    };
-
-    tc_attach(
+    out.tc(
         ebpf,
-        &mut out,
+        iface,
         names::PROG_EGRESS,
         TcAttachType::Egress,
         "egress",
     )?;
+    out.ingress(
+        ebpf,
+        iface,
+        ingress,
+        names::PROG_INGRESS_XDP,
+        names::PROG_INGRESS_TC,
+    )?;
+    Ok(out)
+}
 
-    // With `auto`, why TC ingress was chosen over XDP.
-    let tc_because = match ingress {
-        Ingress::Tc => Some(""),
-        Ingress::Auto if iface.driver().as_deref() == Some("veth") => {
-            Some(" (auto: a veth, where XDP would cost the peer its GSO)")
-        }
-        Ingress::Auto => match attach_xdp(ebpf, iface, XdpMode::Driver) {
-            Ok(link) => {
-                out.links.push(link);
-                out.description.push(format!(
-                    "{}: xdp native (bpf_link)",
-                    names::PROG_INGRESS_XDP
-                ));
-                None
-            }
-            Err(native) => {
-                log::debug!("native XDP is not available on {iface} ({native}): TC ingress");
-                Some(" (auto: native XDP not available here)")
-            }
-        },
-        Ingress::Xdp => {
-            let (link, mode) = match attach_xdp(ebpf, iface, XdpMode::Driver) {
-                Ok(link) => (link, "native"),
-                Err(native) => {
-                    log::warn!(
-                        "native XDP is not available on {iface} ({native}); using generic (SKB) mode"
-                    );
-                    (attach_xdp(ebpf, iface, XdpMode::Skb)?, "generic")
-                }
-            };
-            out.links.push(link);
-            out.description.push(format!(
-                "{}: xdp {mode} (bpf_link)",
-                names::PROG_INGRESS_XDP
-            ));
-            None
-        }
-    };
-    if let Some(because) = tc_because {
-        tc_attach(
+/// Attaches the observer's read-only programs to `iface`: ingress as [`attach`] does,
+/// and with `egress` the TC program on egress too. TCX links only.
+pub fn observe(
+    ebpf: &mut Ebpf,
+    iface: &Iface,
+    ingress: Ingress,
+    egress: bool,
+) -> Result<Attached, AttachError> {
+    let mut out = Attached::new(iface, TcMode::Tcx)?;
+    out.ingress(
+        ebpf,
+        iface,
+        ingress,
+        names::PROG_OBSERVE_XDP,
+        names::PROG_OBSERVE_TC,
+    )?;
+    if egress {
+        out.tc(
             ebpf,
-            &mut out,
-            names::PROG_INGRESS_TC,
-            TcAttachType::Ingress,
-            &format!("ingress{because}"),
+            iface,
+            names::PROG_OBSERVE_TC,
+            TcAttachType::Egress,
+            "egress",
         )?;
     }
     Ok(out)
 }
 
-fn attach_xdp(ebpf: &mut Ebpf, iface: &Iface, mode: XdpMode) -> Result<FdLink, AttachError> {
-    let name = names::PROG_INGRESS_XDP;
-    let prog = xdp(ebpf)?;
+impl Attached {
+    fn new(iface: &Iface, mode: TcMode) -> Result<Self, AttachError> {
+        Ok(Self {
+            description: Vec::new(),
+            links: Vec::new(),
+            filters: Vec::new(),
+            mode,
+            qdisc: match mode {
+                TcMode::Netlink => Clsact::ensure(iface)?,
+                TcMode::Tcx => None,
+            },
+        })
+    }
+
+    /// Attaches TC program `name` at `at`, the way `self.mode` says.
+    fn tc(
+        &mut self,
+        ebpf: &mut Ebpf,
+        iface: &Iface,
+        name: &'static str,
+        at: TcAttachType,
+        what: &str,
+    ) -> Result<(), AttachError> {
+        match self.mode {
+            TcMode::Tcx => {
+                self.links.push(attach_tc(ebpf, name, iface, at)?);
+                self.description
+                    .push(format!("{name}: tc {what} (tcx link)"));
+            }
+            TcMode::Netlink => {
+                self.filters.push(attach_tc_netlink(ebpf, name, iface, at)?);
+                self.description
+                    .push(format!("{name}: tc {what} (netlink filter, clsact)"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Attaches the ingress side: XDP program `xdp_name` or TC program `tc_name`, as
+    /// `ingress` decides for the driver.
+    fn ingress(
+        &mut self,
+        ebpf: &mut Ebpf,
+        iface: &Iface,
+        ingress: Ingress,
+        xdp_name: &'static str,
+        tc_name: &'static str,
+    ) -> Result<(), AttachError> {
+        // With `auto`, why TC ingress was chosen over XDP.
+        let tc_because = match ingress {
+            Ingress::Tc => Some(""),
+            Ingress::Auto if iface.driver().as_deref() == Some("veth") => {
+                Some(" (auto: a veth, where XDP would cost the peer its GSO)")
+            }
+            Ingress::Auto => match attach_xdp(ebpf, xdp_name, iface, XdpMode::Driver) {
+                Ok(link) => {
+                    self.links.push(link);
+                    self.description
+                        .push(format!("{xdp_name}: xdp native (bpf_link)"));
+                    None
+                }
+                Err(native) => {
+                    log::debug!("native XDP is not available on {iface} ({native}): TC ingress");
+                    Some(" (auto: native XDP not available here)")
+                }
+            },
+            Ingress::Xdp => {
+                let (link, mode) = match attach_xdp(ebpf, xdp_name, iface, XdpMode::Driver) {
+                    Ok(link) => (link, "native"),
+                    Err(native) => {
+                        log::warn!(
+                            "native XDP is not available on {iface} ({native}); using generic (SKB) mode"
+                        );
+                        (attach_xdp(ebpf, xdp_name, iface, XdpMode::Skb)?, "generic")
+                    }
+                };
+                self.links.push(link);
+                self.description
+                    .push(format!("{xdp_name}: xdp {mode} (bpf_link)"));
+                None
+            }
+        };
+        if let Some(because) = tc_because {
+            self.tc(
+                ebpf,
+                iface,
+                tc_name,
+                TcAttachType::Ingress,
+                &format!("ingress{because}"),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+fn attach_xdp(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    iface: &Iface,
+    mode: XdpMode,
+) -> Result<FdLink, AttachError> {
+    let prog = xdp(ebpf, name)?;
     let id = prog
         .attach(iface.name(), mode)
         .map_err(|source| AttachError::Program { name, source })?;

@@ -13,6 +13,7 @@ use pdm_common::{
     counters::{COUNTER_SLOTS, Counter, Counters},
     flow::{FLOW_VALID, FlowKey, FlowSlot, FlowState},
     names,
+    observe::ObservedSlot,
 };
 
 /// Global counters summed over CPUs.
@@ -53,34 +54,72 @@ pub fn totals(ebpf: &Ebpf) -> Result<Totals, MapError> {
     Ok(t)
 }
 
-/// The kernel's flow table, mapped into this process: reading it is a memory scan, with
-/// no syscall per entry (at 10 000 flows, syscalls were most of the loader's CPU time).
-pub struct FlowTable {
-    slots: NonNull<FlowSlot>,
+/// A slot of one of the kernel's set-associative tables: a [`FlowKey`], then a value
+/// whose flags word says whether the slot holds a flow. The accessors only compute
+/// field addresses.
+pub trait TableSlot: Copy {
+    /// The array map that holds the table.
+    const MAP: &'static str;
+    fn key(p: *mut Self) -> *mut FlowKey;
+    fn flags(p: *mut Self) -> *mut u32;
+}
+
+impl TableSlot for FlowSlot {
+    const MAP: &'static str = names::FLOWS;
+    fn key(p: *mut Self) -> *mut FlowKey {
+        p.wrapping_byte_add(std::mem::offset_of!(FlowSlot, key))
+            .cast()
+    }
+    fn flags(p: *mut Self) -> *mut u32 {
+        p.wrapping_byte_add(std::mem::offset_of!(FlowSlot, state.flags))
+            .cast()
+    }
+}
+
+impl TableSlot for ObservedSlot {
+    const MAP: &'static str = names::OBSERVED;
+    fn key(p: *mut Self) -> *mut FlowKey {
+        p.wrapping_byte_add(std::mem::offset_of!(ObservedSlot, key))
+            .cast()
+    }
+    fn flags(p: *mut Self) -> *mut u32 {
+        p.wrapping_byte_add(std::mem::offset_of!(ObservedSlot, state.flags))
+            .cast()
+    }
+}
+
+/// A kernel table (the flow table, or the observer's), mapped into this process:
+/// reading it is a memory scan, with no syscall per entry (at 10 000 flows, syscalls
+/// were most of the loader's CPU time).
+pub struct MappedTable<S: TableSlot> {
+    slots: NonNull<S>,
     len: usize,
 }
 
+/// `pdm run`'s flow table.
+pub type FlowTable = MappedTable<FlowSlot>;
+
 // SAFETY: the mapping is plain shared memory, valid until drop.
-unsafe impl Send for FlowTable {}
+unsafe impl<S: TableSlot> Send for MappedTable<S> {}
 
 #[derive(Debug, thiserror::Error)]
 pub enum FlowTableError {
-    #[error("the eBPF object has no {} array map", names::FLOWS)]
-    NoMap,
+    #[error("the eBPF object has no {0} array map")]
+    NoMap(&'static str),
     #[error("reading the flow table's size: {0}")]
     Info(#[source] MapError),
     #[error("mapping the flow table into memory: {0}")]
     Mmap(#[source] std::io::Error),
 }
 
-impl FlowTable {
-    /// Maps the loaded FLOWS array.
+impl<S: TableSlot> MappedTable<S> {
+    /// Maps the loaded array.
     pub fn open(ebpf: &Ebpf) -> Result<Self, FlowTableError> {
-        let Some(aya::maps::Map::Array(data)) = ebpf.map(names::FLOWS) else {
-            return Err(FlowTableError::NoMap);
+        let Some(aya::maps::Map::Array(data)) = ebpf.map(S::MAP) else {
+            return Err(FlowTableError::NoMap(S::MAP));
         };
         let len = data.info().map_err(FlowTableError::Info)?.max_entries() as usize;
-        let bytes = len * size_of::<FlowSlot>();
+        let bytes = len * size_of::<S>();
         // SAFETY: mapping a BPF_F_MMAPABLE array map of exactly this size, shared so
         // that we see the programs' writes.
         let ptr = unsafe {
@@ -96,7 +135,7 @@ impl FlowTable {
         if ptr == libc::MAP_FAILED {
             return Err(FlowTableError::Mmap(std::io::Error::last_os_error()));
         }
-        let slots = NonNull::new(ptr.cast()).ok_or(FlowTableError::NoMap)?;
+        let slots = NonNull::new(ptr.cast()).ok_or(FlowTableError::NoMap(S::MAP))?;
         Ok(Self { slots, len })
     }
 
@@ -105,7 +144,7 @@ impl FlowTable {
         self.len
     }
 
-    fn slot(&self, i: usize) -> *mut FlowSlot {
+    fn slot(&self, i: usize) -> *mut S {
         debug_assert!(i < self.len);
         // SAFETY: in bounds of the mapping.
         unsafe { self.slots.as_ptr().add(i) }
@@ -114,23 +153,16 @@ impl FlowTable {
     /// Every live slot, as (slot index, copy of the slot). The programs keep writing
     /// while we read, so a flow's fields may come from slightly different moments, as
     /// with any map read.
-    pub fn live(&self) -> impl Iterator<Item = (u32, FlowSlot)> + '_ {
+    pub fn live(&self) -> impl Iterator<Item = (u32, S)> + '_ {
         (0..self.len).filter_map(|i| {
             let p = self.slot(i);
             // SAFETY: in bounds; volatile reads of plain data the kernel may be writing.
             // The flags first: most slots of a roomy table are empty.
             unsafe {
-                ((&raw const (*p).state.flags).read_volatile() & FLOW_VALID != 0)
+                (S::flags(p).read_volatile() & FLOW_VALID != 0)
                     .then(|| (i as u32, p.read_volatile()))
             }
         })
-    }
-
-    /// One flow's entry (a scan: for tests and one-off reads).
-    pub fn get(&self, key: &FlowKey) -> Option<FlowState> {
-        self.live()
-            .find(|(_, s)| s.key.same(key))
-            .map(|(_, s)| s.state)
     }
 
     /// Frees the slots of expired flows, each given with the slot it was seen in.
@@ -141,22 +173,31 @@ impl FlowTable {
                 continue;
             }
             let p = self.slot(*slot as usize);
-            // SAFETY: in bounds. The programs only OR bits into `flags` or rewrite the
+            // SAFETY: in bounds. The programs only OR bits into the flags or rewrite the
             // whole slot, so clearing it races at worst with the slot's reuse by a new
             // flow, which its next packet then creates again.
             unsafe {
-                if (&raw const (*p).key).read_volatile().same(key) {
-                    (&raw mut (*p).state.flags).write_volatile(0);
+                if S::key(p).read_volatile().same(key) {
+                    S::flags(p).write_volatile(0);
                 }
             }
         }
     }
 }
 
-impl Drop for FlowTable {
+impl FlowTable {
+    /// One flow's entry (a scan: for tests and one-off reads).
+    pub fn get(&self, key: &FlowKey) -> Option<FlowState> {
+        self.live()
+            .find(|(_, s)| s.key.same(key))
+            .map(|(_, s)| s.state)
+    }
+}
+
+impl<S: TableSlot> Drop for MappedTable<S> {
     fn drop(&mut self) {
         // SAFETY: unmapping exactly what `open` mapped.
-        unsafe { libc::munmap(self.slots.as_ptr().cast(), self.len * size_of::<FlowSlot>()) };
+        unsafe { libc::munmap(self.slots.as_ptr().cast(), self.len * size_of::<S>()) };
     }
 }
 

@@ -15,6 +15,9 @@ pub enum Prog {
     Egress,
     IngressXdp,
     IngressTc,
+    /// The observer (`pdm observe`): loaded by a load for [`Role::Observe`](super::attach::Role).
+    ObserveXdp,
+    ObserveTc,
 }
 
 /// TC_ACT_UNSPEC: what the TC programs return for every packet (pass it on).
@@ -22,21 +25,26 @@ pub const TC_ACT_UNSPEC: u32 = -1i32 as u32;
 pub const XDP_PASS: u32 = 2;
 
 impl Prog {
+    /// `pdm run`'s programs.
     pub const ALL: [Prog; 3] = [Prog::Egress, Prog::IngressXdp, Prog::IngressTc];
+    /// `pdm observe`'s.
+    pub const OBSERVE: [Prog; 2] = [Prog::ObserveXdp, Prog::ObserveTc];
 
     pub fn name(self) -> &'static str {
         match self {
             Prog::Egress => names::PROG_EGRESS,
             Prog::IngressXdp => names::PROG_INGRESS_XDP,
             Prog::IngressTc => names::PROG_INGRESS_TC,
+            Prog::ObserveXdp => names::PROG_OBSERVE_XDP,
+            Prog::ObserveTc => names::PROG_OBSERVE_TC,
         }
     }
 
     /// What the program returns for every packet: all of them are passed on.
     pub fn pass(self) -> u32 {
         match self {
-            Prog::IngressXdp => XDP_PASS,
-            Prog::Egress | Prog::IngressTc => TC_ACT_UNSPEC,
+            Prog::IngressXdp | Prog::ObserveXdp => XDP_PASS,
+            Prog::Egress | Prog::IngressTc | Prog::ObserveTc => TC_ACT_UNSPEC,
         }
     }
 }
@@ -95,11 +103,11 @@ pub fn run(
     let xdp_ctx;
     let ctx_in: Option<&[u8]> = match (prog, ifindex) {
         (_, None) => None,
-        (Prog::IngressXdp, Some(i)) => {
+        (Prog::IngressXdp | Prog::ObserveXdp, Some(i)) => {
             xdp_ctx = xdp_md_ctx(i, frame.len());
             Some(&xdp_ctx)
         }
-        (Prog::Egress | Prog::IngressTc, Some(i)) => {
+        (Prog::Egress | Prog::IngressTc | Prog::ObserveTc, Some(i)) => {
             skb_ctx = sk_buff_ctx(i);
             Some(&skb_ctx)
         }
@@ -112,8 +120,8 @@ pub fn run(
         ..Default::default()
     };
     let result = match prog {
-        Prog::IngressXdp => program::<Xdp>(ebpf, prog.name())?.test_run(opts),
-        Prog::Egress | Prog::IngressTc => {
+        Prog::IngressXdp | Prog::ObserveXdp => program::<Xdp>(ebpf, prog.name())?.test_run(opts),
+        Prog::Egress | Prog::IngressTc | Prog::ObserveTc => {
             program::<SchedClassifier>(ebpf, prog.name())?.test_run(opts)
         }
     }?;

@@ -171,8 +171,10 @@ pub fn write_flow(
         o.f64("tx_loss_percent", r.tx_loss_percent())?;
         put_summary(&mut o, "client_delay", &b.client_delay)?;
         put_summary(&mut o, "client_delay_all", &b.client_delay_all)?;
-        put_summary(&mut o, "capture_rtt", &b.capture_rtt)?;
-        put_summary(&mut o, "capture_rtt_all", &b.capture_rtt_all)?;
+        put_summary(&mut o, "server_side_rtt", &b.server_side_rtt)?;
+        put_summary(&mut o, "server_side_rtt_all", &b.server_side_rtt_all)?;
+        put_summary(&mut o, "client_side_rtt", &b.client_side_rtt)?;
+        put_summary(&mut o, "client_side_rtt_all", &b.client_side_rtt_all)?;
     }
     o.f64("age_s", Some(r.age.as_secs_f64()))?;
     o.f64("idle_s", Some(r.idle.as_secs_f64()))?;
@@ -180,10 +182,12 @@ pub fn write_flow(
     o.end()
 }
 
-/// The first line of a run: what was attached where, by which version.
-pub fn run_json(ts: f64, iface: &str, attach: &[String]) -> Value {
+/// The first line of a run: what ran (`run`, `observe`), attached where, by which
+/// version.
+pub fn run_json(ts: f64, mode: &str, iface: &str, attach: &[String]) -> Value {
     json!({
         "type": "run",
+        "mode": mode,
         "ts": ts,
         "iface": iface,
         "attach": attach,
@@ -265,7 +269,8 @@ mod tests {
         assert_eq!(v["tx_duplicate"], 2);
         assert_eq!(v["tx_loss_percent"], 25.0);
         assert_eq!(v["client_delay_us_p50"], Value::Null);
-        assert_eq!(v["capture_rtt_all_samples"], 0);
-        assert_eq!(v.as_object().unwrap().len(), keys + 4 + 4 * 7, "{v}");
+        assert_eq!(v["server_side_rtt_all_samples"], 0);
+        assert_eq!(v["client_side_rtt_us_p50"], Value::Null);
+        assert_eq!(v.as_object().unwrap().len(), keys + 4 + 6 * 7, "{v}");
     }
 }

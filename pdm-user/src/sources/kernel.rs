@@ -10,8 +10,9 @@ use pdm_common::{
     names,
 };
 
+use super::LiveSource;
 use crate::{
-    engine::Table,
+    engine::{FlowRow, Table},
     kernel::maps::{FlowTable, FlowTableError},
 };
 
@@ -49,19 +50,23 @@ impl KernelSource {
         })
     }
 
-    /// Slots in the kernel's flow table: the most flows it holds at once.
-    pub fn slots(&self) -> usize {
-        self.flows.slots()
-    }
-
     /// Hands every sample waiting in the ring to `table`; returns how many there were.
     pub fn drain(&mut self, table: &mut Table) -> usize {
         self.drain_with(table, |_| {})
     }
 
-    /// As [`KernelSource::drain`], and each batch to `also` (an exporter that keeps
-    /// every sample).
-    pub fn drain_with(&mut self, table: &mut Table, mut also: impl FnMut(&[RttSample])) -> usize {
+    /// The flow table now: (slot, entry) of every live slot.
+    pub fn flows(&self) -> impl Iterator<Item = (u32, FlowSlot)> + '_ {
+        self.flows.live()
+    }
+}
+
+impl LiveSource for KernelSource {
+    fn slots(&self) -> usize {
+        self.flows.slots()
+    }
+
+    fn drain_with(&mut self, table: &mut Table, mut also: impl FnMut(&[RttSample])) -> usize {
         let mut n = 0;
         self.batch.clear();
         while let Some(item) = self.ring.next() {
@@ -82,13 +87,17 @@ impl KernelSource {
         n
     }
 
-    /// The flow table now: (slot, entry) of every live slot.
-    pub fn flows(&self) -> impl Iterator<Item = (u32, FlowSlot)> + '_ {
-        self.flows.live()
+    fn refresh(
+        &self,
+        table: &mut Table,
+        now_ns: u64,
+        rows: Option<&mut Vec<FlowRow>>,
+        keep: impl Fn(&FlowRow) -> bool,
+    ) -> Vec<(u32, FlowKey)> {
+        table.refresh_rows(self.flows.live(), now_ns, rows, keep)
     }
 
-    /// Frees the kernel's slots of the flows the engine expired.
-    pub fn remove(&self, expired: &[(u32, FlowKey)]) {
+    fn remove(&self, expired: &[(u32, FlowKey)]) {
         self.flows.remove(expired);
     }
 }

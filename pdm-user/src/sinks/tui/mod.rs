@@ -58,7 +58,10 @@ use {render::*, sort::*};
 
 /// Everything one refresh shows.
 pub struct Frame {
+    /// Where: the interface(s), or a capture.
     pub iface: String,
+    /// `pdm observe`: the header says so, and shows the observer's counters.
+    pub observing: bool,
     /// Something the user should act on (packets going without PDM, and the option
     /// that helps), shown under the counters.
     pub hint: Option<String>,

@@ -68,7 +68,11 @@ pub(super) fn header_lines(
     };
     let arrow = if state.descending { "▼" } else { "▲" };
     let first = Line::from(vec![
-        Span::raw("iface "),
+        Span::raw(if frame.observing {
+            "observing "
+        } else {
+            "iface "
+        }),
         Span::styled(frame.iface.clone(), bold),
         Span::raw(format!(
             " · every {} · flows: {n} shown{shown}, {} evicted, {} expired · sort: {}{arrow}",
@@ -84,27 +88,38 @@ pub(super) fn header_lines(
         format!("attached: {}", frame.attach.join(" · "))
     };
     let t = &frame.totals;
-    let mut lines = vec![
-        first,
-        Line::raw(attach),
-        direction_line(
+    let mut lines = vec![first, Line::raw(attach)];
+    if frame.observing {
+        lines.push(direction_line(
             t,
-            "egress",
+            "observe",
             &[
-                (Counter::EgressPackets, "pkts"),
-                (Counter::EgressInserted, "PDM inserted"),
+                (Counter::ObservePackets, "pkts"),
+                (Counter::ObservePdm, "with PDM"),
+                (Counter::ObserveSamples, "samples"),
             ],
-        ),
-        direction_line(
-            t,
-            "ingress",
-            &[
-                (Counter::IngressPackets, "pkts"),
-                (Counter::IngressPdm, "PDM received"),
-                (Counter::IngressRttSamples, "RTT samples"),
-            ],
-        ),
-    ];
+        ));
+    } else {
+        lines.extend([
+            direction_line(
+                t,
+                "egress",
+                &[
+                    (Counter::EgressPackets, "pkts"),
+                    (Counter::EgressInserted, "PDM inserted"),
+                ],
+            ),
+            direction_line(
+                t,
+                "ingress",
+                &[
+                    (Counter::IngressPackets, "pkts"),
+                    (Counter::IngressPdm, "PDM received"),
+                    (Counter::IngressRttSamples, "RTT samples"),
+                ],
+            ),
+        ]);
+    }
     if let Some(hint) = &frame.hint {
         lines.push(Line::styled(hint.clone(), Style::new().fg(Color::Yellow)));
     }
@@ -112,7 +127,12 @@ pub(super) fn header_lines(
 }
 
 /// Counters of packets measured without PDM: shown after `skipped:` with the skips.
-pub(super) const WITHOUT_PDM: [Counter; 2] = [Counter::IngressNoPdm, Counter::IngressBadPdm];
+pub(super) const WITHOUT_PDM: [Counter; 4] = [
+    Counter::IngressNoPdm,
+    Counter::IngressBadPdm,
+    Counter::ObserveNoPdm,
+    Counter::ObserveBadPdm,
+];
 
 /// One direction's counters: `main` always, then any other non-zero counter of that
 /// direction (`mss_clamped 2`), then the non-zero reasons packets went without PDM,
@@ -146,6 +166,9 @@ pub(super) fn direction_line(t: &Totals, dir: &str, main: &[(Counter, &str)]) ->
                 | Counter::IngressDtlrNotExact
                 | Counter::IngressDtlrMalformed
                 | Counter::IngressSeqContended
+                | Counter::ObserveSamplesDropped
+                | Counter::ObserveDtlrFaults
+                | Counter::ObserveSeqContended
         ) {
             // The distributions miss samples, or a peer lies: worth noticing.
             spans.push(Span::styled(

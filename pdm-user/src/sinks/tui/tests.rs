@@ -45,6 +45,7 @@ fn frame() -> Frame {
     totals.0[Counter::IngressNoPdm as usize] = 42;
     totals.0[Counter::IngressMssClamped as usize] = 2;
     Frame {
+        observing: false,
         hint: None,
         detail: None,
         iface: "veth-test".into(),

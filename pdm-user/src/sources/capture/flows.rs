@@ -12,8 +12,9 @@
 //!   is then not the time the server held the client's last packet.
 //! - Server delay: DTLR of the first data-carrying server packet that echoes a given
 //!   client PSN, as `pdm run` takes it; client delay the same way on the client's.
-//! - The capture's own round trip: t(server packet) − t(client packet it echoes) −
-//!   its DTLR, for the first server packet echoing each client PSN.
+//! - The capture's own round trips: the server side, t(server packet) − t(client
+//!   packet it echoes) − its DTLR, for the first server packet echoing each client
+//!   PSN; the client side the same way from the client's packets.
 //! - Loss, reordering and duplicates from each end's PSN sequence
 //!   ([`pdm_common::seq`], the kernel's rule). A duplicate gives no sample.
 //!
@@ -49,8 +50,9 @@ struct CaptureFlow {
     ends: Ends,
     /// The client's PSN sequence (the server's is `slot.state.rx_seq`).
     tx: SeqCounts,
-    /// The server's recent packets with PDM: (PSN, its DTLR, the client PSN it echoed).
-    server: Ring<(u16, DeltaTime, u16)>,
+    /// The server's recent packets with PDM: (PSN, its DTLR, the client PSN it echoed,
+    /// capture time).
+    server: Ring<(u16, DeltaTime, u16, u64)>,
     /// The client's recent packets with PDM: (PSN, capture time).
     client: Ring<(u16, u64)>,
     /// Per figure, the last PSN whose echo gave it (or was refused): one sample per
@@ -58,7 +60,8 @@ struct CaptureFlow {
     rtt_echo: Option<u16>,
     delay_echo: Option<u16>,
     client_delay_echo: Option<u16>,
-    capture_rtt_echo: Option<u16>,
+    server_side_rtt_echo: Option<u16>,
+    client_side_rtt_echo: Option<u16>,
     first_ts: u64,
     last_ts: u64,
 }
@@ -279,11 +282,25 @@ impl CaptureFlows {
                     Err(fault) => table.add_fault(id, &key, fault),
                 }
             }
+            let p2 = f.server.find(|r| r.0 == pdm.psn_last_recv);
+            if echoes
+                && f.client_side_rtt_echo != Some(pdm.psn_last_recv)
+                && let Some((.., sent)) = p2
+            {
+                f.client_side_rtt_echo = Some(pdm.psn_last_recv);
+                // Malformed and non-RFC DTLRs are counted once, by the client delay.
+                match echo_rtt(p.ts_ns.saturating_sub(sent), dtlr) {
+                    Ok((rtt, _)) => table.add_figure(id, &key, Figure::ClientSideRtt, p.ts_ns, rtt),
+                    Err(TimeFault::Implausible) => {
+                        table.add_fault(id, &key, TimeFault::Implausible)
+                    }
+                    Err(_) => {}
+                }
+            }
             if f.rtt_echo == Some(pdm.psn_last_recv) {
                 return;
             }
-            let p2 = f.server.find(|r| r.0 == pdm.psn_last_recv);
-            if let Some((_, p2_dtlr, p2_echoed)) = p2
+            if let Some((_, p2_dtlr, p2_echoed, _)) = p2
                 && p2_echoed == pdm.psn_this.wrapping_sub(1)
             {
                 f.rtt_echo = Some(pdm.psn_last_recv);
@@ -313,17 +330,18 @@ impl CaptureFlows {
             SeqEvent::Reordered => s.rx_reordered = s.rx_reordered.wrapping_add(1),
             SeqEvent::None => {}
         }
-        f.server.push((pdm.psn_this, dtlr, pdm.psn_last_recv));
+        f.server
+            .push((pdm.psn_this, dtlr, pdm.psn_last_recv, p.ts_ns));
         if !echoes {
             return;
         }
-        if f.capture_rtt_echo != Some(pdm.psn_last_recv)
+        if f.server_side_rtt_echo != Some(pdm.psn_last_recv)
             && let Some((_, sent)) = f.client.find(|c| c.0 == pdm.psn_last_recv)
         {
-            f.capture_rtt_echo = Some(pdm.psn_last_recv);
+            f.server_side_rtt_echo = Some(pdm.psn_last_recv);
             // Malformed and non-RFC DTLRs are counted once, by the server delay below.
             match echo_rtt(p.ts_ns.saturating_sub(sent), dtlr) {
-                Ok((rtt, _)) => table.add_figure(id, &key, Figure::CaptureRtt, p.ts_ns, rtt),
+                Ok((rtt, _)) => table.add_figure(id, &key, Figure::ServerSideRtt, p.ts_ns, rtt),
                 Err(TimeFault::Implausible) => table.add_fault(id, &key, TimeFault::Implausible),
                 Err(_) => {}
             }
@@ -354,12 +372,13 @@ impl CaptureFlows {
             },
             ends,
             tx: SeqCounts::default(),
-            server: Ring::new((0, DeltaTime::default(), 0)),
+            server: Ring::new((0, DeltaTime::default(), 0, 0)),
             client: Ring::new((0, 0)),
             rtt_echo: None,
             delay_echo: None,
             client_delay_echo: None,
-            capture_rtt_echo: None,
+            server_side_rtt_echo: None,
+            client_side_rtt_echo: None,
             first_ts: ts,
             last_ts: ts,
         };
