@@ -236,6 +236,20 @@ impl Pdm {
         self.0.rss_kib().expect("pdm's VmRSS")
     }
 
+    /// Waits up to `limit` for it to exit by itself (`--duration`); whether it did.
+    pub fn exits_within(&mut self, limit: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if self.0.try_wait().is_some() {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     /// SIGTERM, wait, and return the JSON lines it printed.
     pub fn stop(self) -> Vec<Value> {
         self.0.stop().unwrap_or_else(|e| panic!("{e}"))

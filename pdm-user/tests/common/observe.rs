@@ -5,7 +5,7 @@
 
 use serde_json::Value;
 
-use super::{Netns, run_pdm, warm_up};
+use super::{Netns, Pdm, run_pdm, warm_up};
 
 /// The skip counters: with `observe_pdm` and `observe_no_pdm`, every packet the
 /// observer's programs ran on is in exactly one of them.
@@ -31,16 +31,35 @@ pub fn us(v: &Value, key: &str) -> f64 {
         .unwrap_or_else(|| panic!("{key} has no value in {v}"))
 }
 
-/// The first line of an observer's output: a run line of mode observe, on `ifaces` in
-/// that order, with one attachment per program (ingress on each, egress too if asked).
-pub fn check_run_line(lines: &[Value], ifaces: &[&str], egress: bool) {
+/// How a running observer started: on stderr a line per program attached, naming its
+/// interface, then one saying it observes them all; on stdout first a run line of mode
+/// observe, on `ifaces` in that order, with the same attachments.
+pub fn check_start(obs: &Pdm, ifaces: &[&str], egress: bool) {
+    let want = ifaces.len() * if egress { 2 } else { 1 };
+    let err = obs.stderr_lines();
+    let observing = err
+        .iter()
+        .position(|l| l.contains("observing on"))
+        .unwrap_or_else(|| panic!("no `observing on` line: {err:#?}"));
+    let attached: Vec<&String> = err[..observing]
+        .iter()
+        .filter(|l| l.contains("pdm_observe"))
+        .collect();
+    assert_eq!(attached.len(), want, "a line per program: {err:#?}");
+    for i in ifaces {
+        // "rc (ifindex 3, MTU 1500): pdm_observe_tc: tc ingress ..."
+        let prefix = format!("{i} (");
+        let per_iface = attached.iter().filter(|l| l.contains(&prefix)).count();
+        assert_eq!(per_iface, want / ifaces.len(), "{i}: {err:#?}");
+        assert!(err[observing].contains(i), "{i}: {}", err[observing]);
+    }
+    let lines = obs.lines();
     let run = lines.first().expect("pdm observe printed nothing");
     assert_eq!(run["type"], "run", "first line: {run}");
     assert_eq!(run["mode"], "observe", "{run}");
     assert_eq!(run["iface"], ifaces.join(","), "{run}");
     assert!(run["version"].is_string(), "{run}");
     let attach = run["attach"].as_array().expect("attach is a list");
-    let want = ifaces.len() * if egress { 2 } else { 1 };
     assert_eq!(attach.len(), want, "one entry per program attached: {run}");
 }
 
