@@ -576,7 +576,7 @@ async fn observe(args: ObserveArgs) -> Result<ExitCode> {
     // Looked up once; everything below takes these values.
     let mut ifaces: Vec<Iface> = Vec::new();
     for name in &args.iface {
-        let iface = Iface::resolve(name)?;
+        let iface = Iface::resolve_link(name)?;
         if ifaces.iter().any(|i| i.index() == iface.index()) {
             bail!("--iface {name} is given twice: name each interface once");
         }

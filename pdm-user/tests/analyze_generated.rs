@@ -129,6 +129,8 @@ struct Expected {
     /// RTT from the PDM fields, ns, per sample.
     rtt: Vec<u64>,
     server_side_rtt: Vec<u64>,
+    /// t(request) − t(answer it echoes) − the client's DTLR, ns, per sample.
+    client_side_rtt: Vec<u64>,
     tx_packets: u64,
     rx_packets: u64,
     tx_lost: u64,
@@ -193,6 +195,8 @@ fn run_rounds(
     // per server packet echoed.
     let mut echoed: Option<u16> = None;
     let mut late_copy: Option<PdmFields> = None;
+    // When each captured answer was seen, by its PSN.
+    let mut answers_seen = BTreeMap::new();
     for i in 0..r.rounds {
         let captured = i >= r.captured_from;
         let held = client.last_recv;
@@ -207,6 +211,9 @@ fn run_rounds(
                 && echoed != Some(psn)
             {
                 e.client_delay.push(t - at);
+                if let Some(&seen) = answers_seen.get(&psn) {
+                    e.client_side_rtt.push(q_seen - seen - (t - at));
+                }
                 echoed = Some(psn);
             }
             // p3 = this request, p2 = the answer to the request just before it.
@@ -241,6 +248,7 @@ fn run_rounds(
             e.rx_packets += 1;
             e.server_delay.push(dtlr);
             e.server_side_rtt.push(a_seen - q_seen - dtlr);
+            answers_seen.insert(a.psn_this, a_seen);
         }
         // The duplicate comes late, after the next answer (a copy sent back to back
         // is what segmentation offload makes of a burst: not a duplicate).
@@ -291,6 +299,8 @@ fn fragmented_rounds(
         let id = 0x1000 + u32::from(i);
         if let Some((received, sent, dtlr)) = previous {
             e.client_delay.push(think(i - 1));
+            // Captured at the client: its side of the path is nothing.
+            e.client_side_rtt.push(0);
             e.rtt.push(received - sent - dtlr);
         }
         let mut pdm = client.send(t);
@@ -578,6 +588,8 @@ fn every_figure_of_a_modelled_capture_is_the_time_it_stands_for() {
         let span = 2 * MS;
         check_figure(v, "server_delay", &e.server_delay, span);
         check_figure(v, "server_side_rtt", &e.server_side_rtt, span);
+        // Computed from the client's DTLR, its think time: up to a few ms.
+        check_figure(v, "client_side_rtt", &e.client_side_rtt, 4 * MS);
         check_figure(v, "rtt", &e.rtt, span);
         check_figure(v, "client_delay", &e.client_delay, span);
     }

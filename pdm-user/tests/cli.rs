@@ -141,6 +141,24 @@ fn bad_input_gets_one_clear_line_and_attaches_nothing() {
             &["run", "--iface", IFACE, "--per-packet", "--bogus"],
             "unexpected argument '--bogus'",
         ),
+        (&["observe", "--json"], "--iface"),
+        // Every interface is looked up before anything is attached to the first.
+        (
+            &["observe", "-i", IFACE, "-i", "nosuchif0"],
+            "no interface named `nosuchif0`",
+        ),
+        (
+            &["observe", "-i", IFACE, "-i", IFACE],
+            "--iface pdm0 is given twice",
+        ),
+        (
+            &["observe", "-i", IFACE, "--interval", "0"],
+            "must be more than zero",
+        ),
+        (
+            &["observe", "-i", IFACE, "--filter", "sctp"],
+            "unknown word `sctp`",
+        ),
     ];
     for (args, want) in cases {
         let (code, err) = pdm(&h.a, args);
@@ -163,6 +181,12 @@ fn bad_input_gets_one_clear_line_and_attaches_nothing() {
     one_clear_line(&args, code, &err, "IPv6 disabled");
     nothing_attached(&h.a);
     assert_eq!(offload_settings(&h.a), before);
+    // An observer only reads frames: a mirror port with IPv6 off is a place for it.
+    let args = ["observe", "--iface", IFACE, "--json", "--duration", "1s"];
+    let (code, err) = pdm(&h.a, &args);
+    assert_eq!(code, 0, "pdm {args:?}: {err}");
+    assert!(err.contains("observing on pdm0"), "{err}");
+    nothing_attached(&h.a);
 }
 
 /// Runs `pdm run --iface IFACE --per-packet` in `ns` under `wrapper` (a command that

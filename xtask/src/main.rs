@@ -37,7 +37,7 @@ enum Task {
         #[arg(long)]
         render: bool,
         /// Run only these parts (comma-separated: progcost, testrun, throughput, rr,
-        /// scaling, loader_cpu, analyze); the others' results are kept from the existing
+        /// scaling, loader_cpu, analyze, observe); the others' results are kept from the existing
         /// bench-results.json.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,

@@ -73,11 +73,17 @@ pub struct Iface {
 impl Iface {
     /// Looks `name` up: it must exist and carry IPv6 (nothing for PDM to do otherwise).
     pub fn resolve(name: &str) -> Result<Self, IfaceError> {
-        let index = index(name)?;
+        let iface = Self::resolve_link(name)?;
         check_ipv6(name)?;
+        Ok(iface)
+    }
+
+    /// Looks `name` up as a link only: an observer reads the frames crossing it, and a
+    /// mirror port carries IPv6 frames with IPv6 off on the port itself.
+    pub fn resolve_link(name: &str) -> Result<Self, IfaceError> {
         Ok(Self {
             name: name.to_owned(),
-            index,
+            index: index(name)?,
         })
     }
 

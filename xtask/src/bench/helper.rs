@@ -69,6 +69,16 @@ pub enum Helper {
         min_passes: u64,
         #[arg(long, default_value_t = 18)]
         payload: usize,
+        /// First source port (one socket per port) and first destination port.
+        #[arg(long, default_value_t = 20000)]
+        sport_base: u16,
+        #[arg(long, default_value_t = 30000)]
+        dport_base: u16,
+        /// Destination ports per socket (default: FLOWS, at most 1000). `--ports 1`
+        /// sends each flow from its own source port to one destination port: the
+        /// reverse of a flood, on the same 5-tuples.
+        #[arg(long)]
+        ports: Option<usize>,
     },
     /// Attaches a program that returns at once (the floor of a hook) to bench0 in
     /// this namespace, for SECS seconds or until killed.
@@ -126,7 +136,18 @@ pub fn run(h: Helper) -> Result<()> {
             secs,
             min_passes,
             payload,
-        } => udp_flood(src, dst, flows, secs, min_passes, payload)?,
+            sport_base,
+            dport_base,
+            ports,
+        } => udp_flood(
+            (src, sport_base),
+            (dst, dport_base),
+            flows,
+            ports,
+            secs,
+            min_passes,
+            payload,
+        )?,
         Helper::NullProg { hook, max_secs } => {
             let name = std::ffi::CString::new(super::hosts::IFACE)?;
             // SAFETY: NUL-terminated name.
@@ -326,16 +347,17 @@ fn udp_rr(dst: SocketAddr, count: u64, secs: f64) -> Result<serde_json::Value> {
 }
 
 fn udp_flood(
-    src: std::net::Ipv6Addr,
-    dst: std::net::Ipv6Addr,
+    (src, sport_base): (std::net::Ipv6Addr, u16),
+    (dst, dport_base): (std::net::Ipv6Addr, u16),
     flows: usize,
+    ports: Option<usize>,
     secs: f64,
     min_passes: u64,
     payload: usize,
 ) -> Result<serde_json::Value> {
     const BATCH: usize = 64;
     let flows = flows.max(1);
-    let ports = flows.min(1000);
+    let ports = ports.unwrap_or(1000).clamp(1, flows.min(1000));
     let sockets = flows.div_ceil(ports);
     let lim = libc::rlimit {
         rlim_cur: 65536,
@@ -344,11 +366,11 @@ fn udp_flood(
     // SAFETY: plain setrlimit.
     unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
     let socks: Vec<UdpSocket> = (0..sockets)
-        .map(|s| UdpSocket::bind(SocketAddr::new(src.into(), 20000 + s as u16)))
+        .map(|s| UdpSocket::bind(SocketAddr::new(src.into(), sport_base + s as u16)))
         .collect::<std::io::Result<_>>()
         .context("binding the flood's sockets")?;
     let dsts: Vec<libc::sockaddr_in6> = (0..ports)
-        .map(|p| sockaddr6(dst, 30000 + p as u16))
+        .map(|p| sockaddr6(dst, dport_base + p as u16))
         .collect();
     let data = vec![0x33u8; payload];
     let mut iov = libc::iovec {

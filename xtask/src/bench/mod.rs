@@ -5,7 +5,8 @@
 //! One file per benchmark: [`progcost`] (BPF run time per packet), [`throughput`] (TCP
 //! with iperf3 and with our own sender, against the kernel's IPV6_DSTOPTS insertion),
 //! [`rr`] (UDP request/response), [`scaling`] (flows), [`loader`] (pdm's own CPU),
-//! [`analyze`] (reading captures, against tshark).
+//! [`analyze`] (reading captures, against tshark), [`observe`] (`pdm observe` on a
+//! router).
 //! [`profile`] adds a perf profile of each program. [`hosts`] makes the hosts and undoes
 //! every change (also on Ctrl-C); [`helper`] is the traffic the hosts run (hidden
 //! `cargo xtask bench-helper` subcommands); [`bpf`] reads the kernel's statistics;
@@ -18,6 +19,7 @@ mod bpf;
 pub mod helper;
 mod hosts;
 mod loader;
+mod observe;
 mod profile;
 mod progcost;
 mod report;
@@ -159,6 +161,7 @@ pub fn run(quick: bool, only: &[String], baseline: Option<&str>) -> Result<()> {
         scaling: None,
         loader_cpu: None,
         analyze: None,
+        observe: None,
         wall_secs: WallSecs::default(),
         only: (!only.is_empty()).then(|| only.clone()),
     };
@@ -179,6 +182,7 @@ pub fn run(quick: bool, only: &[String], baseline: Option<&str>) -> Result<()> {
             Bench::Scaling => results.scaling = Some(outcome(bench, scaling::run(&cfg))),
             Bench::LoaderCpu => results.loader_cpu = Some(outcome(bench, loader::run(&cfg))),
             Bench::Analyze => results.analyze = Some(outcome(bench, analyze::run(&cfg))),
+            Bench::Observe => results.observe = Some(outcome(bench, observe::run(&cfg))),
         }
         results
             .wall_secs

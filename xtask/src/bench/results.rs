@@ -64,6 +64,7 @@ names! {
         Scaling => "scaling",
         LoaderCpu => "loader_cpu",
         Analyze => "analyze",
+        Observe => "observe",
     }
 }
 
@@ -197,6 +198,8 @@ pub struct BenchResults {
     pub loader_cpu: Option<Outcome<LoaderCpu>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analyze: Option<Outcome<Analyze>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observe: Option<Outcome<Observe>>,
     pub wall_secs: WallSecs,
     /// `--only`: the benchmarks this run measured, the others kept from the file before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -214,6 +217,7 @@ impl BenchResults {
             Bench::Scaling => self.scaling = earlier.scaling.take(),
             Bench::LoaderCpu => self.loader_cpu = earlier.loader_cpu.take(),
             Bench::Analyze => self.analyze = earlier.analyze.take(),
+            Bench::Observe => self.observe = earlier.observe.take(),
         }
         if let Some(secs) = earlier.wall_secs.per_bench.remove(&bench) {
             self.wall_secs.per_bench.insert(bench, secs);
@@ -931,6 +935,40 @@ pub struct Analyze {
     /// From the median repetition.
     pub pdm_packets_per_sec: f64,
     pub tshark_packets_per_sec: f64,
+}
+
+// ---- observe.
+
+/// `pdm observe` on a router between two pdm ends, small UDP both ways on `flows`
+/// flows: windows without an observer, and with it on XDP and on TC ingress.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Observe {
+    pub flows: usize,
+    pub none: Vec<ObserveWindow>,
+    pub xdp: Vec<ObserveWindow>,
+    pub tc: Vec<ObserveWindow>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ObserveWindow {
+    pub secs: f64,
+    /// Datagrams both senders sent, and those the two ends received (their input
+    /// rules' counters).
+    pub sent: u64,
+    pub delivered: u64,
+    pub lost: u64,
+    pub delivered_per_sec: f64,
+    /// bpf_stats: the observer's programs on the router, and the server's pdm ingress
+    /// program (same hook) in the same window.
+    pub observer_ns_per_packet: Option<f64>,
+    pub ingress_ns_per_packet: Option<f64>,
+    /// The observer's counters at the end.
+    pub observed_packets: u64,
+    pub observed_pdm: u64,
+    pub samples: u64,
+    pub samples_dropped: u64,
+    pub samples_thinned: u64,
+    pub flows_seen: u64,
 }
 
 // ---- loader_cpu.

@@ -553,3 +553,32 @@ fn the_table_shows_the_selection_and_the_trend() {
 fn key_code(code: KeyCode) -> KeyEvent {
     KeyEvent::new(code, KeyModifiers::NONE)
 }
+
+/// `pdm observe`: the header says it observes, where, and counts what the observer
+/// programs saw instead of pdm run's two directions.
+#[test]
+fn an_observer_says_so_in_the_header() {
+    let mut f = frame();
+    f.observing = true;
+    f.iface = "r0,r1".into();
+    f.totals = Default::default();
+    f.totals.0[Counter::ObservePackets as usize] = 5000;
+    f.totals.0[Counter::ObservePdm as usize] = 4000;
+    f.totals.0[Counter::ObserveNoPdm as usize] = 990;
+    f.totals.0[Counter::ObserveNdMld as usize] = 10;
+    f.totals.0[Counter::ObserveSamples as usize] = 700;
+    f.totals.0[Counter::ObserveSamplesDropped as usize] = 3;
+    let s = screen(&ViewState::default(), &f, 160, 20);
+    let all = s.join("\n");
+    for text in [
+        "observing r0,r1",
+        "observe: 5000 pkts, 4000 with PDM, 700 samples, samples_dropped 3 · skipped: no_pdm 990, nd_mld 10",
+    ] {
+        assert!(all.contains(text), "`{text}` not on screen:\n{all}");
+    }
+    assert!(
+        !s.iter()
+            .any(|l| l.starts_with("egress:") || l.starts_with("ingress:")),
+        "{all}"
+    );
+}

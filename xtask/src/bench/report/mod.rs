@@ -20,6 +20,7 @@ pub fn render(r: &BenchResults) -> String {
     tables::scaling(&mut s, r.scaling.as_ref());
     tables::loader(&mut s, r.loader_cpu.as_ref());
     tables::analyze(&mut s, r.analyze.as_ref());
+    tables::observe(&mut s, r.observe.as_ref());
     narrative::limits(&mut s, r);
     narrative::commands(&mut s, r);
     s
@@ -40,6 +41,7 @@ mod tests {
         r.throughput = Some(Outcome::Failed("iperf3 failed three times".into()));
         (r.testrun, r.rr, r.scaling, r.loader_cpu) = (None, None, None, None);
         r.analyze = None;
+        r.observe = None;
         let md = render(&r);
         assert!(md.contains("**This benchmark failed:** `no bpftool`"));
         assert!(md.contains("**This benchmark failed:** `iperf3 failed three times`"));

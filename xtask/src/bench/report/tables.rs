@@ -11,11 +11,11 @@ use super::{
 };
 use crate::bench::{
     results::{
-        Analyze, Host, HostProgs, Ingress, LoaderCpu, LoaderOutput, MergedProg, NullHook, Outcome,
-        Profile, Prog, ProgRun, Progcost, Rr, Scaling, TcpTest, Throughput, ThroughputMode,
-        Windows,
+        Analyze, Host, HostProgs, Ingress, LoaderCpu, LoaderOutput, MergedProg, NullHook, Observe,
+        ObserveWindow, Outcome, Profile, Prog, ProgRun, Progcost, Rr, Scaling, TcpTest, Throughput,
+        ThroughputMode, Windows,
     },
-    rr, throughput,
+    rr, stats, throughput,
 };
 
 /// How the tables name pdm's setups.
@@ -573,5 +573,86 @@ pub fn analyze(s: &mut String, part: Option<&Outcome<Analyze>>) {
         } else {
             "missed"
         }
+    );
+}
+
+pub fn observe(s: &mut String, part: Option<&Outcome<Observe>>) {
+    // Absent from runs before the benchmark existed: no section at all.
+    let Some(part) = part else {
+        return;
+    };
+    let _ = writeln!(s, "## `pdm observe` on a router\n");
+    let Some(o) = done(s, Some(part)) else {
+        return;
+    };
+    let _ = writeln!(
+        s,
+        "Client — router — server namespaces, `pdm run` on both ends (every packet carries PDM and echoes the other end's), 18-octet UDP datagrams both ways on the same {} flows at the senders' top rate (sendmmsg, one sender per end); on the router nothing, or `pdm observe -i ra -i rb` with XDP or TC ingress (the ends then use the same hook). Windows in rounds, fresh hosts each. Figures are medians over the windows (all values in bench-results.json). Targets: the observer's ns per packet no more than pdm's ingress program on the same hook, no packet lost because of it, no sample dropped.\n",
+        o.flows
+    );
+    let med = |v: Vec<f64>| stats::summary(&v).median_or_nan();
+    let base = med(o.none.iter().map(|w| w.delivered_per_sec).collect());
+    let _ = writeln!(
+        s,
+        "| router | delivered packets/s | of no observer | lost (sent − delivered) | observer ns/packet | server's pdm ingress ns/packet | ratio | flows seen | samples/s | samples dropped |\n|---|---|---|---|---|---|---|---|---|---|"
+    );
+    for (name, ws) in [
+        ("no observer", &o.none),
+        ("pdm observe, XDP", &o.xdp),
+        ("pdm observe, TC", &o.tc),
+    ] {
+        let ws: &Vec<ObserveWindow> = ws;
+        if ws.is_empty() {
+            continue;
+        }
+        let pps = med(ws.iter().map(|w| w.delivered_per_sec).collect());
+        let lost: u64 = ws.iter().map(|w| w.lost).sum();
+        let sent: u64 = ws.iter().map(|w| w.sent).sum();
+        let opt = |f: fn(&ObserveWindow) -> Option<f64>| {
+            let v: Vec<f64> = ws.iter().filter_map(f).collect();
+            (!v.is_empty()).then(|| med(v))
+        };
+        let obs = opt(|w| w.observer_ns_per_packet);
+        let ing = opt(|w| w.ingress_ns_per_packet);
+        let samples_per_sec = med(ws.iter().map(|w| w.samples as f64 / w.secs).collect());
+        let dropped: u64 = ws.iter().map(|w| w.samples_dropped).sum();
+        let observed = !std::ptr::eq(ws, &o.none);
+        let _ = writeln!(
+            s,
+            "| {name} | {} | {}% | {} of {} | {} | {} | {} | {} | {} | {} |",
+            num(pps, 0),
+            num(100.0 * pps / base, 1),
+            lost,
+            sent,
+            obs.map_or("-".into(), |v| num(v, 1)),
+            ing.map_or("-".into(), |v| num(v, 1)),
+            match (obs, ing) {
+                (Some(a), Some(b)) => format!("{}×", num(a / b, 2)),
+                _ => "-".into(),
+            },
+            if observed {
+                ws.iter()
+                    .map(|w| w.flows_seen)
+                    .max()
+                    .unwrap_or(0)
+                    .to_string()
+            } else {
+                "-".into()
+            },
+            if observed {
+                num(samples_per_sec, 0)
+            } else {
+                "-".into()
+            },
+            if observed {
+                dropped.to_string()
+            } else {
+                "-".into()
+            },
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nThe two senders, the router's forwarding and both ends' pdm share this machine's CPUs: every nanosecond the observer adds on the router is taken from the senders, which is what the delivered rate shows. Lost counts the datagrams sent and never received (the ends' input rules' counters), over all windows of the setup.\n"
     );
 }
