@@ -8,53 +8,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{IFACE, Netns, Pdm, TwoHosts, offload_settings, pdm_bin, run_state};
-
-/// Runs `pdm args...` in `ns`; returns (exit code, stderr).
-fn pdm(ns: &Netns, args: &[&str]) -> (i32, String) {
-    let out = ns
-        .cmd(pdm_bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run pdm");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use common::{
+    IFACE, Netns, Pdm, TwoHosts, nothing_attached_to, offload_settings, pdm_bin, run_pdm as pdm,
+    run_state,
+};
 
 fn nothing_attached(ns: &Netns) {
     nothing_attached_to(ns, IFACE);
-}
-
-fn nothing_attached_to(ns: &Netns, iface: &str) {
-    let link = ns.ip(&["-d", "link", "show", iface]);
-    assert!(!link.contains("xdp"), "XDP left attached: {link}");
-    let tcx = ns.in_ns(|| {
-        use aya::programs::{SchedClassifier, TcAttachType};
-        [TcAttachType::Ingress, TcAttachType::Egress]
-            .into_iter()
-            .map(|at| {
-                SchedClassifier::query_tcx(iface, at)
-                    .expect("query tcx")
-                    .1
-                    .len()
-            })
-            .sum::<usize>()
-    });
-    assert_eq!(tcx, 0, "TCX programs left attached");
-    let qdiscs = ns.run("tc", &["qdisc", "show", "dev", iface]);
-    assert!(!qdiscs.contains("clsact"), "clsact qdisc added: {qdiscs}");
-    for dir in ["ingress", "egress"] {
-        let f = ns.run("tc", &["filter", "show", "dev", iface, dir]);
-        assert!(f.trim().is_empty(), "tc filter left on {dir}: {f}");
-    }
-    assert_eq!(
-        run_state(ns),
-        Vec::<String>::new(),
-        "state left in /run/pdm"
-    );
 }
 
 /// Removes /run/pdm files named after this (new) namespace's inode: a namespace that

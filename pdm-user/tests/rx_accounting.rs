@@ -71,17 +71,7 @@ fn add_drops(router: &Netns, percent: u32, tcp: bool) {
 
 /// Packets the rule named `name` dropped.
 fn dropped(router: &Netns, name: &str) -> u64 {
-    let out = router.run("nft", &["-j", "list", "table", "inet", "pdmrx"]);
-    let v: Value = serde_json::from_str(&out).expect("nft json");
-    v["nftables"]
-        .as_array()
-        .expect("nftables array")
-        .iter()
-        .filter(|o| o["rule"]["comment"] == name)
-        .filter_map(|o| o["rule"]["expr"].as_array())
-        .flatten()
-        .filter_map(|e| e["counter"]["packets"].as_u64())
-        .sum()
+    common::drops::dropped(router, "pdmrx", name)
 }
 
 /// Packets of the flow (`proto`, client port `CLIENT_PORT`) the capture holds that went

@@ -129,3 +129,50 @@ pub fn tcp(sport: u16, dport: u16, seq: u32, flags: u8, payload: &[u8]) -> Vec<u
     t.extend_from_slice(payload);
     t
 }
+
+/// The frames of a pcap file (either byte order, microsecond or nanosecond times), as
+/// (time in ns since the Unix epoch, the octets captured). Read without pdm's own
+/// reader, so a test can hold pdm against it.
+pub fn read_frames(path: &Path) -> io::Result<Vec<(u64, Vec<u8>)>> {
+    let bytes = std::fs::read(path)?;
+    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_owned());
+    let magic = bytes
+        .get(..4)
+        .ok_or_else(|| bad("no pcap header"))?
+        .try_into()
+        .expect("4 octets");
+    let (le, nanos) = match u32::from_le_bytes(magic) {
+        0xa1b2_c3d4 => (true, false),
+        0xa1b2_3c4d => (true, true),
+        0xd4c3_b2a1 => (false, false),
+        0x4d3c_b2a1 => (false, true),
+        _ => return Err(bad("not a pcap file (pcapng? dumpcap writes pcap with -P)")),
+    };
+    let u32_at = |at: usize| -> io::Result<u32> {
+        let b: [u8; 4] = bytes
+            .get(at..at + 4)
+            .ok_or_else(|| bad("cut short"))?
+            .try_into()
+            .expect("4 octets");
+        Ok(if le {
+            u32::from_le_bytes(b)
+        } else {
+            u32::from_be_bytes(b)
+        })
+    };
+    let mut frames = Vec::new();
+    let mut at = 24;
+    while at < bytes.len() {
+        let (secs, sub, caplen) = (u32_at(at)?, u32_at(at + 4)?, u32_at(at + 8)? as usize);
+        let data = bytes
+            .get(at + 16..at + 16 + caplen)
+            .ok_or_else(|| bad("record cut short"))?;
+        let sub_ns = if nanos { sub } else { sub * 1000 };
+        frames.push((
+            u64::from(secs) * 1_000_000_000 + u64::from(sub_ns),
+            data.to_vec(),
+        ));
+        at += 16 + caplen;
+    }
+    Ok(frames)
+}

@@ -189,6 +189,12 @@ impl Pdm {
     /// SIGTERM and wait up to `limit`; the exit status, or None (still running).
     fn terminate(&mut self, limit: Duration) -> Option<ExitStatus> {
         let child = self.child.as_mut()?;
+        // One that has exited already (`--duration`) and was waited for: its pid may
+        // be another process's by now.
+        if let Ok(Some(status)) = child.try_wait() {
+            self.child = None;
+            return Some(status);
+        }
         // SAFETY: signalling the child we started.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         let started = Instant::now();

@@ -4,8 +4,10 @@
 
 pub mod analyze;
 pub mod chain;
+pub mod drops;
 pub mod fan;
 pub mod hosts;
+pub mod observe;
 pub mod pdm_peer;
 pub mod router;
 pub mod traffic;
@@ -124,6 +126,20 @@ pub fn pin_to_cpu(cpu: usize) {
     }
 }
 
+/// Runs `pdm args...` in `ns`; returns (exit code, stderr).
+pub fn run_pdm(ns: &Netns, args: &[&str]) -> (i32, String) {
+    let out = ns
+        .cmd(pdm_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run pdm");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 pub fn run_ok(cmd: &mut Command) -> Output {
     let out = cmd.stdin(Stdio::null()).output().expect("spawn");
     assert!(
@@ -169,10 +185,31 @@ pub struct Pdm(testbed::Pdm);
 impl Pdm {
     /// Starts `pdm run --iface IFACE --json <extra>` in `ns` and waits until it has attached.
     pub fn start(ns: &Netns, extra: &[&str]) -> Self {
-        let mut args = vec!["run", "--iface", IFACE, "--json"];
+        Self::start_on(ns, IFACE, extra)
+    }
+
+    /// Starts `pdm run --iface iface --json <extra>` in `ns` and waits until it has attached.
+    pub fn start_on(ns: &Netns, iface: &str, extra: &[&str]) -> Self {
+        let mut args = vec!["run", "--iface", iface, "--json"];
         args.extend_from_slice(extra);
+        Self::spawn(ns, &args)
+    }
+
+    /// Starts `pdm observe --iface I1 --iface I2... --json <extra>` in `ns` and waits
+    /// until it says it is observing.
+    pub fn observe(ns: &Netns, ifaces: &[&str], extra: &[&str]) -> Self {
+        let mut args = vec!["observe"];
+        for i in ifaces {
+            args.extend_from_slice(&["--iface", i]);
+        }
+        args.push("--json");
+        args.extend_from_slice(extra);
+        Self::spawn(ns, &args)
+    }
+
+    fn spawn(ns: &Netns, args: &[&str]) -> Self {
         Self(
-            testbed::Pdm::start(pdm_bin().as_ref(), &ns.name, &args)
+            testbed::Pdm::start(pdm_bin().as_ref(), &ns.name, args)
                 .unwrap_or_else(|e| panic!("{e}")),
         )
     }
@@ -197,6 +234,20 @@ impl Pdm {
 
     pub fn rss_kib(&self) -> u64 {
         self.0.rss_kib().expect("pdm's VmRSS")
+    }
+
+    /// Waits up to `limit` for it to exit by itself (`--duration`); whether it did.
+    pub fn exits_within(&mut self, limit: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if self.0.try_wait().is_some() {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
 
     /// SIGTERM, wait, and return the JSON lines it printed.
@@ -231,13 +282,18 @@ pub fn last_flow<'a>(
 /// pdm's files in /run/pdm for this namespace's [`IFACE`] (lock, offload, tc or MTU
 /// room state).
 pub fn run_state(ns: &Netns) -> Vec<String> {
+    run_state_of(ns, IFACE)
+}
+
+/// pdm's files in /run/pdm for interface `iface` of this namespace.
+pub fn run_state_of(ns: &Netns, iface: &str) -> Vec<String> {
     use std::os::unix::fs::MetadataExt as _;
     let ino = std::fs::metadata(format!("/run/netns/{}", ns.name))
         .expect("netns file")
         .ino();
     // Of this namespace's test interface: a namespace's inode is reused once it is
     // gone, and files another run left under a recycled inode are not ours.
-    let prefix = format!("{ino}-{IFACE}.");
+    let prefix = format!("{ino}-{iface}.");
     std::fs::read_dir(pdm_user::RUN_DIR)
         .map(|d| {
             d.filter_map(Result::ok)
@@ -260,4 +316,35 @@ pub fn offload_settings(ns: &Netns) -> String {
         .expect("gso_max_segs in ip -d link")
         .to_owned();
     format!("{ethtool}gso_max_segs {segs}")
+}
+
+/// Nothing of pdm's on `iface` of `ns`: no XDP, no TCX program, no clsact qdisc, no tc
+/// filter, no state in /run/pdm.
+pub fn nothing_attached_to(ns: &Netns, iface: &str) {
+    let link = ns.ip(&["-d", "link", "show", iface]);
+    assert!(!link.contains("xdp"), "XDP left attached: {link}");
+    let tcx = ns.in_ns(|| {
+        use aya::programs::{SchedClassifier, TcAttachType};
+        [TcAttachType::Ingress, TcAttachType::Egress]
+            .into_iter()
+            .map(|at| {
+                SchedClassifier::query_tcx(iface, at)
+                    .expect("query tcx")
+                    .1
+                    .len()
+            })
+            .sum::<usize>()
+    });
+    assert_eq!(tcx, 0, "TCX programs left attached");
+    let qdiscs = ns.run("tc", &["qdisc", "show", "dev", iface]);
+    assert!(!qdiscs.contains("clsact"), "clsact qdisc added: {qdiscs}");
+    for dir in ["ingress", "egress"] {
+        let f = ns.run("tc", &["filter", "show", "dev", iface, dir]);
+        assert!(f.trim().is_empty(), "tc filter left on {dir}: {f}");
+    }
+    assert_eq!(
+        run_state_of(ns, iface),
+        Vec::<String>::new(),
+        "state left in /run/pdm"
+    );
 }

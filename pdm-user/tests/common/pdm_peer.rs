@@ -298,3 +298,75 @@ pub fn ask(ns: &Netns, from: &str, to: &str, port: u16, n: usize, think: Duratio
         asked
     })
 }
+
+/// What a PDM reader should find in an exchange of [`serve`] and [`ask`], from the
+/// peers' own records (µs).
+pub struct Truth {
+    /// The holds the server's DTLRs encode, one per answer.
+    pub server_delay: Vec<f64>,
+    /// The client's think times, one per request after the first.
+    pub client_delay: Vec<f64>,
+    /// The client's own round trips less the hold the server claimed: the path.
+    pub rtt: Vec<f64>,
+}
+
+impl Truth {
+    pub fn of(answers: &[Answer], asked: &[Asked]) -> Self {
+        let server_delay: Vec<f64> = answers
+            .iter()
+            .map(|a| {
+                let d = DeltaTime {
+                    delta: a.sent.dtlr,
+                    scale: a.sent.scale_dtlr,
+                };
+                pdm_common::time::decode_received(d).expect("RFC encoding") as f64 / 1e3
+            })
+            .collect();
+        let client_delay = asked[1..]
+            .iter()
+            .zip(asked)
+            .map(|(a, prev)| (a.sent_ns - prev.answered_ns) as f64 / 1e3)
+            .collect();
+        let rtt = asked
+            .iter()
+            .zip(&server_delay)
+            .map(|(a, held)| (a.answered_ns - a.sent_ns) as f64 / 1e3 - held)
+            .collect();
+        Self {
+            server_delay,
+            client_delay,
+            rtt,
+        }
+    }
+}
+
+/// The median as pdm computes percentiles: the sample at rank round(0.5 × (n − 1)).
+pub fn median(v: &[f64]) -> f64 {
+    assert!(!v.is_empty(), "no samples");
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[((v.len() - 1) as f64 * 0.5).round() as usize]
+}
+
+/// [`serve`] on `server` and [`ask`] from `client`, `n` requests to `port`: what each
+/// peer did. Every request must be answered.
+pub fn exchange(
+    (client, from): (&Netns, &str),
+    (server, to): (&Netns, &str),
+    port: u16,
+    n: usize,
+    b: Behaviour,
+    think: Duration,
+) -> (Vec<Answer>, Vec<Asked>) {
+    let (ready_tx, ready_rx) = mpsc::channel();
+    std::thread::scope(|s| {
+        let peer = s.spawn(|| serve(server, to, port, n, b, ready_tx));
+        ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("peer ready");
+        let asked = ask(client, from, to, port, n, think);
+        let answers = peer.join().expect("peer");
+        assert_eq!(answers.len(), n, "every request answered");
+        (answers, asked)
+    })
+}

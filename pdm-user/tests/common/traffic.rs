@@ -1,5 +1,6 @@
 //! Real traffic between test hosts: a TCP bulk transfer checked byte for byte, UDP
-//! request/response, ping6, and a packet capture decoded by tshark.
+//! request/response, request/response held by the server a known time (UDP and TCP),
+//! ping6, and a packet capture decoded by tshark or read octet by octet.
 
 use std::{
     io::{Read as _, Write as _},
@@ -157,20 +158,106 @@ pub fn udp_exchange(h: &TwoHosts, port: u16, n: usize) {
     });
 }
 
+/// `n` requests from `client` (bound to `from`) to a server on `server` at `to`:`port`
+/// over `proto` ("udp" or "tcp", one connection), one at a time: the server holds each
+/// `hold` before answering it with the same octets, the client checks the answer and
+/// waits `think` before the next request.
+pub fn held_requests(
+    proto: &str,
+    (client, from): (&Netns, &str),
+    (server, to): (&Netns, &str),
+    port: u16,
+    n: usize,
+    hold: Duration,
+    think: Duration,
+) {
+    let tcp = match proto {
+        "tcp" => true,
+        "udp" => false,
+        _ => panic!("held_requests over {proto}"),
+    };
+    let (ready_tx, ready_rx) = mpsc::channel();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            server.enter();
+            if tcp {
+                let l = TcpListener::bind(sock(to, port)).expect("bind");
+                ready_tx.send(()).expect("ready");
+                let (mut c, _) = l.accept().expect("accept");
+                c.set_nodelay(true).expect("nodelay");
+                c.set_read_timeout(Some(Duration::from_secs(10)))
+                    .expect("timeout");
+                let mut req = [0u8; 64];
+                for _ in 0..n {
+                    c.read_exact(&mut req).expect("request");
+                    std::thread::sleep(hold);
+                    c.write_all(&req).expect("answer");
+                }
+                // Until the client closes, so that the close is the client's.
+                let _ = c.read(&mut req);
+            } else {
+                let u = UdpSocket::bind(sock(to, port)).expect("bind udp");
+                u.set_read_timeout(Some(Duration::from_secs(10)))
+                    .expect("timeout");
+                ready_tx.send(()).expect("ready");
+                let mut buf = [0u8; 2048];
+                for _ in 0..n {
+                    let (len, from) = u.recv_from(&mut buf).expect("udp request");
+                    std::thread::sleep(hold);
+                    u.send_to(&buf[..len], from).expect("udp answer");
+                }
+            }
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("server ready");
+        s.spawn(|| {
+            client.enter();
+            // A request's octets in, the answer's out.
+            type Ask<'a> = Box<dyn FnMut(&[u8]) -> Vec<u8> + 'a>;
+            let mut ask: Ask<'_> = if tcp {
+                let mut c = TcpStream::connect_timeout(&sock(to, port), Duration::from_secs(10))
+                    .expect("connect");
+                c.set_nodelay(true).expect("nodelay");
+                c.set_read_timeout(Some(Duration::from_secs(10)))
+                    .expect("timeout");
+                Box::new(move |req| {
+                    c.write_all(req).expect("request");
+                    let mut answer = vec![0u8; req.len()];
+                    c.read_exact(&mut answer).expect("answer");
+                    answer
+                })
+            } else {
+                let u = UdpSocket::bind(sock(from, 0)).expect("bind udp");
+                u.set_read_timeout(Some(Duration::from_secs(10)))
+                    .expect("timeout");
+                Box::new(move |req| {
+                    u.send_to(req, sock(to, port)).expect("send");
+                    let mut buf = [0u8; 2048];
+                    let (len, _) = u.recv_from(&mut buf).expect("udp answer");
+                    buf[..len].to_vec()
+                })
+            };
+            for i in 0..n {
+                // 64 octets: the TCP server reads requests of that size.
+                let req = format!("{proto} request {i:<52}");
+                assert_eq!(ask(req.as_bytes()), req.as_bytes(), "answer {i}");
+                std::thread::sleep(think);
+            }
+        });
+    });
+}
+
 /// ping6 from a to b; all must come back.
 pub fn ping(h: &TwoHosts, count: u32) {
-    let out = h.a.run(
+    ping_from(&h.a, ADDR_B, count);
+}
+
+/// ping6 from `ns` to `to`; all must come back.
+pub fn ping_from(ns: &Netns, to: &str, count: u32) {
+    let out = ns.run(
         "ping",
-        &[
-            "-6",
-            "-c",
-            &count.to_string(),
-            "-i",
-            "0.1",
-            "-W",
-            "2",
-            ADDR_B,
-        ],
+        &["-6", "-c", &count.to_string(), "-i", "0.1", "-W", "2", to],
     );
     assert!(
         out.contains(&format!("{count} received")),
@@ -192,11 +279,23 @@ impl Capture {
 
     /// A capture of interface `iface` of `ns`.
     pub fn start_on(ns: &Netns, iface: &str) -> Self {
-        let path = std::env::temp_dir().join(format!("{}-{iface}.pcapng", ns.name));
+        Self::spawn(ns, iface, &["-s", "200"], "pcapng")
+    }
+
+    /// A capture of whole packets on `iface` of `ns`, as pcap, for
+    /// [`Capture::ipv6_packets`].
+    pub fn start_whole(ns: &Netns, iface: &str) -> Self {
+        Self::spawn(ns, iface, &["-P"], "pcap")
+    }
+
+    fn spawn(ns: &Netns, iface: &str, opts: &[&str], ext: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("{}-{iface}.{ext}", ns.name));
         let _ = std::fs::remove_file(&path);
         let child = ns
             .cmd("dumpcap")
-            .args(["-q", "-i", iface, "-s", "200", "-B", "64", "-w"])
+            .args(["-q", "-i", iface, "-B", "64"])
+            .args(opts)
+            .arg("-w")
             .arg(&path)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -233,6 +332,17 @@ impl Capture {
             .and_then(|v| v.split('/').nth(1))
             .and_then(|d| d.parse().ok())
             .unwrap_or(0)
+    }
+
+    /// The IPv6 packets of a [`Capture::start_whole`] capture of an Ethernet link,
+    /// every octet from the IPv6 header on.
+    pub fn ipv6_packets(&self) -> Vec<Vec<u8>> {
+        testbed::pcap::read_frames(&self.path)
+            .unwrap_or_else(|e| panic!("{}: {e}", self.path.display()))
+            .into_iter()
+            .filter(|(_, f)| f.get(12..14) == Some(&[0x86, 0xdd][..]))
+            .map(|(_, f)| f[14..].to_vec())
+            .collect()
     }
 
     /// tshark's decoding of the capture: one row per packet with the given fields.
