@@ -147,6 +147,7 @@ fn window(cfg: &Cfg, setup: Setup) -> Result<ObserveWindow> {
         )?),
     };
     let before = [arrived(NS_A)?, arrived(NS_B)?];
+    let drops_before = link_drops()?;
     let _on = StatsOn::new()?;
     // A window per host measured (windows are keyed by test host; the router is its own).
     let server_window = Window::start(&[bpf::pdm_target(Host::Server, &b)])?;
@@ -206,6 +207,7 @@ fn window(cfg: &Cfg, setup: Setup) -> Result<ObserveWindow> {
     let server_progs = server_window.end()?;
     let router_progs = router_window.map(Window::end).transpose()?;
     let after = [arrived(NS_A)?, arrived(NS_B)?];
+    let link_drops = link_drops()?.saturating_sub(drops_before);
     let sent = forward["packets"].as_u64().unwrap_or(0) + back["packets"].as_u64().unwrap_or(0);
     let secs = forward["secs"]
         .as_f64()
@@ -241,6 +243,7 @@ fn window(cfg: &Cfg, setup: Setup) -> Result<ObserveWindow> {
         sent,
         delivered,
         lost: sent.saturating_sub(delivered),
+        link_drops,
         delivered_per_sec: delivered as f64 / secs,
         observer_ns_per_packet: ns_per(router_progs.as_ref(), "pdm_observe"),
         ingress_ns_per_packet: ns_per(Some(&server_progs), "pdm_ingress"),
@@ -251,6 +254,19 @@ fn window(cfg: &Cfg, setup: Setup) -> Result<ObserveWindow> {
         samples_thinned: c("observe_samples_thinned"),
         flows_seen: counters["flows"].as_u64().unwrap_or(0),
     })
+}
+
+/// Packets the four veth ends of the path dropped, either way (a veth whose peer runs
+/// XDP hands packets over through a ring of its own, and drops when it is full).
+fn link_drops() -> Result<u64> {
+    let mut sum = 0;
+    for (ns, iface) in [(NS_A, IFACE), (NS_R, "ra"), (NS_R, "rb"), (NS_B, IFACE)] {
+        let out = hosts::in_ns(ns, &["ip", "-j", "-s", "link", "show", iface])?;
+        let v: Value = serde_json::from_str(&out).context("ip -j -s link")?;
+        let s = &v[0]["stats64"];
+        sum += s["rx"]["dropped"].as_u64().unwrap_or(0) + s["tx"]["dropped"].as_u64().unwrap_or(0);
+    }
+    Ok(sum)
 }
 
 /// The other end's datagrams that reached `ns` (its input rule's counter).

@@ -957,6 +957,9 @@ pub struct ObserveWindow {
     pub sent: u64,
     pub delivered: u64,
     pub lost: u64,
+    /// Packets the path's veth devices counted as dropped (absent from older runs).
+    #[serde(default)]
+    pub link_drops: u64,
     pub delivered_per_sec: f64,
     /// bpf_stats: the observer's programs on the router, and the server's pdm ingress
     /// program (same hook) in the same window.

@@ -594,7 +594,7 @@ pub fn observe(s: &mut String, part: Option<&Outcome<Observe>>) {
     let base = med(o.none.iter().map(|w| w.delivered_per_sec).collect());
     let _ = writeln!(
         s,
-        "| router | delivered packets/s | of no observer | lost (sent − delivered) | observer ns/packet | server's pdm ingress ns/packet | ratio | flows seen | samples/s | samples dropped |\n|---|---|---|---|---|---|---|---|---|---|"
+        "| router | delivered packets/s | of no observer | lost (sent − delivered) | of them dropped by the veth devices | observer ns/packet | server's pdm ingress ns/packet | ratio | flows seen | samples/s | samples dropped |\n|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for (name, ws) in [
         ("no observer", &o.none),
@@ -608,6 +608,7 @@ pub fn observe(s: &mut String, part: Option<&Outcome<Observe>>) {
         let pps = med(ws.iter().map(|w| w.delivered_per_sec).collect());
         let lost: u64 = ws.iter().map(|w| w.lost).sum();
         let sent: u64 = ws.iter().map(|w| w.sent).sum();
+        let link_drops: u64 = ws.iter().map(|w| w.link_drops).sum();
         let opt = |f: fn(&ObserveWindow) -> Option<f64>| {
             let v: Vec<f64> = ws.iter().filter_map(f).collect();
             (!v.is_empty()).then(|| med(v))
@@ -619,11 +620,12 @@ pub fn observe(s: &mut String, part: Option<&Outcome<Observe>>) {
         let observed = !std::ptr::eq(ws, &o.none);
         let _ = writeln!(
             s,
-            "| {name} | {} | {}% | {} of {} | {} | {} | {} | {} | {} | {} |",
+            "| {name} | {} | {}% | {} of {} | {} | {} | {} | {} | {} | {} | {} |",
             num(pps, 0),
             num(100.0 * pps / base, 1),
             lost,
             sent,
+            link_drops,
             obs.map_or("-".into(), |v| num(v, 1)),
             ing.map_or("-".into(), |v| num(v, 1)),
             match (obs, ing) {
@@ -653,6 +655,6 @@ pub fn observe(s: &mut String, part: Option<&Outcome<Observe>>) {
     }
     let _ = writeln!(
         s,
-        "\nThe two senders, the router's forwarding and both ends' pdm share this machine's CPUs: every nanosecond the observer adds on the router is taken from the senders, which is what the delivered rate shows. Lost counts the datagrams sent and never received (the ends' input rules' counters), over all windows of the setup.\n"
+        "\nThe two senders, the router's forwarding and both ends' pdm share this machine's CPUs: every nanosecond the observer adds on the router is taken from the senders, which is what the delivered rate shows. Lost counts the datagrams sent and never received (the ends' input rules' counters), over all windows of the setup; where some are lost, the veth devices' own drop counters say whether they dropped them (with an XDP program on a veth the sending peer hands packets over through a ring of 256 per queue, and drops when it is full).\n"
     );
 }
