@@ -366,6 +366,7 @@ fn show(capture: &Merged, tally: &Tally, args: &AnalyzeArgs, v: View) -> Result<
     let frame = tui::Frame {
         iface: names.clone(),
         observing: false,
+        client_server: true,
         attach: vec![format!("capture: {names}, read by pdm analyze ({n} flows)")],
         hint: None,
         totals: Default::default(),

@@ -361,6 +361,7 @@ fn emit(
                 hint: too_big_hint(&totals, opts.mtu_room),
                 iface: opts.label(),
                 observing: opts.mode == Mode::Observe,
+                client_server: opts.mode == Mode::Observe,
                 attach: opts.attach.clone(),
                 totals,
                 rows,

@@ -44,6 +44,109 @@ impl Drop for Session {
     }
 }
 
+/// The UDP flow to `port` has the same RTT p50 and p99 and server delay p50 in the view
+/// (`screen`) as in the last report of it in the NDJSON `log`; returns that report.
+fn view_matches_log(screen: &str, log: &std::path::Path, port: u16) -> serde_json::Value {
+    let row = screen
+        .lines()
+        .find(|l| l.contains(&format!(":{port}")) && l.contains("udp"))
+        .unwrap_or_else(|| panic!("no row for the UDP flow:\n{screen}"));
+    let logged = std::fs::read_to_string(log).expect("log");
+    let last: serde_json::Value = logged
+        .lines()
+        .rev()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json"))
+        .find(|v| v["type"] == "flow" && v["remote_port"] == port)
+        .expect("the flow in the log");
+    for key in ["rtt_us_p50", "rtt_us_p99", "server_delay_us_p50"] {
+        let ns = (last[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{key}: {last}"))
+            * 1000.0)
+            .round() as u64;
+        let shown = pdm_user::sinks::tui::format_ns(ns);
+        assert!(
+            row.contains(&shown),
+            "{key}: log says {shown}, the view shows:\n{row}"
+        );
+    }
+    last
+}
+
+/// Waits (at most 30 s) until the pane of `session` shows `text`; returns the screen.
+fn wait_for_screen(session: &Session, text: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = tmux(&["capture-pane", "-p", "-t", &session.0]);
+        if s.contains(text) {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "`{text}` did not come up:\n{s}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `pdm observe` on a router in the live view: the header says it observes, and where;
+/// the flow is shown from its client with the figures its `--log` records.
+#[test]
+fn the_observer_view_says_where_it_observes_and_shows_what_the_log_records() {
+    use common::router::{CLIENT_ADDR, CLIENT_IF, Line, SERVER_ADDR, SERVER_IF};
+    let line = Line::new("tuio");
+    let _client_pdm = Pdm::start_on(&line.client, CLIENT_IF, &["--ingress", "tc"]);
+    let _server_pdm = Pdm::start_on(&line.server, SERVER_IF, &["--ingress", "tc"]);
+    let log = std::env::temp_dir().join(format!("{}.ndjson", line.router.name));
+    let _ = std::fs::remove_file(&log);
+    let session = Session(line.router.name.clone());
+    session.run(&format!(
+        "ip netns exec {} {} observe -i rc -i rs --interval 500ms --sample-interval 0 --log {}; sleep 30",
+        line.router.name,
+        pdm_bin(),
+        log.display(),
+    ));
+    let header = wait_for_screen(&session, "observing rc,rs");
+    assert!(
+        header.contains("CLIENT") && header.contains("SERVER"),
+        "{header}"
+    );
+    let port = 7700;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            line.server.in_ns(|| {
+                let u = UdpSocket::bind(format!("[{SERVER_ADDR}]:{port}")).expect("bind");
+                u.set_read_timeout(Some(Duration::from_secs(3)))
+                    .expect("timeout");
+                let mut buf = [0u8; 1500];
+                while let Ok((n, from)) = u.recv_from(&mut buf) {
+                    std::thread::sleep(Duration::from_millis(3));
+                    u.send_to(&buf[..n], from).expect("answer");
+                }
+            })
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        line.client.in_ns(|| {
+            let u = UdpSocket::bind(format!("[{CLIENT_ADDR}]:0")).expect("bind");
+            u.set_read_timeout(Some(Duration::from_secs(1)))
+                .expect("timeout");
+            let mut buf = [0u8; 1500];
+            for _ in 0..20 {
+                u.send_to(b"hello", format!("[{SERVER_ADDR}]:{port}"))
+                    .expect("send");
+                u.recv_from(&mut buf).expect("answer");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let screen = wait_for_screen(&session, &format!(":{port}"));
+    let last = view_matches_log(&screen, &log, port);
+    assert_eq!(last["local_addr"], CLIENT_ADDR, "{last}");
+    assert!(
+        screen.contains("observe:") && screen.contains("with PDM"),
+        "{screen}"
+    );
+    tmux(&["send-keys", "-t", &session.0, "q"]);
+}
+
 #[test]
 fn the_view_shows_what_the_log_records_and_quits_on_q() {
     let h = TwoHosts::new("tui");
@@ -99,29 +202,7 @@ fn the_view_shows_what_the_log_records_and_quits_on_q() {
     std::thread::sleep(Duration::from_millis(1500));
 
     let screen = tmux(&["capture-pane", "-p", "-t", &session.0]);
-    let row = screen
-        .lines()
-        .find(|l| l.contains(&format!(":{port}")) && l.contains("udp"))
-        .unwrap_or_else(|| panic!("no row for the UDP flow:\n{screen}"));
-    let logged = std::fs::read_to_string(&log).expect("log");
-    let last: serde_json::Value = logged
-        .lines()
-        .rev()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json"))
-        .find(|v| v["type"] == "flow" && v["remote_port"] == port)
-        .expect("the flow in the log");
-    for key in ["rtt_us_p50", "rtt_us_p99", "server_delay_us_p50"] {
-        let ns = (last[key]
-            .as_f64()
-            .unwrap_or_else(|| panic!("{key}: {last}"))
-            * 1000.0)
-            .round() as u64;
-        let shown = pdm_user::sinks::tui::format_ns(ns);
-        assert!(
-            row.contains(&shown),
-            "{key}: log says {shown}, the view shows:\n{row}"
-        );
-    }
+    let last = view_matches_log(&screen, &log, port);
 
     // Its detail: select it (↓ from the top) and Enter. The RTT and server delay since
     // the flow started are those the log has; Esc is back to the table.
@@ -278,7 +359,7 @@ fn analyze_on_a_terminal_shows_the_capture_in_the_view() {
         }
     };
     let table = wait("the capture's flow in the view", &|s| {
-        s.contains("LOCAL") && s.contains(":7600")
+        s.contains("CLIENT") && s.contains(":7600")
     });
     assert!(table.contains("capture:"), "{table}");
     tmux(&["send-keys", "-t", &session.0, "Enter"]);
@@ -291,7 +372,7 @@ fn analyze_on_a_terminal_shows_the_capture_in_the_view() {
     assert!(detail.contains("over time"), "{detail}");
     tmux(&["send-keys", "-t", &session.0, "Escape"]);
     wait("back to the table", &|s| {
-        s.contains("LOCAL") && !s.contains("since start")
+        s.contains("CLIENT") && !s.contains("since start")
     });
     tmux(&["send-keys", "-t", &session.0, "q"]);
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -62,6 +62,9 @@ pub struct Frame {
     pub iface: String,
     /// `pdm observe`: the header says so, and shows the observer's counters.
     pub observing: bool,
+    /// The rows are seen from outside their ends (`pdm observe`, `pdm analyze`): the
+    /// endpoint columns are the client and the server.
+    pub client_server: bool,
     /// Something the user should act on (packets going without PDM, and the option
     /// that helps), shown under the counters.
     pub hint: Option<String>,

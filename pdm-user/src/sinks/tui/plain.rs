@@ -9,6 +9,8 @@ use crate::engine::FlowRow;
 /// Writes `rows` as a table under a header line, without the process column (a
 /// capture does not say which process sent a packet).
 pub fn write_table(out: &mut impl Write, rows: &[FlowRow]) -> io::Result<()> {
+    // Rows of a source seeing both ends are seen from their client.
+    let client_server = rows.iter().any(|r| r.both.is_some());
     let columns: Vec<(usize, Column)> = Column::ALL
         .iter()
         .copied()
@@ -23,7 +25,7 @@ pub fn write_table(out: &mut impl Write, rows: &[FlowRow]) -> io::Result<()> {
         texts
             .iter()
             .map(|t| t[i].chars().count())
-            .chain([c.title().len()])
+            .chain([c.title_in(client_server).len()])
             .max()
             .unwrap_or(0)
     };
@@ -41,7 +43,7 @@ pub fn write_table(out: &mut impl Write, rows: &[FlowRow]) -> io::Result<()> {
         }
         writeln!(out, "{}", s.trim_end())
     };
-    line(out, &|_, c| c.title().to_owned())?;
+    line(out, &|_, c| c.title_in(client_server).to_owned())?;
     for t in &texts {
         line(out, &|i, _| t[i].clone())?;
     }

@@ -322,10 +322,11 @@ pub(super) fn render_table(
             )
         })
         .collect();
+    let title = |c: Column| c.title_in(frame.client_server);
     let titles = Column::ALL.map(|c| match (c == state.sort, state.descending) {
-        (true, true) => format!("{}▼", c.title()),
-        (true, false) => format!("{}▲", c.title()),
-        (false, _) => c.title().to_owned(),
+        (true, true) => format!("{}▼", title(c)),
+        (true, false) => format!("{}▲", title(c)),
+        (false, _) => title(c).to_owned(),
     });
     let mut natural = titles.each_ref().map(|t| text_width(t));
     for (_, texts) in &visible {

@@ -39,6 +39,16 @@ impl Column {
     /// The key that sorts by this column: the number row, left to right.
     pub const KEYS: [char; 12] = ['1', '2', '3', '4', '=', '5', '6', '7', '8', '9', '0', '-'];
 
+    /// The title where the rows are seen from outside their ends (a capture, an
+    /// observer): `local` is then the client, `remote` the server.
+    pub fn title_in(self, client_server: bool) -> &'static str {
+        match (self, client_server) {
+            (Column::Local, true) => "CLIENT",
+            (Column::Remote, true) => "SERVER",
+            _ => self.title(),
+        }
+    }
+
     pub fn title(self) -> &'static str {
         match self {
             Column::Local => "LOCAL",

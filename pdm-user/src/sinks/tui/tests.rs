@@ -46,6 +46,7 @@ fn frame() -> Frame {
     totals.0[Counter::IngressMssClamped as usize] = 2;
     Frame {
         observing: false,
+        client_server: false,
         hint: None,
         detail: None,
         iface: "veth-test".into(),
@@ -560,6 +561,7 @@ fn key_code(code: KeyCode) -> KeyEvent {
 fn an_observer_says_so_in_the_header() {
     let mut f = frame();
     f.observing = true;
+    f.client_server = true;
     f.iface = "r0,r1".into();
     f.totals = Default::default();
     f.totals.0[Counter::ObservePackets as usize] = 5000;
@@ -572,6 +574,7 @@ fn an_observer_says_so_in_the_header() {
     let all = s.join("\n");
     for text in [
         "observing r0,r1",
+        "CLIENT          SERVER",
         "observe: 5000 pkts, 4000 with PDM, 700 samples, samples_dropped 3 · skipped: no_pdm 990, nd_mld 10",
     ] {
         assert!(all.contains(text), "`{text}` not on screen:\n{all}");
