@@ -132,6 +132,90 @@ fn a_router_between_two_pdm_ends_finds_what_the_client_measured() {
     }
 }
 
+/// Datagrams bigger than the path, fragmented, with PDM on every fragment (both ends
+/// `--mtu-room --per-packet`): the observer counts each fragment in its datagram's flow
+/// (the later ones carry no ports), as the ends count them, with no loss, duplicate or
+/// unattributed fragment, and pairs the datagrams' echoes.
+#[test]
+fn fragments_through_the_observer_count_in_their_datagrams_flow() {
+    const ROUNDS: usize = 10;
+    const PORT: u16 = 7640;
+    let _serial = serial();
+    let line = Line::new("obf");
+    let ends = ["--per-packet", "--mtu-room", "--sample-interval", "0"];
+    let pdm_c = Pdm::start(&line.client, &ends);
+    let pdm_s = Pdm::start(&line.server, &ends);
+    let obs = Pdm::observe(&line.router, &["rc", "rs"], &OBSERVE);
+    let server = line.server.in_ns(|| {
+        let u = UdpSocket::bind(sock(SERVER_ADDR, PORT)).expect("bind");
+        u.set_read_timeout(Some(Duration::from_secs(3)))
+            .expect("timeout");
+        u
+    });
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut buf = vec![0u8; 65536];
+            for _ in 0..ROUNDS {
+                let Ok((_, from)) = server.recv_from(&mut buf) else {
+                    return;
+                };
+                server.send_to(&[0x5a; 5000], from).expect("answer");
+            }
+        });
+        line.client.in_ns(|| {
+            let u = UdpSocket::bind(sock(CLIENT_ADDR, 0)).expect("bind");
+            u.set_read_timeout(Some(Duration::from_secs(3)))
+                .expect("timeout");
+            u.connect(sock(SERVER_ADDR, PORT)).expect("connect");
+            let mut buf = vec![0u8; 65536];
+            for _ in 0..ROUNDS {
+                u.send(&[0xa5; 3000]).expect("ask");
+                assert_eq!(u.recv(&mut buf).expect("an answer"), 5000);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+    });
+    let ping = line.client.run(
+        "ping",
+        &["-6", "-c", "3", "-i", "0.1", "-s", "3000", SERVER_ADDR],
+    );
+    assert!(ping.contains("3 received"), "{ping}");
+    std::thread::sleep(Duration::from_millis(500));
+    let seen = obs.stop();
+    let (at_client, _) = (pdm_c.stop(), pdm_s.stop());
+    let counters = observe_counters(&seen);
+    assert_eq!(n(&counters, "fragments_unattributed"), 0, "{counters}");
+    let f = client_flow(&seen, "udp", (CLIENT_ADDR, SERVER_ADDR), PORT);
+    let c = last_flow(&at_client, "udp", Some(PORT));
+    eprintln!("observer {f}\nclient's pdm {c}");
+    // 3000 octets take three fragments at the lowered MTU, 5000 four.
+    assert_eq!(n(f, "tx_packets"), 3 * ROUNDS as u64, "{f}");
+    assert_eq!(n(f, "rx_packets"), 4 * ROUNDS as u64, "{f}");
+    for k in ["tx_packets", "rx_packets", "tx_pdm", "rx_pdm"] {
+        assert_eq!(n(f, k), n(c, k), "{k}: observer vs the client's pdm");
+    }
+    assert_eq!(n(f, "tx_pdm"), n(f, "tx_packets"), "PDM on every fragment");
+    for k in ["rx_lost", "tx_lost", "rx_duplicate", "tx_duplicate"] {
+        assert_eq!(n(f, k), 0, "{k}: {f}");
+    }
+    assert!(
+        n(f, "server_delay_samples") >= ROUNDS as u64 - 1,
+        "a server delay per request: {f}"
+    );
+    // Three echo requests and replies of three fragments each, all in the echo's flow.
+    let ping = last_flow(&seen, "icmpv6", None);
+    assert_ne!(
+        ping["local_port"], 0,
+        "the echo identifier, not port 0: {ping}"
+    );
+    assert_eq!(
+        (n(ping, "tx_packets"), n(ping, "rx_packets")),
+        (9, 9),
+        "{ping}"
+    );
+    assert_eq!(n(ping, "tx_pdm"), 9, "{ping}");
+}
+
 /// Drops on both sides of the observer: before it (a router on each side dropping
 /// 2 % of one direction) and after it (its own forward chain dropping 1 % each way,
 /// which its ingress programs run before). Its loss figures are exactly what was
