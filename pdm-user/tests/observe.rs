@@ -132,6 +132,80 @@ fn a_router_between_two_pdm_ends_finds_what_the_client_measured() {
     }
 }
 
+/// The observer and `pdm analyze` of a capture taken at the same point (the router's
+/// client-side link, which carries both directions) report the same flow alike: the
+/// same packets, the same samples from the same fields, and on their two clocks the
+/// same two halves of the path.
+#[test]
+fn the_observer_reports_what_analyze_finds_in_a_capture_at_the_same_point() {
+    const N: usize = 30;
+    const PORT: u16 = 7650;
+    let _serial = serial();
+    // No delaying relay: the observer reads the client's packets as they arrive on rc
+    // and the server's as they arrive on rs, so time spent inside the router falls into
+    // its two halves differently from a capture on rc alone.
+    let line = Line::new("oba");
+    let ends = ["--per-packet", "--sample-interval", "0"];
+    let _pdm_c = Pdm::start(&line.client, &ends);
+    let _pdm_s = Pdm::start(&line.server, &ends);
+    let mut cap = Capture::start_on(&line.router, "rc");
+    let obs = Pdm::observe(&line.router, &["rc", "rs"], &OBSERVE);
+    held_requests(
+        "udp",
+        (&line.client, CLIENT_ADDR),
+        (&line.server, SERVER_ADDR),
+        PORT,
+        N,
+        Duration::from_millis(2),
+        Duration::from_millis(3),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let seen = obs.stop();
+    assert_eq!(cap.stop(), 0, "the capture dropped packets");
+    let (code, analyzed, err) =
+        common::analyze::analyze(&["--json", "--window", "60s"], &[&cap.path]);
+    assert_eq!(code, 0, "{err}");
+    let f = client_flow(&seen, "udp", (CLIENT_ADDR, SERVER_ADDR), PORT);
+    let a = client_flow(&analyzed, "udp", (CLIENT_ADDR, SERVER_ADDR), PORT);
+    eprintln!("observer {f}\nanalyze {a}");
+    for k in [
+        "tx_packets",
+        "rx_packets",
+        "tx_pdm",
+        "rx_pdm",
+        "tx_lost",
+        "rx_lost",
+        "rtt_samples",
+        "server_delay_samples",
+        "client_delay_samples",
+        "server_side_rtt_samples",
+        "client_side_rtt_samples",
+    ] {
+        assert_eq!(n(f, k), n(a, k), "{k}: observer vs analyze");
+    }
+    assert!(n(f, "rtt_samples") >= N as u64 - 2, "{f}");
+    // The same fields: the same figures, to the nanosecond.
+    for k in ["rtt_us_p50", "server_delay_us_p50", "client_delay_us_p50"] {
+        assert_eq!(us(f, k), us(a, k), "{k}: observer vs analyze");
+    }
+    // Two clocks a few microseconds apart: the kernel's at the programs (the client's
+    // packets on rc, the server's on rs), the capture's at rc's tap.
+    for k in ["server_side_rtt_us_p50", "client_side_rtt_us_p50"] {
+        let (o, c) = (us(f, k), us(a, k));
+        assert!(
+            close(o, c, 0.05, 50.0),
+            "{k}: observer {o} µs, analyze {c} µs"
+        );
+    }
+    // Whichever half the router's own time falls into, the halves add up alike.
+    let halves = |v: &Value| us(v, "server_side_rtt_us_p50") + us(v, "client_side_rtt_us_p50");
+    let (o, c) = (halves(f), halves(a));
+    assert!(
+        close(o, c, 0.10, 5.0),
+        "halves: observer {o} µs, analyze {c} µs"
+    );
+}
+
 /// Datagrams bigger than the path, fragmented, with PDM on every fragment (both ends
 /// `--mtu-room --per-packet`): the observer counts each fragment in its datagram's flow
 /// (the later ones carry no ports), as the ends count them, with no loss, duplicate or
