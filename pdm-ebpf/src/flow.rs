@@ -59,25 +59,34 @@ pub trait Slot {
     fn age(s: *mut Self) -> u64;
 }
 
-impl Slot for FlowSlot {
-    type Value = FlowState;
-    const FLAGS_WORD: usize = core::mem::offset_of!(FlowState, flags) / 8;
-    #[inline(always)]
-    fn key(s: *mut Self) -> *mut FlowKey {
-        // SAFETY: a field of the slot `s` points to.
-        unsafe { &raw mut (*s).key }
-    }
-    #[inline(always)]
-    fn flags(s: *mut Self) -> *mut u32 {
-        // SAFETY: as above.
-        unsafe { &raw mut (*s).state.flags }
-    }
-    #[inline(always)]
-    fn age(s: *mut Self) -> u64 {
-        // SAFETY: as above; a stale read only misorders one eviction.
-        unsafe { (*s).state.last_pdm_ns() }
-    }
+/// [`Slot`] for a table slot of a `key` and a `state` value that has `flags` and
+/// `last_pdm_ns()` (the flow table's, the observer's).
+macro_rules! impl_slot {
+    ($slot:ty, $value:ty) => {
+        impl $crate::flow::Slot for $slot {
+            type Value = $value;
+            const FLAGS_WORD: usize = core::mem::offset_of!($value, flags) / 8;
+            #[inline(always)]
+            fn key(s: *mut Self) -> *mut FlowKey {
+                // SAFETY: a field of the slot `s` points to.
+                unsafe { &raw mut (*s).key }
+            }
+            #[inline(always)]
+            fn flags(s: *mut Self) -> *mut u32 {
+                // SAFETY: as above.
+                unsafe { &raw mut (*s).state.flags }
+            }
+            #[inline(always)]
+            fn age(s: *mut Self) -> u64 {
+                // SAFETY: as above; a stale read only misorders one eviction.
+                unsafe { (*s).state.last_pdm_ns() }
+            }
+        }
+    };
 }
+pub(crate) use impl_slot;
+
+impl_slot!(FlowSlot, FlowState);
 
 /// Where a key lives in a table: its slot, or the slot it is to take.
 pub enum Place<S> {

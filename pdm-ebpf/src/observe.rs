@@ -25,30 +25,12 @@ use pdm_common::{
 
 use crate::{
     CONFIG, OBSERVED, SAMPLES,
-    flow::{Place, Slot, add, bump, claim, count, counters, now_ns, place, set_flags},
+    flow::{Place, add, bump, claim, count, counters, impl_slot, now_ns, place, set_flags},
     ingress::{Hook, carries_data, sequence},
     parse::{Packet, Skip, TCP_FIN, TCP_RST, TCP_SYN, parse},
 };
 
-impl Slot for ObservedSlot {
-    type Value = ObservedState;
-    const FLAGS_WORD: usize = core::mem::offset_of!(ObservedState, flags) / 8;
-    #[inline(always)]
-    fn key(s: *mut Self) -> *mut FlowKey {
-        // SAFETY: a field of the slot `s` points to.
-        unsafe { &raw mut (*s).key }
-    }
-    #[inline(always)]
-    fn flags(s: *mut Self) -> *mut u32 {
-        // SAFETY: as above.
-        unsafe { &raw mut (*s).state.flags }
-    }
-    #[inline(always)]
-    fn age(s: *mut Self) -> u64 {
-        // SAFETY: as above; a stale read only misorders one eviction.
-        unsafe { (*s).state.last_pdm_ns() }
-    }
-}
+impl_slot!(ObservedSlot, ObservedState);
 
 const TCP_ACK: u8 = 0x10;
 

@@ -5,12 +5,11 @@
 mod common;
 
 use std::{
-    net::UdpSocket,
     process::Command,
     time::{Duration, Instant},
 };
 
-use common::{ADDR_A, ADDR_B, IFACE, Pdm, TwoHosts, pdm_bin};
+use common::{ADDR_A, ADDR_B, IFACE, Pdm, TwoHosts, pdm_bin, traffic::held_requests};
 
 fn tmux(args: &[&str]) -> String {
     let out = common::run_ok(Command::new("tmux").args(args));
@@ -109,33 +108,15 @@ fn the_observer_view_says_where_it_observes_and_shows_what_the_log_records() {
         "{header}"
     );
     let port = 7700;
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            line.server.in_ns(|| {
-                let u = UdpSocket::bind(format!("[{SERVER_ADDR}]:{port}")).expect("bind");
-                u.set_read_timeout(Some(Duration::from_secs(3)))
-                    .expect("timeout");
-                let mut buf = [0u8; 1500];
-                while let Ok((n, from)) = u.recv_from(&mut buf) {
-                    std::thread::sleep(Duration::from_millis(3));
-                    u.send_to(&buf[..n], from).expect("answer");
-                }
-            })
-        });
-        std::thread::sleep(Duration::from_millis(200));
-        line.client.in_ns(|| {
-            let u = UdpSocket::bind(format!("[{CLIENT_ADDR}]:0")).expect("bind");
-            u.set_read_timeout(Some(Duration::from_secs(1)))
-                .expect("timeout");
-            let mut buf = [0u8; 1500];
-            for _ in 0..20 {
-                u.send_to(b"hello", format!("[{SERVER_ADDR}]:{port}"))
-                    .expect("send");
-                u.recv_from(&mut buf).expect("answer");
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        });
-    });
+    held_requests(
+        "udp",
+        (&line.client, CLIENT_ADDR),
+        (&line.server, SERVER_ADDR),
+        port,
+        20,
+        Duration::from_millis(3),
+        Duration::from_millis(10),
+    );
     std::thread::sleep(Duration::from_millis(1500));
     let screen = wait_for_screen(&session, &format!(":{port}"));
     let last = view_matches_log(&screen, &log, port);
@@ -172,33 +153,15 @@ fn the_view_shows_what_the_log_records_and_quits_on_q() {
 
     // A UDP flow with a 3 ms server, then quiet, so the figures stand still.
     let port = 7500;
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            h.b.in_ns(|| {
-                let u = UdpSocket::bind(format!("[{ADDR_B}]:{port}")).expect("bind");
-                u.set_read_timeout(Some(Duration::from_secs(3)))
-                    .expect("timeout");
-                let mut buf = [0u8; 1500];
-                while let Ok((n, from)) = u.recv_from(&mut buf) {
-                    std::thread::sleep(Duration::from_millis(3));
-                    u.send_to(&buf[..n], from).expect("answer");
-                }
-            })
-        });
-        std::thread::sleep(Duration::from_millis(200));
-        h.a.in_ns(|| {
-            let u = UdpSocket::bind(format!("[{ADDR_A}]:0")).expect("bind");
-            u.set_read_timeout(Some(Duration::from_secs(1)))
-                .expect("timeout");
-            let mut buf = [0u8; 1500];
-            for _ in 0..20 {
-                u.send_to(b"hello", format!("[{ADDR_B}]:{port}"))
-                    .expect("send");
-                u.recv_from(&mut buf).expect("answer");
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        });
-    });
+    held_requests(
+        "udp",
+        (&h.a, ADDR_A),
+        (&h.b, ADDR_B),
+        port,
+        20,
+        Duration::from_millis(3),
+        Duration::from_millis(10),
+    );
     std::thread::sleep(Duration::from_millis(1500));
 
     let screen = tmux(&["capture-pane", "-p", "-t", &session.0]);

@@ -40,11 +40,8 @@ impl KernelSource {
     /// Takes the sample ring out of `ebpf` (this source is then its only reader) and
     /// maps the flow table.
     pub fn open(ebpf: &mut Ebpf) -> Result<Self, SourceError> {
-        let ring = ebpf
-            .take_map(names::SAMPLES)
-            .ok_or(SourceError::NoMap(names::SAMPLES))?;
         Ok(Self {
-            ring: RingBuf::try_from(ring)?,
+            ring: take_ring(ebpf)?,
             flows: FlowTable::open(ebpf)?,
             batch: Vec::with_capacity(SAMPLE_BATCH),
         })
@@ -59,6 +56,14 @@ impl KernelSource {
     pub fn flows(&self) -> impl Iterator<Item = (u32, FlowSlot)> + '_ {
         self.flows.live()
     }
+}
+
+/// The sample ring, taken out of `ebpf`: its source is then its only reader.
+pub(super) fn take_ring(ebpf: &mut Ebpf) -> Result<RingBuf<MapData>, SourceError> {
+    let ring = ebpf
+        .take_map(names::SAMPLES)
+        .ok_or(SourceError::NoMap(names::SAMPLES))?;
+    Ok(RingBuf::try_from(ring)?)
 }
 
 impl LiveSource for KernelSource {

@@ -8,14 +8,16 @@ use aya::{
 };
 use pdm_common::{
     flow::{FLOW_CLOSED, FLOW_VALID, FlowKey, FlowSlot, FlowState, NO_SAMPLE, RttSample},
-    names,
     observe::{
         ObservedSample, ObservedSlot, SAMPLE_CLIENT_HIGHER, SAMPLE_FROM_HIGHER, ends_ordered,
     },
     time::TimeFault,
 };
 
-use super::{LiveSource, kernel::SourceError};
+use super::{
+    LiveSource,
+    kernel::{SourceError, take_ring},
+};
 use crate::{
     engine::{Figure, SeqCounts, Table},
     kernel::maps::MappedTable,
@@ -31,11 +33,8 @@ pub struct ObserverSource {
 impl ObserverSource {
     /// Takes the sample ring out of `ebpf` and maps the observer's table.
     pub fn open(ebpf: &mut Ebpf) -> Result<Self, SourceError> {
-        let ring = ebpf
-            .take_map(names::SAMPLES)
-            .ok_or(SourceError::NoMap(names::SAMPLES))?;
         Ok(Self {
-            ring: RingBuf::try_from(ring)?,
+            ring: take_ring(ebpf)?,
             table: MappedTable::open(ebpf)?,
             batch: Vec::new(),
         })
