@@ -102,6 +102,43 @@ pub fn helper_json(ns: &str, args: &[&str]) -> Result<Value> {
     serde_json::from_str(out.trim()).with_context(|| format!("helper output: {out}"))
 }
 
+/// `bench-helper udp-flood` in `ns` from `src` to `dst` over `flows` flows for `secs`
+/// seconds, with `extra` options (port bases, `--min-passes`).
+pub fn udp_flood(
+    ns: &str,
+    (src, dst): (&str, &str),
+    flows: usize,
+    secs: f64,
+    extra: &[&str],
+) -> Result<Command> {
+    let (flows, secs) = (flows.to_string(), secs.to_string());
+    let mut args = vec![
+        "udp-flood",
+        "--src",
+        src,
+        "--dst",
+        dst,
+        "--flows",
+        &flows,
+        "--secs",
+        &secs,
+    ];
+    args.extend_from_slice(extra);
+    helper(ns, &args)
+}
+
+/// Runs [`udp_flood`] to completion and parses what it printed.
+pub fn udp_flood_json(
+    ns: &str,
+    ends: (&str, &str),
+    flows: usize,
+    secs: f64,
+    extra: &[&str],
+) -> Result<Value> {
+    let out = cmd::output(&mut udp_flood(ns, ends, flows, secs, extra)?)?;
+    serde_json::from_str(out.trim()).with_context(|| format!("udp-flood output: {out}"))
+}
+
 /// Moves the calling thread into `ns`.
 pub fn enter(ns: &str) -> Result<()> {
     testbed::enter(ns).map_err(Into::into)

@@ -158,37 +158,17 @@ fn window(cfg: &Cfg, setup: Setup) -> Result<ObserveWindow> {
         )])?),
         None => None,
     };
-    let secs = cfg.cost_secs.to_string();
-    let flows = FLOWS.to_string();
-    let forward = hosts::helper(
-        NS_A,
-        &[
-            "udp-flood",
-            "--src",
-            ADDR_A,
-            "--dst",
-            ADDR_B,
-            "--flows",
-            &flows,
-            "--secs",
-            &secs,
-        ],
-    )?
-    .stdout(std::process::Stdio::piped())
-    .spawn()
-    .context("starting the forward flood")?;
-    let back = hosts::helper_json(
+    let forward = hosts::udp_flood(NS_A, (ADDR_A, ADDR_B), FLOWS, cfg.cost_secs, &[])?
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("starting the forward flood")?;
+    // The reverse, on the same 5-tuples: a socket per flow's port, to the one port.
+    let back = hosts::udp_flood_json(
         NS_B,
+        (ADDR_B, ADDR_A),
+        FLOWS,
+        cfg.cost_secs,
         &[
-            "udp-flood",
-            "--src",
-            ADDR_B,
-            "--dst",
-            ADDR_A,
-            "--flows",
-            &flows,
-            "--secs",
-            &secs,
             "--sport-base",
             "30000",
             "--dport-base",

@@ -294,21 +294,7 @@ fn merge_tcp(windows: &[ProgWindow<IperfWindow>]) -> TcpWindows {
 
 /// One UDP flow, as fast as the sender goes, for one window.
 fn flood(cfg: &Cfg) -> Result<Flood> {
-    let secs = cfg.cost_secs.to_string();
-    let out = hosts::helper_json(
-        NS_A,
-        &[
-            "udp-flood",
-            "--src",
-            ADDR_A,
-            "--dst",
-            ADDR_B,
-            "--flows",
-            "1",
-            "--secs",
-            &secs,
-        ],
-    )?;
+    let out = hosts::udp_flood_json(NS_A, (ADDR_A, ADDR_B), 1, cfg.cost_secs, &[])?;
     serde_json::from_value(out).context("udp-flood's output")
 }
 

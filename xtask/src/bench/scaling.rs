@@ -49,26 +49,15 @@ fn point(cfg: &Cfg, flows: usize) -> Result<ScalePoint> {
         bpf::pdm_target(Host::Client, &a),
         bpf::pdm_target(Host::Server, &b),
     ];
-    let n = flows.to_string();
-    let secs = cfg.scale_secs.to_string();
-    let flood = |secs: &str, passes: &str| -> Result<ProgWindow<Flood>> {
+    let flood = |secs: f64, passes: &str| -> Result<ProgWindow<Flood>> {
         let _on = StatsOn::new()?;
         let w = Window::start(&targets)?;
-        let out = hosts::helper_json(
+        let out = hosts::udp_flood_json(
             NS_A,
-            &[
-                "udp-flood",
-                "--src",
-                ADDR_A,
-                "--dst",
-                ADDR_B,
-                "--flows",
-                &n,
-                "--secs",
-                secs,
-                "--min-passes",
-                passes,
-            ],
+            (ADDR_A, ADDR_B),
+            flows,
+            secs,
+            &["--min-passes", passes],
         )?;
         let traffic = serde_json::from_value(out).context("udp-flood's output")?;
         Ok(ProgWindow {
@@ -76,9 +65,9 @@ fn point(cfg: &Cfg, flows: usize) -> Result<ScalePoint> {
             traffic,
         })
     };
-    let create = flood("0", "1")?;
+    let create = flood(0.0, "1")?;
     // Every entry exists now: a window of SECS (a part of a pass is enough).
-    let steady = flood(&secs, "0")?;
+    let steady = flood(cfg.scale_secs, "0")?;
     let maps = ClientServer {
         client: flow_map(&a)?,
         server: flow_map(&b)?,
